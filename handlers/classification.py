@@ -1,0 +1,140 @@
+"""Framework-free pieces of the classification handler: settings, request payloads, top-k answers.
+
+Ships inside every .mar next to ``imageprep``; imports nothing from TorchServe.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+try:  # inside this repository
+    from .imageprep import ImageLimits, InputError, PreprocessSpec
+except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    from imageprep import ImageLimits, InputError, PreprocessSpec
+
+__all__ = [
+    "HandlerSettings",
+    "request_bytes",
+    "thread_count",
+    "topk_answers",
+    "verify_checksum",
+]
+
+_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """The ``handler:`` section of ``model-config.yaml`` (written from the artifact's handler.yaml)."""
+
+    spec: PreprocessSpec
+    topk: int = 3
+    quantized: bool = False
+    engine: str = "x86"
+    threads: int = 0
+    warmup_iterations: int = 2
+    limits: ImageLimits = field(default_factory=ImageLimits)
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> HandlerSettings:
+        """Parse and check the settings; a ``ValueError`` names the bad key."""
+        missing = [k for k in ("image_size", "channels", "mean", "std") if k not in settings]
+        if missing:
+            raise ValueError(f"handler settings lack {', '.join(missing)}")
+        engine = str(settings.get("engine", "x86"))
+        if engine not in _ENGINES:
+            raise ValueError(f"handler.engine is {engine!r}; allowed: {', '.join(_ENGINES)}")
+        topk = int(settings.get("topk", 3))
+        if topk < 1:
+            raise ValueError(f"handler.topk must be >= 1, got {topk}")
+        defaults = ImageLimits()
+        limits = ImageLimits(
+            max_bytes=int(settings.get("max_bytes", defaults.max_bytes)),
+            max_pixels=int(settings.get("max_pixels", defaults.max_pixels)),
+            max_side_ratio=float(settings.get("max_side_ratio", defaults.max_side_ratio)),
+        )
+        return cls(
+            spec=PreprocessSpec.from_dict(settings),
+            topk=topk,
+            quantized=bool(settings.get("quantized", False)),
+            engine=engine,
+            threads=int(settings.get("threads", 0)),
+            warmup_iterations=int(settings.get("warmup_iterations", 2)),
+            limits=limits,
+        )
+
+
+def thread_count(configured: int, workers: int, cores: int | None = None) -> int:
+    """Intra-op threads for one worker: the configured number, or cores ÷ workers (at least 1)."""
+    if configured > 0:
+        return configured
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, workers))
+
+
+def request_bytes(request: dict) -> bytes:
+    """The image bytes of one TorchServe request.
+
+    Accepts a raw body (``data`` or ``body``), a multipart field named ``data`` or ``file``, or a
+    JSON object ``{"data": "<base64>"}`` / ``{"b64": "<base64>"}``.
+    """
+    payload = None
+    for key in ("data", "body", "file"):
+        if request.get(key) is not None:
+            payload = request[key]
+            break
+    if payload is None:
+        raise InputError("request has no body: send the image bytes", 400, "EmptyInput")
+    if isinstance(payload, dict):
+        encoded = payload.get("data", payload.get("b64"))
+        if not isinstance(encoded, str):
+            raise InputError(
+                'JSON body must be {"data": "<base64 image>"} or {"b64": "<base64 image>"}',
+                400,
+                "MalformedRequest",
+            )
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError("JSON field is not valid base64", 400, "MalformedRequest") from None
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    raise InputError(f"unsupported request payload ({type(payload).__name__})", 400, "MalformedRequest")
+
+
+def topk_answers(logits: torch.Tensor, mapping: dict[str, str], k: int) -> list[dict[str, float]]:
+    """One ``{label: probability}`` dict per row, the ``k`` most probable labels first."""
+    probabilities = torch.softmax(logits.float(), dim=1)
+    k = min(k, probabilities.shape[1])
+    values, indices = probabilities.topk(k, dim=1)
+    return [
+        {mapping.get(str(i), str(i)): round(v, 6) for v, i in zip(row_v, row_i)}
+        for row_v, row_i in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:
+    """Refuse a model file whose sha256 differs from the one in ``build-info.json``."""
+    info_path = model_dir / "build-info.json"
+    if not info_path.is_file():
+        raise RuntimeError(f"{info_path.name} is missing from the archive: cannot verify {model_file}")
+    expected = json.loads(info_path.read_text())["sha256"][model_file]
+    digest = hashlib.sha256()
+    with open(model_dir / model_file, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise RuntimeError(
+            f"{model_file} does not match build-info.json (sha256 {digest.hexdigest()} != "
+            f"{expected}): the archive was altered or corrupted; rebuild it"
+        )

@@ -1,0 +1,158 @@
+"""TorchServe handler for fp32 or int8 TorchScript image classifiers built by distillserve.
+
+Lifecycle:
+  initialize  verify model.pt against build-info.json, set the quantized engine and thread count,
+              load the TorchScript model, read index_to_name.json, warm up at the batch size.
+  preprocess  decode every request of the batch on its own; a bad one gets its own 4xx, the good
+              ones are stacked into one tensor.
+  inference   one forward pass for the whole batch.
+  postprocess one ``{label: probability}`` top-k dict per request, in request order.
+
+Settings come from the ``handler:`` section of the archive's model-config.yaml. The module name is
+deliberately unlike TorchServe's built-ins (a file named ``image_classifier.py`` would shadow one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+try:  # inside this repository
+    from .classification import (
+        HandlerSettings,
+        request_bytes,
+        thread_count,
+        topk_answers,
+        verify_checksum,
+    )
+    from .imageprep import InputError, decode_image, preprocess
+except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    from classification import (
+        HandlerSettings,
+        request_bytes,
+        thread_count,
+        topk_answers,
+        verify_checksum,
+    )
+    from imageprep import InputError, decode_image, preprocess
+
+logger = logging.getLogger(__name__)
+
+
+class DistillClassifierHandler(BaseHandler):
+    """Batch image classification with per-request errors; see the module docstring."""
+
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.settings = HandlerSettings.from_dict(yaml_config.get("handler", {}))
+        self.manifest = context.manifest
+        serialized = self.manifest["model"].get("serializedFile", "model.pt")
+        verify_checksum(model_dir, serialized)
+
+        if self.settings.quantized:
+            supported = torch.backends.quantized.supported_engines
+            if self.settings.engine not in supported:
+                raise RuntimeError(
+                    f"quantized engine {self.settings.engine!r} is not supported by this torch "
+                    f"build (supported: {', '.join(supported)}); rebuild with one of them"
+                )
+            torch.backends.quantized.engine = self.settings.engine
+        workers = int(yaml_config.get("maxWorkers") or yaml_config.get("minWorkers") or 1)
+        threads = thread_count(self.settings.threads, workers)
+        torch.set_num_threads(threads)
+
+        use_cuda = (
+            not self.settings.quantized
+            and torch.cuda.is_available()
+            and properties.get("gpu_id") is not None
+        )
+        self.device = torch.device(f"cuda:{properties['gpu_id']}" if use_cuda else "cpu")
+        self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device)
+        self.model.eval()
+        self.mapping = json.loads((model_dir / "index_to_name.json").read_text())
+
+        batch_size = int(properties.get("batch_size") or 1)
+        self._warm_up(batch_size)
+        logger.info(
+            "loaded %s (%s, engine=%s, threads=%d, device=%s, batch_size=%d)",
+            serialized,
+            "int8" if self.settings.quantized else "fp32",
+            torch.backends.quantized.engine,
+            threads,
+            self.device,
+            batch_size,
+        )
+        self.initialized = True
+
+    def _warm_up(self, batch_size: int) -> None:
+        spec = self.settings.spec
+        example = torch.zeros((batch_size, spec.channels, *spec.image_size), device=self.device)
+        with torch.inference_mode():
+            for _ in range(self.settings.warmup_iterations):
+                self.model(example)
+
+    def preprocess(self, data: list[dict]) -> dict:
+        """Decode each request; returns the stacked good images and the errors by position."""
+        started = time.perf_counter()
+        images, positions, errors = [], [], {}
+        for idx, request in enumerate(data):
+            try:
+                images.append(
+                    decode_image(
+                        request_bytes(request), self.settings.spec.channels, self.settings.limits
+                    )
+                )
+                positions.append(idx)
+            except InputError as err:
+                errors[idx] = err
+        batch = preprocess(images, self.settings.spec).to(self.device)
+        self._add_metric("ImageDecodeTime", (time.perf_counter() - started) * 1000, "ms")
+        return {"batch": batch, "positions": positions, "errors": errors, "size": len(data)}
+
+    def inference(self, prepared: dict) -> dict:
+        """One forward pass over every decodable image of the batch."""
+        started = time.perf_counter()
+        logits = None
+        if prepared["positions"]:
+            with torch.inference_mode():
+                logits = self.model(prepared["batch"]).cpu()
+        self._add_metric("ForwardTime", (time.perf_counter() - started) * 1000, "ms")
+        self._add_metric("BatchSize", prepared["size"], "count")
+        return {**prepared, "logits": logits}
+
+    def postprocess(self, predicted: dict) -> list:
+        """Exactly one entry per request: a top-k dict, or the JSON error of that request."""
+        answers: list = [None] * predicted["size"]
+        if predicted["logits"] is not None:
+            ranked = topk_answers(predicted["logits"], self.mapping, self.settings.topk)
+            for idx, answer in zip(predicted["positions"], ranked):
+                answers[idx] = answer
+        for idx, err in predicted["errors"].items():
+            self.context.set_response_status(err.status, str(err), idx)
+            self._add_metric("RejectedInputs", 1, "count", "counter", Reason=err.kind)
+            answers[idx] = err.to_body()
+        return answers
+
+    def _add_metric(
+        self, name: str, value: float, unit: str, kind: str = "gauge", **dimensions: str
+    ) -> None:
+        """Record a model metric (metrics log, or the Prometheus endpoint in prometheus mode)."""
+        metrics = getattr(self.context, "metrics", None)
+        if metrics is None:
+            return
+        metrics.add_metric(
+            name,
+            round(value, 3),
+            unit=unit,
+            dimensions=[Dimension(k, v) for k, v in dimensions.items()],  # a fresh list each call
+            metric_type=MetricTypes(kind),
+        )

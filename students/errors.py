@@ -1,0 +1,58 @@
+"""The toolkit's one exception tree. Command-line entry points turn these into one-line errors.
+
+    DistillServeError
+     ├── RecipeError        a recipe key or value is wrong (names the key and what is allowed)
+     ├── DataError          a dataset path or content is unusable
+     ├── QuantizationError  an engine or mode cannot quantize this model
+     ├── ExportError        TorchScript export or its parity check failed
+     ├── ArchiveError       an artifact directory or archive is incomplete or inconsistent
+     └── ServerError        TorchServe could not be started, stopped or reached, or refused a call
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchiveError",
+    "DataError",
+    "DistillServeError",
+    "ExportError",
+    "QuantizationError",
+    "RecipeError",
+    "ServerError",
+]
+
+
+class DistillServeError(Exception):
+    """Base of every error the toolkit raises on purpose."""
+
+
+class RecipeError(DistillServeError):
+    """A recipe key is unknown, missing or has an invalid value."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"recipe key '{key}': {message}")
+
+
+class DataError(DistillServeError):
+    """A dataset cannot be read or does not have the expected layout."""
+
+
+class QuantizationError(DistillServeError):
+    """Quantization cannot run as configured."""
+
+
+class ExportError(DistillServeError):
+    """The exported TorchScript model does not match the eager model."""
+
+
+class ArchiveError(DistillServeError):
+    """An artifact directory or a .mar is missing files or is inconsistent."""
+
+
+class ServerError(DistillServeError):
+    """TorchServe failed to start or stop, or answered a request with an error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)

@@ -1,0 +1,269 @@
+"""``build``: a recipe in, student artifact directories out.
+
+    build/NAME/VERSION/               the final student (int8 when quantized, else fp32)
+    build/NAME/VERSION/student-fp32/  the fp32 student it was quantized from (when quantized)
+    build/NAME/VERSION/teacher/       the teacher, for comparison and serving
+
+Each directory follows the artifact contract (DESIGN.md): ``model.pt``, ``index_to_name.json``,
+``handler.yaml``, ``metrics.json``, ``recipe.yaml``. The build is written to a staging directory
+and moved into place only when every stage, parity checks included, has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from . import __version__
+from .data import Splits, load_splits, make_loader, preprocess_spec
+from .distill import evaluate, train
+from .errors import RecipeError
+from .export import export_torchscript, load_torchscript
+from .measure import latency_ms, threads
+from .quantize import check_engine, quantize
+from .recipe import Recipe, TeacherConfig
+from .zoo import Ensemble, build_model, count_parameters
+
+__all__ = ["Artifact", "BuildResult", "build", "load_teacher"]
+
+AUGMENT = {"degrees": 10.0, "translate": 0.1, "scale": 0.1}
+
+
+@dataclass
+class Artifact:
+    """One exported model and what to write beside it."""
+
+    role: str
+    model_name: str
+    model: nn.Module
+    quantized: bool
+    params: int
+
+
+@dataclass
+class BuildResult:
+    """Where the build wrote its artifacts and the metrics of each."""
+
+    root: Path
+    artifacts: dict[str, Path]
+    metrics: dict[str, dict]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(f"[build] {message}", file=sys.stderr, flush=True)
+
+
+def load_teacher(config: TeacherConfig, num_classes: int, channels: int) -> nn.Module:
+    """A teacher from a TorchScript file, or the recipe's architecture plus a state-dict file."""
+    path = Path(config.checkpoint or "")
+    try:
+        return load_torchscript(path)
+    except RuntimeError:
+        pass  # not TorchScript: try a state dict
+    model = build_model(config.arch, num_classes, channels, config.kwargs)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, KeyError...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(
+            "teacher.checkpoint",
+            f"{path} is neither TorchScript nor a state dict for {config.arch}: {first_line}",
+        ) from None
+    return model.eval()
+
+
+def _train_teacher(
+    recipe: Recipe, classes: int, train_loader, val_loader, log: Callable[[str], None]
+) -> nn.Module:
+    """Train ``teacher.members`` independently seeded models; more than one form an ensemble."""
+    config = recipe.teacher
+    members = []
+    for index in range(config.members):
+        seed = recipe.seed + index
+        log(f"teacher: training {config.arch} {index + 1}/{config.members} "
+            f"for {config.epochs} epochs")
+        torch.manual_seed(seed)
+        member = build_model(config.arch, classes, recipe.data.channels, config.kwargs)
+        train(
+            member, train_loader, val_loader,
+            epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing, augment=AUGMENT, seed=seed,
+            desc=f"teacher {index + 1}/{config.members}",
+        )
+        members.append(member.eval())
+    return members[0] if len(members) == 1 else Ensemble(members).eval()
+
+
+def build(
+    recipe: Recipe, out_root: str | Path = "build", log: Callable[[str], None] = _log
+) -> BuildResult:
+    """Train or load the teacher, distill, quantize and export the student; write the artifacts."""
+    torch.manual_seed(recipe.seed)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    if recipe.quantize.mode != "none":
+        check_engine(recipe.quantize.engine)
+    data = recipe.data
+    splits = load_splits(data, recipe.seed)
+    spec = preprocess_spec(data)
+    classes = len(splits.classes)
+    train_loader = make_loader(splits.train, spec, data.batch_size, shuffle=True, seed=recipe.seed)
+    calib_loader = make_loader(splits.train, spec, data.batch_size)
+    val_loader = make_loader(splits.val, spec, 256)
+    test_loader = make_loader(splits.test, spec, 256)
+    log(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
+        f"{classes} classes, input {data.channels}x{data.image_size[0]}x{data.image_size[1]}")
+    stage("data")
+
+    if recipe.teacher.checkpoint:
+        teacher = load_teacher(recipe.teacher, classes, data.channels)
+        log(f"teacher: loaded {recipe.teacher.checkpoint}")
+    else:
+        teacher = _train_teacher(recipe, classes, train_loader, val_loader, log)
+    teacher.eval()
+    stage("teacher")
+
+    torch.manual_seed(recipe.seed)
+    student = build_model(recipe.student.arch, classes, data.channels, recipe.student.kwargs)
+    params = count_parameters(student)
+    if recipe.student.max_params and params > recipe.student.max_params:
+        raise RecipeError(
+            "student.max_params",
+            f"{recipe.student.arch} with {recipe.student.kwargs} has {params} parameters "
+            f"> {recipe.student.max_params}; make it smaller or raise the limit",
+        )
+    kd = recipe.distill
+    log(f"student: distilling {recipe.student.arch} ({params} params) for {kd.epochs} epochs, "
+        f"T={kd.temperature:g}, alpha={kd.alpha:g}")
+    train(
+        student, train_loader, val_loader,
+        epochs=kd.epochs, lr=kd.lr, weight_decay=kd.weight_decay,
+        teacher=teacher, temperature=kd.temperature, alpha=kd.alpha,
+        augment=AUGMENT, seed=recipe.seed, desc="student",
+    )
+    stage("distill")
+
+    name = recipe.archive.model_name
+    artifacts = {
+        "teacher": Artifact(
+            "teacher", f"{recipe.name}-teacher", teacher, False, count_parameters(teacher)
+        ),
+    }
+    int8 = quantize(student, calib_loader, recipe.quantize)
+    if int8 is not None:
+        log(f"quantize: {recipe.quantize.mode} int8, engine {recipe.quantize.engine}")
+        artifacts["student-fp32"] = Artifact("student-fp32", f"{name}-fp32", student, False, params)
+        artifacts["student"] = Artifact("student", name, int8, True, params)
+    else:
+        artifacts["student"] = Artifact("student", name, student, False, params)
+    stage("quantize")
+
+    final = Path(out_root) / recipe.name / recipe.archive.version
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        example = torch.zeros(1, data.channels, *data.image_size)
+        dirs = {
+            role: staging if role == "student" else staging / role for role in artifacts
+        }
+        accuracy: dict[str, float] = {}
+        parity: dict[str, dict] = {}
+        for role in ("teacher", "student-fp32", "student"):
+            if role not in artifacts:
+                continue
+            art = artifacts[role]
+            reference = student if art.quantized else None
+            report = export_torchscript(
+                art.model, dirs[role] / "model.pt", example, test_loader,
+                method=recipe.export.method, reference=reference,
+                atol=recipe.export.atol, min_agreement=recipe.export.min_int8_agreement,
+            )
+            parity[role] = {
+                "max_abs_diff": report.max_abs_diff,
+                "top1_agreement": report.top1_agreement,
+                "against": "student-fp32" if reference is not None else "eager model",
+            }
+            accuracy[role] = evaluate(load_torchscript(dirs[role] / "model.pt"), test_loader)
+            log(f"export: {role} -> model.pt, test accuracy {accuracy[role]:.4f}")
+        stage("export")
+
+        worker_threads = recipe.archive.threads or max(
+            1, len(os.sched_getaffinity(0)) // recipe.archive.max_workers
+        )
+        metrics = {}
+        for role, art in artifacts.items():
+            model = load_torchscript(dirs[role] / "model.pt")
+            with threads(worker_threads):
+                latency = latency_ms(model, example)
+            metrics[role] = {
+                "role": role,
+                "model_name": art.model_name,
+                "quantized": art.quantized,
+                "params": art.params,
+                "size_bytes": (dirs[role] / "model.pt").stat().st_size,
+                "latency_ms_batch1": round(latency, 4),
+                "latency_threads": worker_threads,
+                "test_accuracy": accuracy[role],
+                "test_samples": len(splits.test),
+                "parity": parity[role],
+                "accuracy": {f"{r}": a for r, a in accuracy.items()},
+                "toolkit_version": __version__,
+                "torch_version": torch.__version__,
+            }
+            _write_artifact(dirs[role], recipe, art, splits, metrics[role])
+        stage("measure")
+        metrics["student"]["stage_seconds"] = timings
+        (staging / "metrics.json").write_text(json.dumps(metrics["student"], indent=2) + "\n")
+
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    paths = {role: final if role == "student" else final / role for role in artifacts}
+    log(f"artifacts in {final}")
+    return BuildResult(final, paths, metrics, timings)
+
+
+def _write_artifact(
+    directory: Path, recipe: Recipe, art: Artifact, splits: Splits, metrics: dict
+) -> None:
+    """index_to_name.json, handler.yaml, metrics.json and recipe.yaml beside model.pt."""
+    index_to_name = {str(i): label for i, label in enumerate(splits.classes)}
+    (directory / "index_to_name.json").write_text(json.dumps(index_to_name, indent=2) + "\n")
+    handler = {
+        **preprocess_spec(recipe.data).to_dict(),
+        "topk": recipe.archive.topk,
+        "quantized": art.quantized,
+        "engine": recipe.quantize.engine,
+        "threads": recipe.archive.threads,
+        "warmup_iterations": 2,
+    }
+    (directory / "handler.yaml").write_text(yaml.safe_dump(handler, sort_keys=False))
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    resolved = recipe.to_dict()
+    resolved["archive"]["model_name"] = art.model_name
+    (directory / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -1,0 +1,115 @@
+"""Post-training int8 quantization with ``torch.ao.quantization`` (eager mode).
+
+- ``static``: fuse conv-bn-relu, attach a qconfig for the engine (per-channel weights by default),
+  calibrate observers on N batches, convert. Needs a model with ``QuantStub``/``DeQuantStub``
+  and, ideally, a ``fuse_model()`` method (the zoo's students and torchvision's quantizable models).
+- ``dynamic``: int8 weights for ``nn.Linear`` with activations quantized on the fly; for
+  Linear-only models (MLPs, classifier heads).
+
+torch 2.14 warns that eager-mode quantization is deprecated (torchao / ``torch.export`` based PT2E
+quantization is its successor); those warnings are silenced here, where they would drown users.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .errors import QuantizationError
+from .recipe import QuantizeConfig
+
+__all__ = ["check_engine", "quantize", "quantize_dynamic", "quantize_static", "is_quantized"]
+
+
+def check_engine(engine: str) -> None:
+    """Make ``engine`` the active quantized engine, or fail naming the supported ones."""
+    supported = torch.backends.quantized.supported_engines
+    if engine not in supported:
+        raise QuantizationError(
+            f"quantize.engine {engine!r} is not supported by this torch build "
+            f"(supported: {', '.join(e for e in supported if e != 'none')})"
+        )
+    torch.backends.quantized.engine = engine
+
+
+def _qconfig(engine: str, per_channel: bool) -> torch.ao.quantization.QConfig:
+    from torch.ao.quantization import (
+        HistogramObserver,
+        MinMaxObserver,
+        PerChannelMinMaxObserver,
+        QConfig,
+    )
+
+    # x86/fbgemm kernels can overflow with full-range activations on CPUs without VNNI.
+    reduce_range = engine in ("x86", "fbgemm")
+    activation = HistogramObserver.with_args(reduce_range=reduce_range)
+    if per_channel:
+        weight = PerChannelMinMaxObserver.with_args(
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+        )
+    else:
+        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    return QConfig(activation=activation, weight=weight)
+
+
+def quantize_static(
+    model: nn.Module, calibration: Iterable, config: QuantizeConfig
+) -> nn.Module:
+    """Fuse, calibrate on ``config.calibration_batches`` batches and convert to int8 (a copy)."""
+    check_engine(config.engine)
+    if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
+        raise QuantizationError(
+            f"{type(model).__name__} has no QuantStub: static quantization needs a "
+            "quantization-ready model (e.g. tiny_cnn, resnet18, mobilenet_v3_large); "
+            "use quantize.mode: dynamic for Linear-only models"
+        )
+    model = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        if hasattr(model, "fuse_model"):
+            try:
+                model.fuse_model(is_qat=False)
+            except TypeError:
+                model.fuse_model()
+        model.qconfig = _qconfig(config.engine, config.per_channel)
+        torch.ao.quantization.prepare(model, inplace=True)
+        with torch.inference_mode():
+            for batch_index, (inputs, _) in enumerate(calibration):
+                if batch_index >= config.calibration_batches:
+                    break
+                model(inputs)
+        torch.ao.quantization.convert(model, inplace=True)
+    return model
+
+
+def quantize_dynamic(model: nn.Module, config: QuantizeConfig) -> nn.Module:
+    """int8 weights for every ``nn.Linear`` (a copy); other layers stay fp32."""
+    check_engine(config.engine)
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise QuantizationError("dynamic quantization found no nn.Linear layer to quantize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8
+        )
+
+
+def quantize(model: nn.Module, calibration: Iterable, config: QuantizeConfig) -> nn.Module | None:
+    """Dispatch on ``config.mode``; ``none`` returns ``None``."""
+    if config.mode == "static":
+        return quantize_static(model, calibration, config)
+    if config.mode == "dynamic":
+        return quantize_dynamic(model, config)
+    return None
+
+
+def is_quantized(model: nn.Module | torch.jit.ScriptModule) -> bool:
+    """Whether a model holds quantized weights (eager or TorchScript)."""
+    state = model.state_dict()
+    return any(
+        isinstance(v, torch.Tensor) and v.is_quantized for v in state.values()
+    ) or any("_packed_params" in k for k in state)

@@ -1,0 +1,354 @@
+"""Recipes: one YAML file naming the data, teacher, student, distillation, quantization, export and
+archive settings. Each section is a dataclass validated on construction; an unknown key or a bad
+value raises ``RecipeError`` naming the key and what is allowed.
+
+Read with ``yaml.safe_load`` only: a recipe can never import or call code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from .errors import RecipeError
+
+__all__ = [
+    "ArchiveConfig",
+    "DataConfig",
+    "DistillConfig",
+    "ExportConfig",
+    "ModelConfig",
+    "QuantizeConfig",
+    "Recipe",
+    "TeacherConfig",
+    "load_recipe",
+]
+
+DATA_SOURCES = ("digits", "imagefolder")
+QUANT_MODES = ("static", "dynamic", "none")
+QUANT_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+EXPORT_METHODS = ("trace", "script")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RecipeError(key, f"{value!r} is not one of: {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise RecipeError(key, f"must be >= {low}, got {value}")
+
+
+def _between(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise RecipeError(key, f"must be between {low} and {high}, got {value}")
+
+
+class _Section:
+    """Shared parsing for recipe sections: unknown keys and value types are checked here."""
+
+    SECTION: ClassVar[str] = ""
+
+    @classmethod
+    def parse(cls, raw: Any, where: str | None = None) -> Any:
+        where = where or cls.SECTION
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise RecipeError(where, f"must be a mapping, got {type(raw).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        for key in raw:
+            if key not in known:
+                raise RecipeError(
+                    f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(known))})"
+                )
+        hints = typing.get_type_hints(cls)
+        values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()}
+        missing = [
+            name
+            for name, f in known.items()
+            if name not in values
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise RecipeError(f"{where}.{missing[0]}", "is required")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a simple type hint, converting where YAML is loose (1e-4 is a str)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(key, f"must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(key, f"must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(key, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(key, f"must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise RecipeError(key, f"must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise RecipeError(key, f"must be a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise RecipeError(key, f"must be a string, got {value!r}")
+        return value
+    return value
+
+
+@dataclass
+class DataConfig(_Section):
+    """Where the images come from and how they become model input."""
+
+    SECTION: ClassVar[str] = "data"
+    source: str = "digits"
+    root: str | None = None
+    image_size: list[int] = field(default_factory=lambda: [8, 8])
+    channels: int = 1
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])
+    val_fraction: float = 0.1
+    test_fraction: float = 0.25
+    batch_size: int = 64
+    augment_shift: int = 1
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        if self.source == "imagefolder":
+            if not self.root:
+                raise RecipeError("data.root", "is required when data.source is imagefolder")
+            if not Path(self.root).is_dir():
+                raise RecipeError("data.root", f"directory not found: {self.root}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise RecipeError("data.image_size", f"must be [height, width], got {self.image_size}")
+        _choice("data.channels", str(self.channels), ("1", "3"))
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise RecipeError(f"data.{key}", f"needs {self.channels} value(s), one per channel")
+        if min(self.std) <= 0:
+            raise RecipeError("data.std", "values must be > 0")
+        _between("data.val_fraction", self.val_fraction, 0.01, 0.5)
+        _between("data.test_fraction", self.test_fraction, 0.01, 0.5)
+        _at_least("data.batch_size", self.batch_size, 1)
+        _at_least("data.augment_shift", self.augment_shift, 0)
+
+
+@dataclass
+class ModelConfig(_Section):
+    """A zoo architecture by name with its keyword arguments."""
+
+    SECTION: ClassVar[str] = "student"
+    arch: str = "tiny_cnn"
+    kwargs: dict = field(default_factory=dict)
+    max_params: int = 0
+
+    def __post_init__(self) -> None:
+        from .zoo import MODELS  # local import: zoo imports torch
+
+        if self.arch not in MODELS:
+            raise RecipeError(
+                f"{self.SECTION}.arch", f"{self.arch!r} is not one of: {', '.join(sorted(MODELS))}"
+            )
+        _at_least(f"{self.SECTION}.max_params", self.max_params, 0)
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """The teacher: trained here (``members`` > 1 trains an ensemble that averages logits), or
+    loaded from a checkpoint (TorchScript, or a state dict for ``arch``)."""
+
+    SECTION: ClassVar[str] = "teacher"
+    arch: str = "cifar_resnet"
+    checkpoint: str | None = None
+    members: int = 1
+    epochs: int = 30
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise RecipeError("teacher.checkpoint", f"file not found: {self.checkpoint}")
+        _at_least("teacher.members", self.members, 1)
+        _at_least("teacher.epochs", self.epochs, 0)
+        _at_least("teacher.lr", self.lr, 0.0)
+        _at_least("teacher.weight_decay", self.weight_decay, 0.0)
+        _between("teacher.label_smoothing", self.label_smoothing, 0.0, 0.5)
+        if self.epochs == 0 and not self.checkpoint:
+            raise RecipeError("teacher.epochs", "is 0 but no teacher.checkpoint is given")
+
+
+@dataclass
+class DistillConfig(_Section):
+    """Response KD (Hinton et al. 2015): temperature, alpha and the student's training schedule."""
+
+    SECTION: ClassVar[str] = "distill"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    epochs: int = 60
+    lr: float = 0.05
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _at_least("distill.temperature", self.temperature, 1e-3)
+        _between("distill.alpha", self.alpha, 0.0, 1.0)
+        _at_least("distill.epochs", self.epochs, 1)
+        _at_least("distill.lr", self.lr, 0.0)
+        _at_least("distill.weight_decay", self.weight_decay, 0.0)
+
+
+@dataclass
+class QuantizeConfig(_Section):
+    """Post-training int8: static (fused, calibrated, per-channel) or dynamic (Linear layers)."""
+
+    SECTION: ClassVar[str] = "quantize"
+    mode: str = "static"
+    engine: str = "x86"
+    per_channel: bool = True
+    calibration_batches: int = 8
+
+    def __post_init__(self) -> None:
+        _choice("quantize.mode", self.mode, QUANT_MODES)
+        _choice("quantize.engine", self.engine, QUANT_ENGINES)
+        _at_least("quantize.calibration_batches", self.calibration_batches, 1)
+
+
+@dataclass
+class ExportConfig(_Section):
+    """TorchScript export and the parity checks that must pass before an artifact is written."""
+
+    SECTION: ClassVar[str] = "export"
+    method: str = "trace"
+    atol: float = 1e-4
+    min_int8_agreement: float = 0.99
+
+    def __post_init__(self) -> None:
+        _choice("export.method", self.method, EXPORT_METHODS)
+        _at_least("export.atol", self.atol, 0.0)
+        _between("export.min_int8_agreement", self.min_int8_agreement, 0.0, 1.0)
+
+
+@dataclass
+class ArchiveConfig(_Section):
+    """How the artifact becomes a .mar and how TorchServe should batch and scale it."""
+
+    SECTION: ClassVar[str] = "archive"
+    model_name: str = "student"
+    version: str = "1.0"
+    batch_size: int = 8
+    max_batch_delay: int = 50
+    min_workers: int = 1
+    max_workers: int = 1
+    response_timeout: int = 120
+    topk: int = 3
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model_name or not all(c.isalnum() or c in "-_" for c in self.model_name):
+            raise RecipeError(
+                "archive.model_name", f"{self.model_name!r} may use only letters, digits, - and _"
+            )
+        if not self.version or not all(c.isalnum() or c in "._-" for c in self.version):
+            raise RecipeError("archive.version", f"{self.version!r} may use letters, digits, . _ -")
+        _at_least("archive.batch_size", self.batch_size, 1)
+        _at_least("archive.max_batch_delay", self.max_batch_delay, 1)
+        _at_least("archive.min_workers", self.min_workers, 1)
+        _at_least("archive.max_workers", self.max_workers, self.min_workers)
+        _at_least("archive.response_timeout", self.response_timeout, 1)
+        _at_least("archive.topk", self.topk, 1)
+        _at_least("archive.threads", self.threads, 0)
+
+
+@dataclass
+class Recipe:
+    """A whole recipe; ``load_recipe`` builds one from YAML."""
+
+    name: str
+    data: DataConfig
+    teacher: TeacherConfig
+    student: ModelConfig
+    distill: DistillConfig
+    quantize: QuantizeConfig
+    export: ExportConfig
+    archive: ArchiveConfig
+    seed: int = 0
+
+    SECTIONS: ClassVar[dict[str, type[_Section]]] = {
+        "data": DataConfig,
+        "teacher": TeacherConfig,
+        "student": ModelConfig,
+        "distill": DistillConfig,
+        "quantize": QuantizeConfig,
+        "export": ExportConfig,
+        "archive": ArchiveConfig,
+    }
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Recipe:
+        if not isinstance(raw, dict):
+            raise RecipeError("<top>", "a recipe must be a YAML mapping")
+        allowed = ("name", "seed", *cls.SECTIONS)
+        for key in raw:
+            if key not in allowed:
+                raise RecipeError(key, f"unknown key (allowed: {', '.join(allowed)})")
+        name = _coerce(raw.get("name"), str, "name") if raw.get("name") is not None else None
+        if not name:
+            raise RecipeError("name", "is required")
+        seed = _coerce(raw.get("seed", 0), int, "seed")
+        sections = {key: kind.parse(raw.get(key)) for key, kind in cls.SECTIONS.items()}
+        return cls(name=name, seed=seed, **sections)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        out.update({key: getattr(self, key).to_dict() for key in self.SECTIONS})
+        return out
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; every problem is a one-line ``RecipeError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError("<file>", f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError("<file>", f"{path} is not valid YAML{where}") from None
+    try:
+        return Recipe.from_dict(raw)
+    except RecipeError as err:
+        raise RecipeError(err.key, f"{str(err).split(': ', 1)[1]} (in {path})") from None
