@@ -33,7 +33,7 @@ _ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
 
 @dataclass(frozen=True)
 class HandlerSettings:
-    """The ``handler:`` section of ``model-config.yaml`` (written from the artifact's handler.yaml)."""
+    """The ``handler:`` section of ``model-config.yaml`` (from handler.yaml)."""
 
     spec: PreprocessSpec
     topk: int = 3
@@ -109,7 +109,9 @@ def request_bytes(request: dict) -> bytes:
         payload = payload.encode("utf-8")
     if isinstance(payload, (bytes, bytearray)):
         return bytes(payload)
-    raise InputError(f"unsupported request payload ({type(payload).__name__})", 400, "MalformedRequest")
+    raise InputError(
+        f"unsupported request payload ({type(payload).__name__})", 400, "MalformedRequest"
+    )
 
 
 def topk_answers(logits: torch.Tensor, mapping: dict[str, str], k: int) -> list[dict[str, float]]:
@@ -127,7 +129,9 @@ def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:
     """Refuse a model file whose sha256 differs from the one in ``build-info.json``."""
     info_path = model_dir / "build-info.json"
     if not info_path.is_file():
-        raise RuntimeError(f"{info_path.name} is missing from the archive: cannot verify {model_file}")
+        raise RuntimeError(
+            f"{info_path.name} is missing from the archive: cannot verify {model_file}"
+        )
     expected = json.loads(info_path.read_text())["sha256"][model_file]
     digest = hashlib.sha256()
     with open(model_dir / model_file, "rb") as fh:

@@ -120,12 +120,12 @@ class DistillClassifierHandler(BaseHandler):
 
     def inference(self, prepared: dict) -> dict:
         """One forward pass over every decodable image of the batch."""
-        started = time.perf_counter()
         logits = None
         if prepared["positions"]:
+            started = time.perf_counter()
             with torch.inference_mode():
                 logits = self.model(prepared["batch"]).cpu()
-        self._add_metric("ForwardTime", (time.perf_counter() - started) * 1000, "ms")
+            self._add_metric("ForwardTime", (time.perf_counter() - started) * 1000, "ms")
         self._add_metric("BatchSize", prepared["size"], "count")
         return {**prepared, "logits": logits}
 

@@ -1,4 +1,4 @@
-"""Image bytes -> model input, in two framework-free steps shared by training, evaluation and serving.
+"""Image bytes -> model input, in two framework-free steps shared by training, evaluation, serving.
 
 ``decode_image`` turns one request's bytes into a ``uint8`` tensor shaped ``(C, H, W)`` with the
 model's channel count; ``preprocess`` turns a list of such tensors into one normalised ``float32``
@@ -122,7 +122,9 @@ def decode_image(data: bytes, channels: int, limits: ImageLimits = ImageLimits()
     except InputError:
         raise
     except UnidentifiedImageError:
-        raise InputError("body is not an image in a format Pillow can read", 415, "NotAnImage")
+        raise InputError(
+            "body is not an image in a format Pillow can read", 415, "NotAnImage"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InputError(f"image has too many pixels: {err}", 413, "TooLarge") from None
     except Exception as err:  # Pillow raises many types for corrupt data (OSError, SyntaxError...)
@@ -155,7 +157,8 @@ def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:
         raise InputError(f"image has no pixels ({width}x{height})", 400, "UndecodableImage")
     if width * height > limits.max_pixels:
         raise InputError(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
+            f"image is {width}x{height} = {width * height} pixels; "
+            f"the limit is {limits.max_pixels}",
             413,
             "TooLarge",
         )

@@ -24,8 +24,8 @@ from .errors import DataError
 from .recipe import DataConfig
 
 __all__ = [
-    "ImageList",
     "ImageFiles",
+    "ImageList",
     "Splits",
     "augment_affine",
     "load_splits",
@@ -36,7 +36,7 @@ __all__ = [
 
 
 class ImageList(Dataset):
-    """Images already in memory: a ``uint8`` tensor ``(N, C, H, W)`` and ``long`` labels ``(N,)``."""
+    """Images in memory: a ``uint8`` tensor ``(N, C, H, W)`` and ``long`` labels ``(N,)``."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -137,7 +137,9 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
         images, labels = load_digits_images()
         data = ImageList(images, labels)
         train, val, test = stratified_split(labels, config.val_fraction, config.test_fraction, seed)
-        return Splits(data.subset(train), data.subset(val), data.subset(test), [str(i) for i in range(10)])
+        return Splits(
+            data.subset(train), data.subset(val), data.subset(test), [str(i) for i in range(10)]
+        )
 
     root = Path(config.root or "")
     if (root / "train").is_dir():

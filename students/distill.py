@@ -117,7 +117,9 @@ def train(
 
 
 @torch.inference_mode()
-def predict(model: nn.Module | torch.jit.ScriptModule, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module | torch.jit.ScriptModule, loader: Iterable
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels over a loader, in order, in eval mode."""
     if isinstance(model, nn.Module):
         model.eval()

@@ -1,12 +1,12 @@
 """The toolkit's one exception tree. Command-line entry points turn these into one-line errors.
 
-    DistillServeError
-     ├── RecipeError        a recipe key or value is wrong (names the key and what is allowed)
-     ├── DataError          a dataset path or content is unusable
-     ├── QuantizationError  an engine or mode cannot quantize this model
-     ├── ExportError        TorchScript export or its parity check failed
-     ├── ArchiveError       an artifact directory or archive is incomplete or inconsistent
-     └── ServerError        TorchServe could not be started, stopped or reached, or refused a call
+DistillServeError
+ ├── RecipeError        a recipe key or value is wrong (names the key and what is allowed)
+ ├── DataError          a dataset path or content is unusable
+ ├── QuantizationError  an engine or mode cannot quantize this model
+ ├── ExportError        TorchScript export or its parity check failed
+ ├── ArchiveError       an artifact directory or archive is incomplete or inconsistent
+ └── ServerError        TorchServe could not be started, stopped or reached, or refused a call
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ class DistillServeError(Exception):
 class RecipeError(DistillServeError):
     """A recipe key is unknown, missing or has an invalid value."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str | None, message: str) -> None:
         self.key = key
-        super().__init__(f"recipe key '{key}': {message}")
+        self.message = message
+        super().__init__(f"recipe key '{key}': {message}" if key else f"recipe: {message}")
 
 
 class DataError(DistillServeError):

@@ -74,7 +74,8 @@ def export_torchscript(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        for category in (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
         if method == "trace":
             scripted = torch.jit.trace(model, example, check_trace=False)
         elif method == "script":

@@ -95,14 +95,22 @@ def _train_teacher(
     members = []
     for index in range(config.members):
         seed = recipe.seed + index
-        log(f"teacher: training {config.arch} {index + 1}/{config.members} "
-            f"for {config.epochs} epochs")
+        log(
+            f"teacher: training {config.arch} {index + 1}/{config.members} "
+            f"for {config.epochs} epochs"
+        )
         torch.manual_seed(seed)
         member = build_model(config.arch, classes, recipe.data.channels, config.kwargs)
         train(
-            member, train_loader, val_loader,
-            epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-            label_smoothing=config.label_smoothing, augment=AUGMENT, seed=seed,
+            member,
+            train_loader,
+            val_loader,
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing,
+            augment=AUGMENT,
+            seed=seed,
             desc=f"teacher {index + 1}/{config.members}",
         )
         members.append(member.eval())
@@ -133,8 +141,10 @@ def build(
     calib_loader = make_loader(splits.train, spec, data.batch_size)
     val_loader = make_loader(splits.val, spec, 256)
     test_loader = make_loader(splits.test, spec, 256)
-    log(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
-        f"{classes} classes, input {data.channels}x{data.image_size[0]}x{data.image_size[1]}")
+    log(
+        f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
+        f"{classes} classes, input {data.channels}x{data.image_size[0]}x{data.image_size[1]}"
+    )
     stage("data")
 
     if recipe.teacher.checkpoint:
@@ -155,13 +165,23 @@ def build(
             f"> {recipe.student.max_params}; make it smaller or raise the limit",
         )
     kd = recipe.distill
-    log(f"student: distilling {recipe.student.arch} ({params} params) for {kd.epochs} epochs, "
-        f"T={kd.temperature:g}, alpha={kd.alpha:g}")
+    log(
+        f"student: distilling {recipe.student.arch} ({params} params) for {kd.epochs} epochs, "
+        f"T={kd.temperature:g}, alpha={kd.alpha:g}"
+    )
     train(
-        student, train_loader, val_loader,
-        epochs=kd.epochs, lr=kd.lr, weight_decay=kd.weight_decay,
-        teacher=teacher, temperature=kd.temperature, alpha=kd.alpha,
-        augment=AUGMENT, seed=recipe.seed, desc="student",
+        student,
+        train_loader,
+        val_loader,
+        epochs=kd.epochs,
+        lr=kd.lr,
+        weight_decay=kd.weight_decay,
+        teacher=teacher,
+        temperature=kd.temperature,
+        alpha=kd.alpha,
+        augment=AUGMENT,
+        seed=recipe.seed,
+        desc="student",
     )
     stage("distill")
 
@@ -183,11 +203,10 @@ def build(
     final = Path(out_root) / recipe.name / recipe.archive.version
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    staging.chmod(0o755)
     try:
         example = torch.zeros(1, data.channels, *data.image_size)
-        dirs = {
-            role: staging if role == "student" else staging / role for role in artifacts
-        }
+        dirs = {role: staging if role == "student" else staging / role for role in artifacts}
         accuracy: dict[str, float] = {}
         parity: dict[str, dict] = {}
         for role in ("teacher", "student-fp32", "student"):
@@ -196,9 +215,14 @@ def build(
             art = artifacts[role]
             reference = student if art.quantized else None
             report = export_torchscript(
-                art.model, dirs[role] / "model.pt", example, test_loader,
-                method=recipe.export.method, reference=reference,
-                atol=recipe.export.atol, min_agreement=recipe.export.min_int8_agreement,
+                art.model,
+                dirs[role] / "model.pt",
+                example,
+                test_loader,
+                method=recipe.export.method,
+                reference=reference,
+                atol=recipe.export.atol,
+                min_agreement=recipe.export.min_int8_agreement,
             )
             parity[role] = {
                 "max_abs_diff": report.max_abs_diff,

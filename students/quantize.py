@@ -22,7 +22,7 @@ from torch import nn
 from .errors import QuantizationError
 from .recipe import QuantizeConfig
 
-__all__ = ["check_engine", "quantize", "quantize_dynamic", "quantize_static", "is_quantized"]
+__all__ = ["check_engine", "is_quantized", "quantize", "quantize_dynamic", "quantize_static"]
 
 
 def check_engine(engine: str) -> None:
@@ -56,9 +56,7 @@ def _qconfig(engine: str, per_channel: bool) -> torch.ao.quantization.QConfig:
     return QConfig(activation=activation, weight=weight)
 
 
-def quantize_static(
-    model: nn.Module, calibration: Iterable, config: QuantizeConfig
-) -> nn.Module:
+def quantize_static(model: nn.Module, calibration: Iterable, config: QuantizeConfig) -> nn.Module:
     """Fuse, calibrate on ``config.calibration_batches`` batches and convert to int8 (a copy)."""
     check_engine(config.engine)
     if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
@@ -108,8 +106,10 @@ def quantize(model: nn.Module, calibration: Iterable, config: QuantizeConfig) ->
 
 
 def is_quantized(model: nn.Module | torch.jit.ScriptModule) -> bool:
-    """Whether a model holds quantized weights (eager or TorchScript)."""
-    state = model.state_dict()
+    """Whether a model runs quantized kernels (eager modules or a TorchScript graph)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return "quantized::" in str(model.inlined_graph)
     return any(
-        isinstance(v, torch.Tensor) and v.is_quantized for v in state.values()
-    ) or any("_packed_params" in k for k in state)
+        type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+        for m in model.modules()
+    )

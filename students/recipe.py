@@ -87,7 +87,7 @@ class _Section:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a simple type hint, converting where YAML is loose (1e-4 is a str)."""
+    """Check ``value`` against a simple type hint; convert where YAML is loose (1e-4 is a str)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -319,7 +319,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, raw: Any) -> Recipe:
         if not isinstance(raw, dict):
-            raise RecipeError("<top>", "a recipe must be a YAML mapping")
+            raise RecipeError(None, "a recipe must be a YAML mapping")
         allowed = ("name", "seed", *cls.SECTIONS)
         for key in raw:
             if key not in allowed:
@@ -341,14 +341,14 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every problem is a one-line ``RecipeError``."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError("<file>", f"recipe file not found: {path}")
+        raise RecipeError(None, f"file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError("<file>", f"{path} is not valid YAML{where}") from None
+        raise RecipeError(None, f"{path} is not valid YAML{where}") from None
     try:
         return Recipe.from_dict(raw)
     except RecipeError as err:
-        raise RecipeError(err.key, f"{str(err).split(': ', 1)[1]} (in {path})") from None
+        raise RecipeError(err.key, f"{err.message} (in {path})") from None

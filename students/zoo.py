@@ -133,7 +133,9 @@ def _torchvision(name: str, quantizable: bool = False) -> Callable[..., nn.Modul
         if quantizable:
             from torchvision.models import quantization as tvq
 
-            return getattr(tvq, name)(weights=None, quantize=False, num_classes=num_classes, **kwargs)
+            return getattr(tvq, name)(
+                weights=None, quantize=False, num_classes=num_classes, **kwargs
+            )
         import torchvision.models as tvm
 
         return getattr(tvm, name)(weights=None, num_classes=num_classes, **kwargs)
@@ -150,7 +152,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, kwargs: dict | None = None) -> nn.Module:
+def build_model(
+    arch: str, num_classes: int, in_channels: int, kwargs: dict | None = None
+) -> nn.Module:
     """Build a zoo model with random weights; bad names or arguments are ``RecipeError``s."""
     if arch not in MODELS:
         raise RecipeError("arch", f"{arch!r} is not one of: {', '.join(sorted(MODELS))}")

@@ -1,0 +1,177 @@
+"""Build a ``.mar`` from a student artifact directory (see DESIGN.md for both layouts).
+
+The archive carries ``model.pt``, the handler module and its helper modules (so an inference host
+needs only torchserve and torch), ``index_to_name.json``, a ``model-config.yaml`` (batching,
+workers, timeout, and the ``handler:`` settings) and ``build-info.json`` (sha256 of ``model.pt``,
+versions, metrics, recipe). torch-model-archiver does the packing; every build stages in its own
+temporary directory and the finished file is moved into the model store atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from handlers.classification import HandlerSettings
+from students.errors import ArchiveError, RecipeError
+from students.recipe import ArchiveConfig
+
+__all__ = ["ARTIFACT_FILES", "ArchiveResult", "build_archive", "read_archive_config", "sha256_file"]
+
+ARTIFACT_FILES = ("model.pt", "index_to_name.json", "handler.yaml", "metrics.json", "recipe.yaml")
+HANDLER_DIR = Path(__file__).resolve().parent.parent / "handlers"
+HANDLER_MODULE = "distill_classifier.py"
+HELPER_MODULES = ("classification.py", "imageprep.py")
+
+# torch-model-archiver stages files in tempfile.gettempdir()/<model name>: point that at a
+# private directory per build, one build at a time within this process.
+_TEMPDIR_LOCK = threading.Lock()
+
+
+@dataclass
+class ArchiveResult:
+    """The archive written and what went into it."""
+
+    path: Path
+    model_name: str
+    version: str
+    model_config: dict
+    build_info: dict
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_archive_config(artifact_dir: Path) -> tuple[ArchiveConfig, dict]:
+    """The ``archive`` section of the artifact's recipe.yaml, validated, and the whole recipe."""
+    try:
+        recipe = yaml.safe_load((artifact_dir / "recipe.yaml").read_text()) or {}
+    except yaml.YAMLError:
+        raise ArchiveError(f"{artifact_dir / 'recipe.yaml'} is not valid YAML") from None
+    try:
+        return ArchiveConfig.parse(recipe.get("archive")), recipe
+    except RecipeError as err:
+        raise ArchiveError(f"{artifact_dir / 'recipe.yaml'}: {err}") from None
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("torch", "torchvision", "distillserve", "torchserve", "torch-model-archiver"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def build_archive(
+    artifact_dir: str | Path,
+    model_store: str | Path = "model_store",
+    *,
+    model_name: str | None = None,
+    version: str | None = None,
+    file_name: str | None = None,
+) -> ArchiveResult:
+    """Archive ``artifact_dir`` into ``model_store/<file_name or model_name>.mar``.
+
+    ``model_name`` and ``version`` default to the artifact recipe's ``archive`` section.
+    """
+    from model_archiver.model_archiver import ModelArchiver
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+
+    artifact_dir = Path(artifact_dir)
+    if not artifact_dir.is_dir():
+        raise ArchiveError(f"artifact directory not found: {artifact_dir}")
+    missing = [f for f in ARTIFACT_FILES if not (artifact_dir / f).is_file()]
+    if missing:
+        raise ArchiveError(
+            f"{artifact_dir} is not a student artifact: missing {', '.join(missing)}"
+        )
+    config, recipe = read_archive_config(artifact_dir)
+    if model_name or version:
+        try:
+            config = ArchiveConfig.parse(
+                {
+                    **config.to_dict(),
+                    "model_name": model_name or config.model_name,
+                    "version": version or config.version,
+                }
+            )
+        except RecipeError as err:
+            raise ArchiveError(str(err)) from None
+    handler_settings = yaml.safe_load((artifact_dir / "handler.yaml").read_text()) or {}
+    try:
+        HandlerSettings.from_dict(handler_settings)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ArchiveError(f"{artifact_dir / 'handler.yaml'}: {err}") from None
+    metrics = json.loads((artifact_dir / "metrics.json").read_text())
+
+    model_config = {
+        "minWorkers": config.min_workers,
+        "maxWorkers": config.max_workers,
+        "batchSize": config.batch_size,
+        "maxBatchDelay": config.max_batch_delay,
+        "responseTimeout": config.response_timeout,
+        "handler": handler_settings,
+    }
+    build_info = {
+        "model_name": config.model_name,
+        "version": config.version,
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "sha256": {"model.pt": sha256_file(artifact_dir / "model.pt")},
+        "versions": _versions(),
+        "metrics": metrics,
+        "recipe": recipe,
+    }
+
+    store = Path(model_store)
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / (file_name or f"{config.model_name}.mar")
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
+    try:
+        files = staging / "files"
+        files.mkdir()
+        for name in (HANDLER_MODULE, *HELPER_MODULES):
+            shutil.copy2(HANDLER_DIR / name, files / name)
+        shutil.copy2(artifact_dir / "index_to_name.json", files / "index_to_name.json")
+        (files / "build-info.json").write_text(json.dumps(build_info, indent=2) + "\n")
+        (files / "model-config.yaml").write_text(yaml.safe_dump(model_config, sort_keys=False))
+        out = staging / "out"
+        out.mkdir()
+        archiver_config = ModelArchiverConfig(
+            model_name=config.model_name,
+            handler=str(files / HANDLER_MODULE),
+            version=config.version,
+            serialized_file=str(artifact_dir / "model.pt"),
+            extra_files=",".join(
+                str(files / n) for n in (*HELPER_MODULES, "index_to_name.json", "build-info.json")
+            ),
+            export_path=str(out),
+            config_file=str(files / "model-config.yaml"),
+            force=True,
+        )
+        with _TEMPDIR_LOCK:
+            previous = tempfile.tempdir
+            tempfile.tempdir = str(staging)
+            try:
+                ModelArchiver.generate_model_archive(archiver_config)
+            finally:
+                tempfile.tempdir = previous
+        (out / f"{config.model_name}.mar").replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ArchiveResult(target, config.model_name, config.version, model_config, build_info)

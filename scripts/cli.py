@@ -1,0 +1,178 @@
+"""``distillserve``: one command, one verb per job. Thin argparse front ends over the libraries.
+
+Every verb has ``--help``; bad input is a one-line error on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+# Before torch is imported anywhere: these would drown the output of every command.
+warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
+
+from students.errors import DistillServeError  # noqa: E402
+
+__all__ = ["get_parser", "main"]
+
+
+def _build(args: argparse.Namespace) -> int:
+    from students.pipeline import build
+    from students.recipe import load_recipe
+
+    result = build(load_recipe(args.recipe), args.out)
+    for role, path in result.artifacts.items():
+        m = result.metrics[role]
+        print(f"{role:<14} {path}  accuracy {m['test_accuracy']:.4f}  {m['size_bytes']} bytes")
+    return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from archiver import build_archive
+
+    result = build_archive(
+        args.artifact_dir,
+        args.model_store,
+        model_name=args.model_name,
+        version=args.version,
+        file_name=args.file_name,
+    )
+    print(result.path)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from scripts.server import TorchServe
+
+    server = TorchServe(args.config, args.run_dir, args.model_store)
+    if args.action == "start":
+        server.start(timeout=args.timeout)
+        print(
+            f"TorchServe ready: inference {server.inference_url}, "
+            f"management {server.management_url}, metrics {server.metrics_url}"
+        )
+        print(f"token file: {server.key_file}")
+        print(
+            f"logs: {server.log_dir}; stop with: distillserve serve stop --run-dir {args.run_dir}"
+        )
+    elif args.action == "stop":
+        print("stopped" if server.stop() else "not running")
+    else:
+        status = server.status()
+        print(json.dumps(status, indent=2))
+        return 0 if status["running"] else 3
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from scripts.rest import InferenceClient, read_key
+    from scripts.server import read_properties
+
+    url = args.url or read_properties(args.config).get("inference_address", "http://127.0.0.1:8080")
+    paths = []
+    for item in args.images:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DistillServeError(f"image not found: {path}")
+    if not paths:
+        raise DistillServeError("no image files given")
+    key_file = args.key_file or Path(args.run_dir) / "key_file.json"
+    token = None if args.no_token else read_key(key_file, "inference")
+    client = InferenceClient(url, token, timeout=args.timeout)
+    results = client.predict_many(
+        args.model, [p.read_bytes() for p in paths], args.concurrency, args.version
+    )
+    failed = 0
+    for path, result in zip(paths, results):
+        print(json.dumps({"file": str(path), "status": result.status, "result": result.body}))
+        failed += not result.ok
+    return 1 if failed else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from scripts.demo import run_demo
+
+    run_demo(args.recipe, args.config, args.out, args.model_store, args.concurrency)
+    return 0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distillserve",
+        description="Distill image models into small int8 students and serve them with TorchServe.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser(
+        "build", help="train/distill/quantize/export a recipe into build/NAME/VERSION/"
+    )
+    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/digits.yaml")
+    p.add_argument("--out", default="build", help="output root (default: build)")
+    p.set_defaults(func=_build)
+
+    p = verbs.add_parser("archive", help="package a student artifact directory as a .mar")
+    p.add_argument("artifact_dir", help="e.g. build/digits/1.0 or build/digits/1.0/teacher")
+    p.add_argument("--model-store", default="model_store", help="where the .mar goes")
+    p.add_argument("--model-name", help="override the recipe's archive.model_name")
+    p.add_argument("--version", help="override the recipe's archive.version")
+    p.add_argument("--file-name", help="archive file name (default: MODEL_NAME.mar)")
+    p.set_defaults(func=_archive)
+
+    p = verbs.add_parser("serve", help="start, stop or inspect TorchServe")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--config", default="config.properties", help="TorchServe config file")
+    p.add_argument(
+        "--run-dir",
+        default="build/serve",
+        help="private TMPDIR, logs and key_file.json of this server (default: build/serve)",
+    )
+    p.add_argument("--model-store", help="override model_store from the config")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.set_defaults(func=_serve)
+
+    p = verbs.add_parser("predict", help="classify images through TorchServe's REST API")
+    p.add_argument("model", help="registered model name, e.g. digits-student")
+    p.add_argument("images", nargs="+", help="image files or directories")
+    p.add_argument("--version", help="model version (default: the default version)")
+    p.add_argument("--url", help="inference address (default: from --config)")
+    p.add_argument("--config", default="config.properties")
+    p.add_argument("--run-dir", default="build/serve", help="where key_file.json is")
+    p.add_argument("--key-file", help="path of key_file.json (overrides --run-dir)")
+    p.add_argument("--no-token", action="store_true", help="send no Authorization header")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=_predict)
+
+    p = verbs.add_parser("demo", help="build, archive, serve and query the digits models; report")
+    p.add_argument("--recipe", default="recipes/digits.yaml")
+    p.add_argument("--config", default="config.properties")
+    p.add_argument("--out", default="build")
+    p.add_argument("--model-store", default="model_store")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DistillServeError as err:
+        print(f"distillserve {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"distillserve {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""``make demo``: build the digits teacher and student, archive them, serve them, query them over
+REST with the whole test split, and report size, speed and accuracy in process and served."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from archiver import build_archive
+from students.data import load_splits, make_loader, preprocess_spec
+from students.distill import predict
+from students.export import load_torchscript
+from students.pipeline import build
+from students.recipe import load_recipe
+
+from .rest import InferenceClient
+from .server import TorchServe
+
+__all__ = ["encode_png", "format_table", "run_demo"]
+
+ROLES = (("teacher", "teacher fp32"), ("student-fp32", "student fp32"), ("student", "student int8"))
+
+
+def _log(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """A ``uint8`` (C, H, W) image as lossless PNG bytes, as a client would send it."""
+    array = image.permute(1, 2, 0).squeeze(-1).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _served(client: InferenceClient, model: str, payloads: list[bytes], concurrency: int) -> dict:
+    """Send every payload concurrently; per-request latency, top-1 label and failures."""
+
+    def one(payload: bytes) -> tuple[float, str | None, int]:
+        start = time.perf_counter()
+        result = client.predict_raw(model, payload)
+        return (time.perf_counter() - start) * 1000.0, result.top1, result.status
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        answers = list(pool.map(one, payloads))
+    wall = time.perf_counter() - start
+    return {
+        "labels": [label for _, label, _ in answers],
+        "failures": sum(1 for _, _, status in answers if status != 200),
+        "p50_ms": statistics.median(ms for ms, _, _ in answers),
+        "throughput_rps": len(payloads) / wall,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """The report as a fixed-width text table."""
+    header = (
+        f"{'model':<14}{'params':>10}{'file KB':>10}{'b1 ms':>9}"
+        f"{'acc (proc)':>12}{'acc (served)':>14}{'agree':>8}{'served p50 ms':>15}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        served = "n/a" if r["accuracy_served"] is None else f"{r['accuracy_served']:.2%}"
+        agree = "n/a" if r["agreement"] is None else f"{r['agreement']:.2%}"
+        p50 = "n/a" if r["served_p50_ms"] is None else f"{r['served_p50_ms']:.1f}"
+        lines.append(
+            f"{r['model']:<14}{r['params']:>10,}{r['size_bytes'] / 1024:>10.1f}"
+            f"{r['latency_ms_batch1']:>9.3f}{r['accuracy_in_process']:>12.2%}{served:>14}"
+            f"{agree:>8}{p50:>15}"
+        )
+    return "\n".join(lines)
+
+
+def run_demo(
+    recipe_path: str | Path = "recipes/digits.yaml",
+    config: str | Path = "config.properties",
+    out_root: str | Path = "build",
+    model_store: str | Path = "model_store",
+    concurrency: int = 16,
+) -> dict:
+    """The whole flow; writes ``build/report.json`` and returns the report."""
+    stage_seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        stage_seconds[name] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
+    recipe = load_recipe(recipe_path)
+    result = build(recipe, out_root)
+    stage("build")
+    names = {}
+    for role, _ in ROLES:
+        archive = build_archive(result.artifacts[role], model_store)
+        names[role] = archive.model_name
+        _log(f"archived {archive.path} ({archive.path.stat().st_size / 1024:.0f} KB)")
+    stage("archive")
+
+    splits = load_splits(recipe.data, recipe.seed)
+    spec = preprocess_spec(recipe.data)
+    labels = [splits.classes[int(y)] for y in splits.test.labels]
+    payloads = [encode_png(splits.test[i][0]) for i in range(len(splits.test))]
+    in_process = {}
+    for role, _ in ROLES:
+        logits, _ = predict(
+            load_torchscript(result.artifacts[role] / "model.pt"),
+            make_loader(splits.test, spec, 256),
+        )
+        in_process[role] = [splits.classes[i] for i in logits.argmax(1).tolist()]
+
+    server = TorchServe(config, Path(out_root) / "serve", model_store)
+    _log(f"starting TorchServe with {config} (logs in {server.log_dir})")
+    with server:
+        server.start(models=list(names.values()))
+        _log(f"ready; token file {server.key_file}")
+        stage("serve start")
+        client = InferenceClient(server.inference_url, server.keys()["inference"])
+        _log(
+            f"sending {len(payloads)} test images to {len(names)} models, "
+            f"{concurrency} concurrent requests each"
+        )
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            futures = {
+                role: pool.submit(_served, client, names[role], payloads, concurrency)
+                for role, _ in ROLES
+            }
+            served = {role: future.result() for role, future in futures.items()}
+        stage("query")
+    stage("serve stop")
+
+    rows = []
+    for role, title in ROLES:
+        m = result.metrics[role]
+        s = served[role]
+        correct = sum(p == y for p, y in zip(in_process[role], labels))
+        served_correct = sum(p == y for p, y in zip(s["labels"], labels))
+        agree = sum(p == q for p, q in zip(in_process[role], s["labels"]))
+        rows.append(
+            {
+                "model": title,
+                "model_name": names[role],
+                "params": m["params"],
+                "size_bytes": m["size_bytes"],
+                "latency_ms_batch1": m["latency_ms_batch1"],
+                "accuracy_in_process": correct / len(labels),
+                "accuracy_served": served_correct / len(labels),
+                "agreement": agree / len(labels),
+                "served_failures": s["failures"],
+                "served_p50_ms": s["p50_ms"],
+                "served_throughput_rps": s["throughput_rps"],
+            }
+        )
+    report = {
+        "recipe": str(recipe_path),
+        "test_samples": len(labels),
+        "rows": rows,
+        "stage_seconds": {
+            **{f"build/{k}": v for k, v in result.stage_seconds.items()},
+            **stage_seconds,
+        },
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+    out = Path(out_root) / "report.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(rows))
+    print(
+        f"\n{len(labels)} test images; b1 ms = in-process batch-1 latency; agree = served top-1 "
+        f"equal to in-process top-1.\nReport written to {out}"
+    )
+    return report

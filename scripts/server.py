@@ -1,0 +1,333 @@
+"""Start, stop and watch a TorchServe instance.
+
+Each server gets a *run directory* holding its private ``TMPDIR`` (TorchServe keeps its pid file
+in ``tempfile.gettempdir()``, so one directory = one server), its logs, and the ``key_file.json``
+that token authorization writes into the launch directory. Readiness is polled, never slept for.
+
+``ServerConfig`` renders a ``config.properties``; tests use it with free loopback ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from students.errors import ServerError
+
+__all__ = [
+    "ServerConfig",
+    "TorchServe",
+    "free_port",
+    "read_properties",
+]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    """A Java-style ``key=value`` properties file as a dict (comments and blanks skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ServerError(f"config file not found: {path}")
+    props, pending = {}, ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith(("#", "!"))):
+            continue
+        if line.endswith("\\"):  # a continued line, as java.util.Properties reads it
+            pending += line[:-1]
+            continue
+        line, pending = pending + line, ""
+        if "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+@dataclass
+class ServerConfig:
+    """The settings of one TorchServe, rendered as ``config.properties``.
+
+    ``models`` is TorchServe's ``models=`` JSON: ``{name: {version: {marName, batchSize, ...}}}``.
+    """
+
+    model_store: Path
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
+    models: dict = field(default_factory=dict)
+    enable_model_api: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def with_free_ports(cls, model_store: Path, **kwargs) -> ServerConfig:
+        ports = {
+            name: free_port()
+            for name in (
+                "inference_port",
+                "management_port",
+                "metrics_port",
+                "grpc_inference_port",
+                "grpc_management_port",
+            )
+        }
+        return cls(model_store=model_store, **ports, **kwargs)
+
+    def properties(self) -> dict[str, str]:
+        props = {
+            "inference_address": f"http://127.0.0.1:{self.inference_port}",
+            "management_address": f"http://127.0.0.1:{self.management_port}",
+            "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_inference_port": str(self.grpc_inference_port),
+            "grpc_management_port": str(self.grpc_management_port),
+            "model_store": str(self.model_store),
+            "disable_token_authorization": "false",
+            "enable_model_api": str(self.enable_model_api).lower(),
+            "allowed_urls": "file://.*",
+            "install_py_dep_per_model": "false",
+            "model_metrics_auto_detect": "true",
+            "default_workers_per_model": "1",
+        }
+        if self.models:
+            props["load_models"] = ",".join(
+                spec["marName"] for versions in self.models.values() for spec in versions.values()
+            )
+            props["models"] = json.dumps(self.models, separators=(",", ":"))
+        props.update({k: str(v) for k, v in self.extra.items()})
+        return props
+
+    def write(self, path: Path) -> Path:
+        lines = ["# rendered by scripts.server.ServerConfig"]
+        lines += [f"{k}={v}" for k, v in self.properties().items()]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+class TorchServe:
+    """One TorchServe process driven through its own run directory."""
+
+    def __init__(
+        self,
+        config_file: str | Path,
+        run_dir: str | Path,
+        model_store: str | Path | None = None,
+    ) -> None:
+        self.config_file = Path(config_file).resolve()
+        self.props = read_properties(self.config_file)
+        self.run_dir = Path(run_dir).resolve()
+        store = model_store or self.props.get("model_store", "model_store")
+        self.model_store = Path(store).resolve()
+        self.inference_url = self.props.get("inference_address", "http://127.0.0.1:8080")
+        self.management_url = self.props.get("management_address", "http://127.0.0.1:8081")
+        self.metrics_url = self.props.get("metrics_address", "http://127.0.0.1:8082")
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def tmp_dir(self) -> Path:
+        return self.run_dir / "tmp"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TMPDIR=str(self.tmp_dir),
+            LOG_LOCATION=str(self.log_dir),
+            METRICS_LOCATION=str(self.log_dir),
+            PYTHONWARNINGS="ignore::FutureWarning,ignore::DeprecationWarning",
+        )
+        return env
+
+    def _torchserve(self) -> str:
+        found = Path(sys.executable).parent / "torchserve"
+        return str(found) if found.exists() else (shutil.which("torchserve") or "torchserve")
+
+    # -- state -------------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The frontend's pid if it is running, else None."""
+        pid_file = self.tmp_dir / ".model_server.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            return pid if psutil.Process(pid).is_running() else None
+        except (OSError, ValueError, psutil.Error):
+            return None
+
+    def keys(self) -> dict[str, str]:
+        """The inference, management and API keys from ``key_file.json``."""
+        try:
+            data = json.loads(self.key_file.read_text())
+        except (OSError, ValueError):
+            raise ServerError(
+                f"no token file at {self.key_file}: is the server running with token auth?"
+            ) from None
+        return {
+            role: data[role]["key"] for role in ("inference", "management", "API") if role in data
+        }
+
+    def headers(self, role: str = "inference") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys()[role]}"}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 180.0, models: list[str] | None = None) -> None:
+        """Start TorchServe and wait until it is healthy and every model has a ready worker."""
+        if self.pid() is not None:
+            raise ServerError(f"a TorchServe is already running from {self.run_dir}")
+        if not self.model_store.is_dir():
+            raise ServerError(f"model store not found: {self.model_store}")
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise ServerError("java not found: TorchServe needs Java 17 on PATH or JAVA_HOME")
+        for directory in (self.run_dir, self.tmp_dir, self.log_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.key_file.unlink(missing_ok=True)
+        command = [
+            self._torchserve(),
+            "--start",
+            "--ncs",
+            "--ts-config",
+            str(self.config_file),
+            "--model-store",
+            str(self.model_store),
+        ]
+        with open(self.log_dir / "launcher.log", "ab") as out:
+            code = subprocess.call(
+                command, cwd=self.run_dir, env=self._env(), stdout=out, stderr=subprocess.STDOUT
+            )
+        if code != 0:
+            raise ServerError(f"torchserve --start exited with {code}; see {self.log_dir}")
+        try:
+            self.wait_ready(timeout, models)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 180.0, models: list[str] | None = None) -> None:
+        """Poll /ping and each model's workers until all are ready, or raise after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise ServerError(f"TorchServe exited during start-up; see {self.log_dir}")
+            try:
+                if self.key_file.exists() and self._ready(models):
+                    return
+                last = "models still loading"
+            except (requests.RequestException, ServerError, KeyError) as err:
+                last = str(err).splitlines()[0]
+            time.sleep(0.25)
+        raise ServerError(f"TorchServe not ready after {timeout:.0f}s ({last}); see {self.log_dir}")
+
+    def _ready(self, models: list[str] | None) -> bool:
+        ping = requests.get(f"{self.inference_url}/ping", headers=self.headers(), timeout=5)
+        if ping.status_code != 200 or ping.json().get("status") != "Healthy":
+            return False
+        names = models
+        if names is None:
+            listing = requests.get(
+                f"{self.management_url}/models", headers=self.headers("management"), timeout=5
+            )
+            names = [m["modelName"] for m in listing.json().get("models", [])]
+        for name in names:
+            described = requests.get(
+                f"{self.management_url}/models/{name}/all",
+                headers=self.headers("management"),
+                timeout=5,
+            )
+            if described.status_code != 200:
+                return False
+            for version in described.json():
+                workers = version.get("workers", [])
+                if not any(w.get("status") == "READY" for w in workers):
+                    return False
+        return True
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop the server and its workers; returns whether one was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            process = psutil.Process(pid)
+            children = process.children(recursive=True)
+        except psutil.Error:
+            children = []
+        subprocess.call(
+            [self._torchserve(), "--stop"],
+            cwd=self.run_dir,
+            env=self._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _, alive = psutil.wait_procs(
+            [psutil.Process(pid)] if psutil.pid_exists(pid) else [], timeout
+        )
+        for proc in alive + children:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        return True
+
+    def status(self) -> dict:
+        """Whether it runs, where, and the models with their worker states."""
+        pid = self.pid()
+        info: dict = {
+            "running": pid is not None,
+            "pid": pid,
+            "run_dir": str(self.run_dir),
+            "token_file": str(self.key_file),
+            "inference": self.inference_url,
+            "management": self.management_url,
+            "metrics": self.metrics_url,
+            "models": {},
+        }
+        if pid is None:
+            return info
+        listing = requests.get(
+            f"{self.management_url}/models", headers=self.headers("management"), timeout=5
+        )
+        for model in listing.json().get("models", []):
+            described = requests.get(
+                f"{self.management_url}/models/{model['modelName']}/all",
+                headers=self.headers("management"),
+                timeout=5,
+            ).json()
+            info["models"][model["modelName"]] = {
+                v["modelVersion"]: {
+                    "batch_size": v.get("batchSize"),
+                    "max_batch_delay": v.get("maxBatchDelay"),
+                    "workers": [w.get("status") for w in v.get("workers", [])],
+                }
+                for v in described
+            }
+        return info
+
+    def __enter__(self) -> TorchServe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

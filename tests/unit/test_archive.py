@@ -1,0 +1,97 @@
+"""The .mar: every file present, model-config.yaml values, build-info, isolation of builds."""
+
+import hashlib
+import json
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import yaml
+
+from archiver import build_archive
+from students.errors import ArchiveError
+
+EXPECTED_FILES = {
+    "model.pt",
+    "distill_classifier.py",
+    "classification.py",
+    "imageprep.py",
+    "index_to_name.json",
+    "model-config.yaml",
+    "build-info.json",
+    "MAR-INF/MANIFEST.json",
+}
+
+
+def test_student_archive_contents(build_result, model_store):
+    artifact = build_result.artifacts["student"]
+    with zipfile.ZipFile(model_store / "digits-student.mar") as mar:
+        assert set(mar.namelist()) == EXPECTED_FILES
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+        info = json.loads(mar.read("build-info.json"))
+        model_bytes = mar.read("model.pt")
+        labels = json.loads(mar.read("index_to_name.json"))
+
+    assert manifest["model"]["modelName"] == "digits-student"
+    assert manifest["model"]["modelVersion"] == "1.0"
+    assert manifest["model"]["handler"] == "distill_classifier.py"
+    assert manifest["model"]["serializedFile"] == "model.pt"
+    assert model_bytes == (artifact / "model.pt").read_bytes()
+
+    recipe = yaml.safe_load((artifact / "recipe.yaml").read_text())["archive"]
+    assert config["batchSize"] == recipe["batch_size"] == 8
+    assert config["maxBatchDelay"] == recipe["max_batch_delay"] == 20
+    assert config["minWorkers"] == recipe["min_workers"] == 1
+    assert config["maxWorkers"] == recipe["max_workers"] == 1
+    assert config["responseTimeout"] == recipe["response_timeout"] == 120
+    assert config["handler"] == yaml.safe_load((artifact / "handler.yaml").read_text())
+    assert config["handler"]["quantized"] is True and config["handler"]["engine"] == "x86"
+
+    assert info["sha256"]["model.pt"] == hashlib.sha256(model_bytes).hexdigest()
+    assert info["versions"]["torch"].startswith("2.14.1")
+    assert info["versions"]["distillserve"] == "0.1.0"
+    assert info["metrics"] == json.loads((artifact / "metrics.json").read_text())
+    assert info["recipe"]["name"] == "digits"
+    assert labels == {str(i): str(i) for i in range(10)}
+
+
+def test_teacher_archive_is_fp32(model_store):
+    with zipfile.ZipFile(model_store / "digits-teacher.mar") as mar:
+        assert (
+            json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"] == "digits-teacher"
+        )
+        assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["quantized"] is False
+
+
+def test_incomplete_artifact_is_refused(tmp_path, build_result):
+    with pytest.raises(ArchiveError, match="not found"):
+        build_archive(tmp_path / "absent", tmp_path)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "model.pt").write_bytes(
+        (build_result.artifacts["student"] / "model.pt").read_bytes()
+    )
+    with pytest.raises(ArchiveError, match=r"missing index_to_name\.json, handler\.yaml"):
+        build_archive(partial, tmp_path)
+
+
+def _archive_version(args):
+    artifact, store, version = args
+    result = build_archive(
+        artifact, store, version=version, file_name=f"digits-student-{version}.mar"
+    )
+    return str(result.path)
+
+
+def test_concurrent_builds_of_one_model_do_not_collide(build_result, tmp_path):
+    versions = [f"2.{i}" for i in range(4)]
+    jobs = [(str(build_result.artifacts["student"]), str(tmp_path), v) for v in versions]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        paths = list(pool.map(_archive_version, jobs))
+    for version, path in zip(versions, paths):
+        with zipfile.ZipFile(path) as mar:
+            assert set(mar.namelist()) == EXPECTED_FILES
+            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+            assert manifest["model"]["modelVersion"] == version
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]

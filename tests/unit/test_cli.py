@@ -1,0 +1,58 @@
+"""The command line: --help everywhere, one-line errors and a non-zero exit on bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+VERBS = ["build", "archive", "serve", "predict", "demo"]
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb):
+    result = _run(verb, "--help")
+    assert result.returncode == 0 and "usage: distillserve" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["build", "recipes/no-such.yaml"], "file not found"),
+        (["archive", "build/no-such-artifact"], "artifact directory not found"),
+        (["predict", "digits-student", "no-such.png"], "image not found"),
+        (
+            ["predict", "digits-student", "setup.cfg", "--key-file", "/no/key_file.json"],
+            "token file not found",
+        ),
+        (["serve", "start", "--config", "no-such.properties"], "config file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, expected):
+    result = _run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_recipe_key_from_the_command_line(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: x\nquantize: {engine: fbgemmm}\n")
+    result = _run("build", str(recipe))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"distillserve build: error: recipe key 'quantize.engine': 'fbgemmm' is not one of: "
+        f"x86, fbgemm, qnnpack, onednn (in {recipe})"
+    ]

@@ -1,0 +1,110 @@
+"""The handler in process, with TorchServe's own Context and a mock metrics cache."""
+
+import io
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from ts.context import Context, RequestProcessor
+
+from handlers.distill_classifier import DistillClassifierHandler
+from scripts.demo import encode_png
+from students.data import make_loader, preprocess_spec
+from students.export import load_torchscript
+from students.recipe import DataConfig
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _context(model_dir, batch_size=4):
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    ctx = Context(
+        "digits-student",
+        str(model_dir),
+        manifest,
+        batch_size,
+        None,
+        "0.12.0",
+        metrics=mock.MagicMock(),
+        model_yaml_config=config,
+    )
+    return ctx
+
+
+def _handle(handler, ctx, requests):
+    ctx.request_processor = [RequestProcessor({}) for _ in requests]
+    return handler.handle(requests, ctx)
+
+
+@pytest.fixture
+def loaded(extracted_student):
+    (extracted_student / "index_to_name.json").write_text(
+        json.dumps({str(i): n for i, n in enumerate(NAMES)})
+    )
+    handler = DistillClassifierHandler()
+    ctx = _context(extracted_student)
+    handler.initialize(ctx)
+    return handler, ctx
+
+
+def test_initialize_sets_engine_threads_and_loads_int8(loaded):
+    handler, _ = loaded
+    assert handler.initialized
+    assert torch.backends.quantized.engine == "x86"
+    assert handler.settings.quantized and handler.device.type == "cpu"
+
+
+def test_batch_of_four_gives_four_labelled_answers(loaded, digits_splits, build_result):
+    handler, ctx = loaded
+    images = [digits_splits.test[i][0] for i in range(4)]
+    answers = _handle(handler, ctx, [{"body": encode_png(img)} for img in images])
+    assert len(answers) == 4
+    spec = preprocess_spec(DataConfig())
+    inputs, _ = next(iter(make_loader(digits_splits.test, spec, 4)))
+    expected = load_torchscript(build_result.artifacts["student"] / "model.pt")(inputs).argmax(1)
+    for answer, index in zip(answers, expected.tolist()):
+        assert next(iter(answer)) == NAMES[index]
+        assert set(answer) <= set(NAMES) and len(answer) == 3
+        assert sum(answer.values()) <= 1.0 + 1e-6
+        assert list(answer.values()) == sorted(answer.values(), reverse=True)
+    assert all(p.get_response_status_code() == 200 for p in ctx.request_processor)
+    recorded = {c.args[0]: c.args[1] for c in ctx.metrics.add_metric.call_args_list}
+    assert recorded["BatchSize"] == 4
+
+
+def test_bad_item_gets_its_own_4xx_and_the_rest_are_answered(loaded, digits_splits):
+    handler, ctx = loaded
+    good = encode_png(digits_splits.test[0][0])
+    rgb = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(rgb, format="JPEG")
+    requests = [
+        {"body": good},
+        {"body": b"not an image"},
+        {"data": {"data": "%%% not base64"}},
+        {"body": rgb.getvalue()},
+        {"body": b""},
+    ]
+    answers = _handle(handler, ctx, requests)
+    statuses = [p.get_response_status_code() for p in ctx.request_processor]
+    assert statuses == [200, 415, 400, 200, 400]
+    assert next(iter(answers[0])) in NAMES and next(iter(answers[3])) in NAMES
+    for idx in (1, 2, 4):
+        assert answers[idx]["code"] == statuses[idx] and answers[idx]["message"]
+
+
+def test_all_bad_batch_still_answers_each_request(loaded):
+    handler, ctx = loaded
+    answers = _handle(handler, ctx, [{"body": b"x"}, {"body": b"y"}])
+    assert [a["code"] for a in answers] == [415, 415]
+
+
+def test_altered_model_is_refused_at_load(extracted_student):
+    with open(extracted_student / "model.pt", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(RuntimeError, match=r"does not match build-info\.json"):
+        DistillClassifierHandler().initialize(_context(extracted_student))
