@@ -245,25 +245,13 @@ class TorchServe:
         ping = requests.get(f"{self.inference_url}/ping", headers=self.headers(), timeout=5)
         if ping.status_code != 200 or ping.json().get("status") != "Healthy":
             return False
-        names = models
-        if names is None:
-            listing = requests.get(
-                f"{self.management_url}/models", headers=self.headers("management"), timeout=5
-            )
-            names = [m["modelName"] for m in listing.json().get("models", [])]
-        for name in names:
-            described = requests.get(
-                f"{self.management_url}/models/{name}/all",
-                headers=self.headers("management"),
-                timeout=5,
-            )
-            if described.status_code != 200:
-                return False
-            for version in described.json():
-                workers = version.get("workers", [])
-                if not any(w.get("status") == "READY" for w in workers):
-                    return False
-        return True
+        described = self._describe_all()
+        names = list(described) if models is None else models
+        return all(
+            name in described
+            and all("READY" in version["workers"] for version in described[name].values())
+            for name in names
+        )
 
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop the server and its workers; returns whether one was running."""
@@ -307,6 +295,14 @@ class TorchServe:
         }
         if pid is None:
             return info
+        try:
+            info["models"] = self._describe_all()
+        except (requests.RequestException, ValueError, KeyError, TypeError) as err:
+            raise ServerError(f"TorchServe (pid {pid}) does not answer properly: {err}") from None
+        return info
+
+    def _describe_all(self) -> dict:
+        models = {}
         listing = requests.get(
             f"{self.management_url}/models", headers=self.headers("management"), timeout=5
         )
@@ -316,7 +312,7 @@ class TorchServe:
                 headers=self.headers("management"),
                 timeout=5,
             ).json()
-            info["models"][model["modelName"]] = {
+            models[model["modelName"]] = {
                 v["modelVersion"]: {
                     "batch_size": v.get("batchSize"),
                     "max_batch_delay": v.get("maxBatchDelay"),
@@ -324,7 +320,7 @@ class TorchServe:
                 }
                 for v in described
             }
-        return info
+        return models
 
     def __enter__(self) -> TorchServe:
         return self
