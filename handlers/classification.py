@@ -22,6 +22,7 @@ except ImportError:  # inside a .mar, where the helpers sit flat at the archive 
 
 __all__ = [
     "HandlerSettings",
+    "content_type_of",
     "request_bytes",
     "thread_count",
     "topk_answers",
@@ -80,11 +81,12 @@ def thread_count(configured: int, workers: int, cores: int | None = None) -> int
     return max(1, cores // max(1, workers))
 
 
-def request_bytes(request: dict) -> bytes:
+def request_bytes(request: dict, content_type: str | None = None) -> bytes:
     """The image bytes of one TorchServe request.
 
     Accepts a raw body (``data`` or ``body``), a multipart field named ``data`` or ``file``, or a
-    JSON object ``{"data": "<base64>"}`` / ``{"b64": "<base64>"}``.
+    JSON object ``{"data": "<base64>"}`` / ``{"b64": "<base64>"}``. ``content_type`` is the
+    request's header, used to tell malformed JSON (400) from a body that is not an image (415).
     """
     payload = None
     for key in ("data", "body", "file"):
@@ -93,6 +95,7 @@ def request_bytes(request: dict) -> bytes:
             break
     if payload is None:
         raise InputError("request has no body: send the image bytes", 400, "EmptyInput")
+    is_json = (content_type or "").split(";")[0].strip().lower() == "application/json"
     if isinstance(payload, dict):
         encoded = payload.get("data", payload.get("b64"))
         if not isinstance(encoded, str):
@@ -105,6 +108,12 @@ def request_bytes(request: dict) -> bytes:
             return base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise InputError("JSON field is not valid base64", 400, "MalformedRequest") from None
+    if is_json:
+        raise InputError(
+            'body is not valid JSON; send {"data": "<base64 image>"} or raw image bytes',
+            400,
+            "MalformedRequest",
+        )
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     if isinstance(payload, (bytes, bytearray)):
@@ -112,6 +121,14 @@ def request_bytes(request: dict) -> bytes:
     raise InputError(
         f"unsupported request payload ({type(payload).__name__})", 400, "MalformedRequest"
     )
+
+
+def content_type_of(headers: dict | None) -> str | None:
+    """The Content-Type among a request's headers, whatever their case."""
+    for key, value in (headers or {}).items():
+        if str(key).lower() == "content-type":
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
 
 
 def topk_answers(logits: torch.Tensor, mapping: dict[str, str], k: int) -> list[dict[str, float]]:

@@ -27,6 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 try:  # inside this repository
     from .classification import (
         HandlerSettings,
+        content_type_of,
         request_bytes,
         thread_count,
         topk_answers,
@@ -36,6 +37,7 @@ try:  # inside this repository
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     from classification import (
         HandlerSettings,
+        content_type_of,
         request_bytes,
         thread_count,
         topk_answers,
@@ -106,10 +108,9 @@ class DistillClassifierHandler(BaseHandler):
         images, positions, errors = [], [], {}
         for idx, request in enumerate(data):
             try:
+                payload = request_bytes(request, self._content_type(idx))
                 images.append(
-                    decode_image(
-                        request_bytes(request), self.settings.spec.channels, self.settings.limits
-                    )
+                    decode_image(payload, self.settings.spec.channels, self.settings.limits)
                 )
                 positions.append(idx)
             except InputError as err:
@@ -117,6 +118,12 @@ class DistillClassifierHandler(BaseHandler):
         batch = preprocess(images, self.settings.spec).to(self.device)
         self._add_metric("ImageDecodeTime", (time.perf_counter() - started) * 1000, "ms")
         return {"batch": batch, "positions": positions, "errors": errors, "size": len(data)}
+
+    def _content_type(self, idx: int) -> str | None:
+        try:
+            return content_type_of(self.context.get_all_request_header(idx))
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
 
     def inference(self, prepared: dict) -> dict:
         """One forward pass over every decodable image of the batch."""

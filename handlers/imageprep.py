@@ -48,9 +48,13 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Limits checked before an image is decoded, so a decompression bomb never is."""
+    """Limits checked before an image is decoded, so a decompression bomb never is.
 
-    max_bytes: int = 10 * 1024 * 1024
+    The defaults sit well below Pillow's own bomb threshold (~89 megapixels); TorchServe's
+    ``max_request_size`` in config.properties is set to admit ``max_bytes`` sent as base64 JSON.
+    """
+
+    max_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 25_000_000
     max_side_ratio: float = 20.0
 
@@ -112,6 +116,7 @@ def decode_image(data: bytes, channels: int, limits: ImageLimits = ImageLimits()
         )
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF/TIFF tags: noise
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_size(image.size, limits)

@@ -98,6 +98,61 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    from scripts.load import format_report, run_load
+    from scripts.rest import read_key
+    from scripts.server import read_properties
+
+    if args.target.startswith(("http://", "https://")):
+        base, _, model = args.target.rstrip("/").partition("/predictions/")
+        if not model:
+            raise DistillServeError(
+                "a URL target must look like http://HOST:PORT/predictions/MODEL"
+            )
+        management = args.management_url
+    else:
+        props = read_properties(args.config)
+        base = props.get("inference_address", "http://127.0.0.1:8080")
+        management = args.management_url or props.get("management_address")
+        model = args.target
+    key_file = args.key_file or Path(args.run_dir) / "key_file.json"
+    token = None if args.no_token else read_key(key_file, "inference")
+    management_token = None
+    if args.kill_worker_after is not None and not args.no_token:
+        management_token = read_key(key_file, "management")
+    payloads = _load_payloads(args.images)
+    report = run_load(
+        base,
+        model,
+        payloads,
+        total=args.requests,
+        concurrency=args.concurrency,
+        token=token,
+        time_limit_s=args.time_limit,
+        kill_worker_after_s=args.kill_worker_after,
+        management_url=management,
+        management_token=management_token,
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 1 if report.errors and args.kill_worker_after is None else 0
+
+
+def _load_payloads(images: str | None) -> list[bytes]:
+    """Image files from a directory, or the bundled digits test split as PNG."""
+    if images:
+        folder = Path(images)
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        if not files:
+            raise DistillServeError(f"no image files in {folder}")
+        return [p.read_bytes() for p in files]
+    from scripts.demo import encode_png
+    from students.data import load_splits
+    from students.recipe import DataConfig
+
+    test = load_splits(DataConfig(), seed=0).test
+    return [encode_png(test[i][0]) for i in range(len(test))]
+
+
 def _demo(args: argparse.Namespace) -> int:
     from scripts.demo import run_demo
 
@@ -151,6 +206,28 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=_predict)
+
+    p = verbs.add_parser(
+        "load", help="bounded load (and optional worker-kill fault check) on a loopback server"
+    )
+    p.add_argument("target", help="model name, or http://127.0.0.1:PORT/predictions/MODEL")
+    p.add_argument("--requests", type=int, default=1000, help="requests to send (default 1000)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    p.add_argument("--time-limit", type=float, default=300.0, help="stop after this many seconds")
+    p.add_argument("--images", help="directory of images to send (default: digits test split)")
+    p.add_argument(
+        "--kill-worker-after",
+        type=float,
+        metavar="SECONDS",
+        help="fault check: kill one worker of the model this long into the run",
+    )
+    p.add_argument("--config", default="config.properties", help="for the addresses")
+    p.add_argument("--run-dir", default="build/serve", help="where key_file.json is")
+    p.add_argument("--key-file", help="path of key_file.json (overrides --run-dir)")
+    p.add_argument("--management-url", help="management address (default: from --config)")
+    p.add_argument("--no-token", action="store_true", help="send no Authorization header")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_load)
 
     p = verbs.add_parser("demo", help="build, archive, serve and query the digits models; report")
     p.add_argument("--recipe", default="recipes/digits.yaml")

@@ -29,7 +29,14 @@ __all__ = [
     "TorchServe",
     "free_port",
     "read_properties",
+    "write_properties",
 ]
+
+
+# A pattern that matches no URL: only archives already in the model store can be registered.
+LOCAL_STORE_ONLY = "^$"
+# Admits the handler's default 8 MiB image limit sent as base64 JSON (4/3 larger) with headroom.
+MAX_REQUEST_SIZE = 12 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -37,6 +44,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_properties(props: dict[str, str], path: str | Path) -> Path:
+    """Write ``key=value`` lines (values on one line) that TorchServe reads back."""
+    path = Path(path)
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return path
 
 
 def read_properties(path: str | Path) -> dict[str, str]:
@@ -102,7 +116,8 @@ class ServerConfig:
             "model_store": str(self.model_store),
             "disable_token_authorization": "false",
             "enable_model_api": str(self.enable_model_api).lower(),
-            "allowed_urls": "file://.*",
+            "allowed_urls": LOCAL_STORE_ONLY,
+            "max_request_size": str(MAX_REQUEST_SIZE),
             "install_py_dep_per_model": "false",
             "model_metrics_auto_detect": "true",
             "default_workers_per_model": "1",
@@ -116,10 +131,7 @@ class ServerConfig:
         return props
 
     def write(self, path: Path) -> Path:
-        lines = ["# rendered by scripts.server.ServerConfig"]
-        lines += [f"{k}={v}" for k, v in self.properties().items()]
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return write_properties(self.properties(), path)
 
 
 class TorchServe:
@@ -155,7 +167,11 @@ class TorchServe:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # The frontend puts its workers' unix sockets in java.io.tmpdir (/tmp by default, shared
+        # by every server on the host): keep them in this server's own directory as well.
+        java_options = f"{env.get('JAVA_TOOL_OPTIONS', '')} -Djava.io.tmpdir={self.tmp_dir}"
         env.update(
+            JAVA_TOOL_OPTIONS=java_options.strip(),
             TMPDIR=str(self.tmp_dir),
             LOG_LOCATION=str(self.log_dir),
             METRICS_LOCATION=str(self.log_dir),
@@ -197,6 +213,11 @@ class TorchServe:
         """Start TorchServe and wait until it is healthy and every model has a ready worker."""
         if self.pid() is not None:
             raise ServerError(f"a TorchServe is already running from {self.run_dir}")
+        if len(str(self.tmp_dir / ".ts.sock.65535")) > 100:
+            raise ServerError(
+                f"run directory path is too long for the workers' unix sockets "
+                f"({len(str(self.run_dir))} characters): choose a shorter --run-dir"
+            )
         if not self.model_store.is_dir():
             raise ServerError(f"model store not found: {self.model_store}")
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):

@@ -84,7 +84,9 @@ def train(
     if teacher is not None:
         teacher.eval()
     best_state, best_acc, best_epoch, history = None, -1.0, -1, []
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        range(epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True, disable=None
+    )  # disable=None: silent when stderr is not a terminal
     for epoch in bar:
         model.train()
         total, count = 0.0, 0

@@ -5,8 +5,11 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from handlers.classification import request_bytes
 from handlers.imageprep import ImageLimits, InputError, PreprocessSpec, decode_image, preprocess
 
 SPEC = PreprocessSpec(image_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,))
@@ -105,3 +108,58 @@ def test_training_loader_and_handler_path_give_the_same_tensor(digits_splits):
         [decode_image(encode_png(digits_splits.test[i][0]), channels=1) for i in range(16)], SPEC
     )
     assert torch.equal(evaluated, served)
+
+
+# Property-based: whatever the bytes, decoding either gives a uint8 image or raises InputError.
+_SEEDS = {
+    fmt: _encode(Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)), fmt)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+}
+
+
+def _decodes_or_input_error(data: bytes, channels: int) -> None:
+    try:
+        image = decode_image(data, channels=channels)
+    except InputError as err:
+        assert 400 <= err.status < 500 and str(err)
+        return
+    assert image.dtype == torch.uint8 and image.shape[0] == channels and image.ndim == 3
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048), st.sampled_from([1, 3]))
+def test_arbitrary_bytes_never_raise_anything_else(data, channels):
+    _decodes_or_input_error(data, channels)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(_SEEDS)),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=12),
+    st.integers(0, 10_000),
+)
+def test_corrupted_images_never_raise_anything_else(fmt, flips, cut):
+    data = bytearray(_SEEDS[fmt])
+    for position, value in flips:
+        data[position % len(data)] = value
+    _decodes_or_input_error(bytes(data[: max(1, len(data) - cut % len(data))]), 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=64),
+        st.text(max_size=64),
+        st.dictionaries(st.sampled_from(["data", "b64", "x"]), st.text(max_size=32), max_size=2),
+        st.integers(),
+        st.lists(st.integers(), max_size=3),
+    ),
+    st.sampled_from([None, "application/json", "application/octet-stream", "text/plain"]),
+)
+def test_request_payloads_never_raise_anything_else(payload, content_type):
+    try:
+        data = request_bytes({"body": payload}, content_type)
+    except InputError as err:
+        assert err.status == 400
+        return
+    _decodes_or_input_error(data, 1)

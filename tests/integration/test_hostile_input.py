@@ -1,0 +1,221 @@
+"""Hostile and odd input against a real TorchServe: every format answers, every bad request gets
+its own 4xx with a JSON body, a bad request never spoils its batch, and the worker never dies."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from handlers.imageprep import decode_image, preprocess
+from scripts.server import ServerConfig, TorchServe
+from students.data import preprocess_spec
+from students.export import load_torchscript
+from students.recipe import DataConfig
+from tests.images import format_variants, pixel_bomb_png, save
+
+pytestmark = pytest.mark.slow
+SPEC = preprocess_spec(DataConfig())
+
+
+@pytest.fixture(scope="module")
+def server(model_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("hostile")
+    config = ServerConfig.with_free_ports(model_store, enable_model_api=True)
+    ts = TorchServe(config.write(run / "config.properties"), run / "serve", model_store)
+    try:
+        ts.start(timeout=120, models=[])
+        yield ts
+    finally:
+        ts.stop()
+
+
+def _register(ts: TorchServe, name: str, batch_size: int, delay_ms: int) -> dict:
+    response = requests.post(
+        f"{ts.management_url}/models",
+        params={
+            "url": "digits-student.mar",
+            "model_name": name,
+            "batch_size": batch_size,
+            "max_batch_delay": delay_ms,
+            "initial_workers": 1,
+            "synchronous": "true",
+        },
+        headers=ts.headers("management"),
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    return _worker(ts, name)
+
+
+def _worker(ts: TorchServe, name: str) -> dict:
+    described = requests.get(
+        f"{ts.management_url}/models/{name}", headers=ts.headers("management"), timeout=10
+    ).json()
+    (worker,) = described[0]["workers"]
+    return worker
+
+
+def _post(ts: TorchServe, name: str, body: bytes, content_type: str) -> requests.Response:
+    return requests.post(
+        f"{ts.inference_url}/predictions/{name}",
+        data=body,
+        headers={**ts.headers(), "Content-Type": content_type},
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def student(build_result):
+    return load_torchscript(build_result.artifacts["student"] / "model.pt")
+
+
+def _expected_label(model, payload: bytes) -> str:
+    with torch.inference_mode():
+        logits = model(preprocess([decode_image(payload, channels=1)], SPEC))
+    return str(int(logits.argmax(1)))
+
+
+def _digit(splits, index: int) -> np.ndarray:
+    return splits.test[index][0][0].numpy()
+
+
+def test_every_format_is_answered_like_in_process(server, student, digits_splits):
+    worker = _register(server, "formats", batch_size=4, delay_ms=50)
+    variants = format_variants(_digit(digits_splits, 3))
+    for name, payload in variants.items():
+        content_type = "image/" + name.split("-")[0]
+        answer = _post(server, "formats", payload, content_type)
+        assert answer.status_code == 200, (name, answer.text)
+        assert next(iter(answer.json())) == _expected_label(student, payload), name
+    png = variants["png-gray8"]
+    as_json = requests.post(
+        f"{server.inference_url}/predictions/formats",
+        json={"data": base64.b64encode(png).decode()},
+        headers=server.headers(),
+        timeout=60,
+    )
+    as_b64 = requests.post(
+        f"{server.inference_url}/predictions/formats",
+        json={"b64": base64.b64encode(png).decode()},
+        headers=server.headers(),
+        timeout=60,
+    )
+    multipart = requests.post(
+        f"{server.inference_url}/predictions/formats",
+        files={"file": ("digit.png", png, "image/png")},
+        headers=server.headers(),
+        timeout=60,
+    )
+    expected = _expected_label(student, png)
+    for response in (as_json, as_b64, multipart):
+        assert response.status_code == 200 and next(iter(response.json())) == expected
+    assert _worker(server, "formats")["pid"] == worker["pid"]
+
+
+def test_bad_requests_get_their_own_4xx_and_the_worker_survives(server, digits_splits):
+    worker = _register(server, "hostile", batch_size=4, delay_ms=50)
+    jpeg = save(Image.fromarray(_digit(digits_splits, 0)).resize((64, 64)), "JPEG")
+    cases = {
+        "empty": (b"", "application/octet-stream", 400),
+        "random bytes": (bytes(range(256)) * 4, "application/octet-stream", 415),
+        "truncated jpeg": (jpeg[: len(jpeg) // 2], "image/jpeg", 400),
+        "text": (b"hello, this is not an image", "text/plain", 415),
+        "html": (b"<!doctype html><html><body>hi</body></html>", "text/html", 415),
+        "invalid base64": (b'{"data": "%%%not-base64%%%"}', "application/json", 400),
+        "malformed json": (b'{"data": "abc', "application/json", 400),
+        "json without data": (b'{"image": "abc"}', "application/json", 400),
+        "900-megapixel png": (pixel_bomb_png(), "image/png", 413),
+    }
+    assert len(cases["900-megapixel png"][0]) < 500_000
+    for name, (body, content_type, status) in cases.items():
+        answer = _post(server, "hostile", body, content_type)
+        assert answer.status_code == status, (name, answer.status_code, answer.text)
+        payload = answer.json()
+        assert payload["code"] == status and payload["message"] and payload["type"], name
+    ping = requests.get(f"{server.inference_url}/ping", headers=server.headers(), timeout=10)
+    assert ping.json()["status"] == "Healthy"
+    after = _worker(server, "hostile")
+    assert (after["pid"], after["startTime"], after["status"]) == (
+        worker["pid"],
+        worker["startTime"],
+        "READY",
+    )
+
+
+def test_good_and_bad_requests_in_one_batch(server, student, digits_splits):
+    _register(server, "mixed", batch_size=8, delay_ms=5000)
+    good = {i: format_variants(_digit(digits_splits, i))["png-gray8"] for i in (0, 2, 4, 6)}
+    bodies = [
+        (good[0], "image/png"),
+        (b"garbage", "application/octet-stream"),
+        (good[2], "image/png"),
+        (b'{"data": "!!"}', "application/json"),
+        (good[4], "image/png"),
+        (b"", "application/octet-stream"),
+        (good[6], "image/png"),
+        (pixel_bomb_png(20_000, 20_000), "image/png"),
+    ]
+    expected_status = [200, 415, 200, 400, 200, 400, 200, 413]
+    barrier = threading.Barrier(len(bodies))
+    answers: list = [None] * len(bodies)
+
+    def send(i: int) -> None:
+        barrier.wait()
+        answers[i] = _post(server, "mixed", *bodies[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [a.status_code for a in answers] == expected_status
+    for i, (body, _) in enumerate(bodies):
+        if expected_status[i] == 200:
+            assert next(iter(answers[i].json())) == _expected_label(student, body)
+        else:
+            assert answers[i].json()["code"] == expected_status[i]
+    log = (server.log_dir / "model_metrics.log").read_text()
+    sizes = [
+        int(float(line.split("BatchSize.Count:")[1].split("|")[0]))
+        for line in log.splitlines()
+        if "BatchSize.Count:" in line and "ModelName:mixed," in line
+    ]
+    assert sizes == [8], sizes  # all eight requests, good and bad, shared one batch
+
+
+def test_altered_archive_is_refused_at_load(server, model_store):
+    tampered = model_store / "tampered-student.mar"
+    with (
+        zipfile.ZipFile(model_store / "digits-student.mar") as src,
+        zipfile.ZipFile(tampered, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "model.pt":
+                data = data[:-64] + bytes(64)  # same size, different bytes
+            dst.writestr(item, data)
+    try:
+        response = requests.post(
+            f"{server.management_url}/models",
+            params={
+                "url": tampered.name,
+                "model_name": "tampered",
+                "synchronous": "true",
+                "initial_workers": 1,
+            },
+            headers=server.headers("management"),
+            timeout=120,
+        )
+        assert response.status_code >= 500, response.text
+        log = (server.log_dir / "model_log.log").read_text()
+        assert "model.pt does not match build-info.json" in log
+        assert "the archive was altered or corrupted" in log
+    finally:
+        tampered.unlink()

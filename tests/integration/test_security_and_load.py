@@ -1,0 +1,193 @@
+"""The shipped configuration profiles on a real server, and the bounded load and fault tools."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+
+import psutil
+import pytest
+import requests
+
+from scripts.load import run_load
+from scripts.server import TorchServe, free_port, read_properties, write_properties
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _profile(name: str, model_store, run_dir) -> TorchServe:
+    """A shipped profile as it is, but on free ports, with the test's model store, no models."""
+    props = read_properties(ROOT / name)
+    for key in ("inference", "management", "metrics"):
+        props[f"{key}_address"] = f"http://127.0.0.1:{free_port()}"
+    props["grpc_inference_port"] = str(free_port())
+    props["grpc_management_port"] = str(free_port())
+    props["model_store"] = str(model_store)
+    props.pop("load_models", None)
+    props.pop("models", None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return TorchServe(write_properties(props, run_dir / name), run_dir / "serve", model_store)
+
+
+@pytest.mark.parametrize("profile", ["config.properties", "config.mlops.properties"])
+def test_shipped_profiles_are_safe(profile, model_store, tmp_path):
+    shipped = read_properties(ROOT / profile)
+    assert shipped["disable_token_authorization"] == "false"
+    assert shipped["allowed_urls"] == "^$"
+    assert "workflow_store" not in shipped
+    assert shipped["enable_model_api"] == ("true" if "mlops" in profile else "false")
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert shipped[key].startswith("http://127.0.0.1:")
+    for key in ("grpc_inference_address", "grpc_management_address"):
+        assert shipped[key] == "127.0.0.1"
+
+    ts = _profile(profile, model_store, tmp_path)
+    with ts:
+        ts.start(timeout=120, models=[])
+        java = psutil.Process(ts.pid())
+        listening = [c.laddr for c in java.net_connections("inet") if c.status == "LISTEN"]
+        assert len(listening) >= 5 and all(_is_loopback(a.ip) for a in listening), listening
+
+        for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+            ping = requests.get(f"{ts.inference_url}/ping", headers=headers, timeout=10)
+            assert ping.status_code in (400, 401, 403)
+        assert requests.get(f"{ts.inference_url}/ping", headers=ts.headers(), timeout=10).ok
+
+        management = ts.headers("management")
+        outside = requests.post(
+            f"{ts.management_url}/models",
+            params={"url": "http://127.0.0.1:9/evil.mar"},
+            headers=management,
+            timeout=30,
+        )
+        assert outside.status_code in (404, 405)
+        if "mlops" in profile:
+            assert "does not match any allowed URL" in outside.json()["message"]
+            for url in ("file:///etc/passwd", "https://127.0.0.1:9/x.mar"):
+                refused = requests.post(
+                    f"{ts.management_url}/models",
+                    params={"url": url},
+                    headers=management,
+                    timeout=30,
+                )
+                assert refused.status_code == 404
+            workflow = requests.post(
+                f"{ts.management_url}/workflows",
+                params={"url": "http://127.0.0.1:9/evil.war"},
+                headers=management,
+                timeout=30,
+            )
+            assert workflow.status_code == 404
+            local = requests.post(
+                f"{ts.management_url}/models",
+                params={"url": "digits-student.mar", "synchronous": "true", "initial_workers": 1},
+                headers=management,
+                timeout=120,
+            )
+            assert local.status_code == 200, local.text
+        else:
+            assert outside.status_code == 405  # no registration API at all
+
+
+@pytest.fixture(scope="module")
+def loaded_server(model_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("load")
+    ts = _profile("config.mlops.properties", model_store, run)
+    try:
+        ts.start(timeout=120, models=[])
+        for name in ("digits-student", "fault-student"):
+            response = requests.post(
+                f"{ts.management_url}/models",
+                params={
+                    "url": "digits-student.mar",
+                    "model_name": name,
+                    "batch_size": 8,
+                    "max_batch_delay": 10,
+                    "initial_workers": 1,
+                    "synchronous": "true",
+                },
+                headers=ts.headers("management"),
+                timeout=120,
+            )
+            assert response.status_code == 200, response.text
+        yield ts
+    finally:
+        ts.stop()
+
+
+def test_load_command_reports_zero_errors(loaded_server):
+    ts = loaded_server
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "load",
+            "digits-student",
+            "--requests",
+            "300",
+            "--concurrency",
+            "16",
+            "--config",
+            str(ts.config_file),
+            "--run-dir",
+            str(ts.run_dir),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["completed"] == 300 and report["errors_by_status"] == {}
+    assert report["throughput_rps"] > 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p90"]
+    assert report["latency_ms"]["p90"] <= report["latency_ms"]["p99"]
+
+
+def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_splits):
+    from scripts.demo import encode_png
+
+    ts = loaded_server
+    payloads = [encode_png(digits_splits.test[i][0]) for i in range(50)]
+    report = run_load(
+        ts.inference_url,
+        "fault-student",
+        payloads,
+        total=1500,
+        concurrency=8,
+        token=ts.keys()["inference"],
+        time_limit_s=120,
+        kill_worker_after_s=0.5,
+        management_url=ts.management_url,
+        management_token=ts.keys()["management"],
+    )
+    fault = report.fault
+    assert fault is not None and fault.killed_pid > 0
+    assert not psutil.pid_exists(fault.killed_pid) or psutil.Process(fault.killed_pid).status() == (
+        psutil.STATUS_ZOMBIE
+    )
+    assert fault.worker_ready_s is not None and fault.worker_ready_s > 0
+    assert fault.recovery_s is not None and fault.recovery_s > 0
+    assert fault.failed_requests == report.errors  # only the killed worker's requests failed
+    assert report.completed == 1500
+    ping = requests.get(f"{ts.inference_url}/ping", headers=ts.headers(), timeout=10)
+    assert ping.json()["status"] == "Healthy"
+
+
+def test_load_refuses_non_loopback_targets():
+    from students.errors import ServerError
+
+    with pytest.raises(ServerError, match="loopback"):
+        run_load("http://192.0.2.1:8080", "m", [b"x"], total=1, concurrency=1)
