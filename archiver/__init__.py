@@ -1,5 +1,13 @@
 """Student artifact directory -> TorchServe ``.mar`` through torch-model-archiver's Python API."""
 
-from .mar import ARTIFACT_FILES, ArchiveResult, build_archive, read_archive_config
+from .mar import ARTIFACT_FILES, ArchiveResult, build_archive, inspect_archive, read_archive_config
+from .registry import Registry
 
-__all__ = ["ARTIFACT_FILES", "ArchiveResult", "build_archive", "read_archive_config"]
+__all__ = [
+    "ARTIFACT_FILES",
+    "ArchiveResult",
+    "Registry",
+    "build_archive",
+    "inspect_archive",
+    "read_archive_config",
+]

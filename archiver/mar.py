@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +26,16 @@ from handlers.classification import HandlerSettings
 from students.errors import ArchiveError, RecipeError
 from students.recipe import ArchiveConfig
 
-__all__ = ["ARTIFACT_FILES", "ArchiveResult", "build_archive", "read_archive_config", "sha256_file"]
+from .registry import Registry
+
+__all__ = [
+    "ARTIFACT_FILES",
+    "ArchiveResult",
+    "build_archive",
+    "inspect_archive",
+    "read_archive_config",
+    "sha256_file",
+]
 
 ARTIFACT_FILES = ("model.pt", "index_to_name.json", "handler.yaml", "metrics.json", "recipe.yaml")
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handlers"
@@ -174,4 +184,37 @@ def build_archive(
         (out / f"{config.model_name}.mar").replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    Registry(store).record_archive(config.model_name, config.version, target.name, build_info)
     return ArchiveResult(target, config.model_name, config.version, model_config, build_info)
+
+
+def inspect_archive(path: str | Path) -> dict:
+    """Name, version and build-info of a .mar whose model.pt matches its recorded sha256.
+
+    Raises ``ArchiveError`` for a missing, unreadable or altered archive.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError(f"archive not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as mar:
+            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+            info = json.loads(mar.read("build-info.json"))
+            serialized = manifest["model"].get("serializedFile", "model.pt")
+            digest = hashlib.sha256()
+            with mar.open(serialized) as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise ArchiveError(f"{path} is not a distillserve archive: {err}") from None
+    expected = info.get("sha256", {}).get(serialized)
+    if digest.hexdigest() != expected:
+        raise ArchiveError(
+            f"{path}: {serialized} does not match build-info.json (sha256 {digest.hexdigest()} "
+            f"!= {expected}); the archive was altered or corrupted"
+        )
+    return {
+        "model_name": manifest["model"]["modelName"],
+        "version": manifest["model"]["modelVersion"],
+        "build_info": info,
+    }

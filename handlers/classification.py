@@ -23,9 +23,13 @@ except ImportError:  # inside a .mar, where the helpers sit flat at the archive 
 __all__ = [
     "HandlerSettings",
     "content_type_of",
+    "parse_v2_inputs",
+    "ranked",
     "request_bytes",
     "thread_count",
     "topk_answers",
+    "v2_payload",
+    "v2_response",
     "verify_checksum",
 ]
 
@@ -131,11 +135,19 @@ def content_type_of(headers: dict | None) -> str | None:
     return None
 
 
+def ranked(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` probabilities and class indices per row. A stable sort, so equal scores (common
+    with int8 models, whose outputs are discrete) rank the lower class index first, exactly as
+    ``argmax`` does; ``topk`` leaves the order of ties unspecified."""
+    probabilities = torch.softmax(logits.float(), dim=1)
+    values, indices = torch.sort(probabilities, dim=1, descending=True, stable=True)
+    k = min(k, probabilities.shape[1])
+    return values[:, :k], indices[:, :k]
+
+
 def topk_answers(logits: torch.Tensor, mapping: dict[str, str], k: int) -> list[dict[str, float]]:
     """One ``{label: probability}`` dict per row, the ``k`` most probable labels first."""
-    probabilities = torch.softmax(logits.float(), dim=1)
-    k = min(k, probabilities.shape[1])
-    values, indices = probabilities.topk(k, dim=1)
+    values, indices = ranked(logits, k)
     return [
         {mapping.get(str(i), str(i)): round(v, 6) for v, i in zip(row_v, row_i)}
         for row_v, row_i in zip(values.tolist(), indices.tolist())
@@ -159,3 +171,97 @@ def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:
             f"{model_file} does not match build-info.json (sha256 {digest.hexdigest()} != "
             f"{expected}): the archive was altered or corrupted; rebuild it"
         )
+
+
+def v2_payload(request: dict) -> dict | None:
+    """The body of a KServe v2 / Open Inference Protocol request (``{"inputs": [...]}``), if any.
+
+    TorchServe parses the body only when the client says ``application/json``; tritonclient sends
+    no content type, so a raw body that is a JSON object is parsed here too.
+    """
+    for key in ("body", "data"):
+        value = request.get(key)
+        if isinstance(value, (bytes, bytearray, str)) and value[:1] in (b"{", "{"):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        if isinstance(value, dict) and "inputs" in value:
+            return value
+    return None
+
+
+def _flatten(values) -> list:
+    if isinstance(values, list):
+        return [item for value in values for item in _flatten(value)]
+    return [values]
+
+
+def parse_v2_inputs(body: dict, spec: PreprocessSpec) -> tuple[str, list[bytes] | torch.Tensor]:
+    """The first input tensor of a v2 request as ``("images", [encoded image bytes, ...])`` for
+    BYTES (base64 strings) or ``("tensor", float (N, C, H, W))`` for FP32 model input."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict):
+        raise InputError('v2 request needs "inputs": [{"name", "shape", "datatype", "data"}]')
+    tensor = inputs[0]
+    datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InputError('v2 input needs "shape" as a list of non-negative integers')
+    values = _flatten(data) if data is not None else []
+    expected = 1
+    for dim in shape:
+        expected *= dim
+    if len(values) != expected or expected == 0:
+        raise InputError(f"v2 input has {len(values)} values for shape {shape}")
+    if datatype == "BYTES":
+        images = []
+        for value in values:
+            if not isinstance(value, str):
+                raise InputError("v2 BYTES input must hold base64-encoded images as strings")
+            try:
+                images.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError):
+                raise InputError("v2 BYTES input is not valid base64") from None
+        return "images", images
+    if datatype == "FP32":
+        model_shape = [spec.channels, *spec.image_size]
+        if shape[-3:] != model_shape or len(shape) not in (3, 4):
+            raise InputError(
+                f"v2 FP32 input must have shape [N, {', '.join(map(str, model_shape))}]"
+            )
+        try:
+            batch = torch.tensor(values, dtype=torch.float32).reshape(-1, *model_shape)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError("v2 FP32 input holds values that are not numbers") from None
+        if not torch.isfinite(batch).all():
+            raise InputError("v2 FP32 input holds NaN or infinite values")
+        return "tensor", batch
+    raise InputError(f"v2 input datatype {datatype!r} is not supported (BYTES or FP32)", 400)
+
+
+def v2_response(
+    request_id: str,
+    model_name: str,
+    model_version: str,
+    logits: torch.Tensor,
+    mapping: dict[str, str],
+    k: int,
+) -> dict:
+    """The v2 response for one request: top-k ``probabilities`` (FP32) and ``labels`` (BYTES)."""
+    values, indices = ranked(logits, k)
+    labels = [mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
+    shape = [int(logits.shape[0]), int(indices.shape[1])]
+    return {
+        "id": request_id,
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": [
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": shape,
+                "data": [round(v, 6) for v in values.flatten().tolist()],
+            },
+            {"name": "labels", "datatype": "BYTES", "shape": shape, "data": labels},
+        ],
+    }

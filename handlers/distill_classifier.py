@@ -3,10 +3,11 @@
 Lifecycle:
   initialize  verify model.pt against build-info.json, set the quantized engine and thread count,
               load the TorchScript model, read index_to_name.json, warm up at the batch size.
-  preprocess  decode every request of the batch on its own; a bad one gets its own 4xx, the good
-              ones are stacked into one tensor.
+  preprocess  decode every request of the batch on its own (an image as raw bytes, multipart or
+              base64 JSON; or a KServe v2 request of N images or N input tensors); a bad one
+              gets its own 4xx, the good ones are stacked into one tensor.
   inference   one forward pass for the whole batch.
-  postprocess one ``{label: probability}`` top-k dict per request, in request order.
+  postprocess one ``{label: probability}`` top-k dict (or one v2 response) per request, in order.
 
 Settings come from the ``handler:`` section of the archive's model-config.yaml. The module name is
 deliberately unlike TorchServe's built-ins (a file named ``image_classifier.py`` would shadow one).
@@ -28,9 +29,12 @@ try:  # inside this repository
     from .classification import (
         HandlerSettings,
         content_type_of,
+        parse_v2_inputs,
         request_bytes,
         thread_count,
         topk_answers,
+        v2_payload,
+        v2_response,
         verify_checksum,
     )
     from .imageprep import InputError, decode_image, preprocess
@@ -38,9 +42,12 @@ except ImportError:  # inside a .mar, where the helpers sit flat at the archive 
     from classification import (
         HandlerSettings,
         content_type_of,
+        parse_v2_inputs,
         request_bytes,
         thread_count,
         topk_answers,
+        v2_payload,
+        v2_response,
         verify_checksum,
     )
     from imageprep import InputError, decode_image, preprocess
@@ -103,21 +110,53 @@ class DistillClassifierHandler(BaseHandler):
                 self.model(example)
 
     def preprocess(self, data: list[dict]) -> dict:
-        """Decode each request; returns the stacked good images and the errors by position."""
+        """Decode each request on its own; stack every usable image into one batch tensor.
+
+        A plain request carries one image; a KServe v2 request carries a tensor of N base64
+        images (BYTES) or N model inputs (FP32). ``rows[idx]`` is the slice of the batch that
+        belongs to request ``idx``; ``errors[idx]`` the ``InputError`` of a request refused.
+        """
         started = time.perf_counter()
-        images, positions, errors = [], [], {}
+        parts, rows, errors, v2 = [], {}, {}, {}
+        offset = 0
         for idx, request in enumerate(data):
             try:
-                payload = request_bytes(request, self._content_type(idx))
-                images.append(
-                    decode_image(payload, self.settings.spec.channels, self.settings.limits)
-                )
-                positions.append(idx)
+                part = self._request_input(request, idx, v2)
             except InputError as err:
                 errors[idx] = err
-        batch = preprocess(images, self.settings.spec).to(self.device)
+                continue
+            parts.append(part)
+            rows[idx] = (offset, offset + len(part))
+            offset += len(part)
+        spec = self.settings.spec
+        batch = torch.cat(parts) if parts else torch.empty((0, spec.channels, *spec.image_size))
         self._add_metric("ImageDecodeTime", (time.perf_counter() - started) * 1000, "ms")
-        return {"batch": batch, "positions": positions, "errors": errors, "size": len(data)}
+        return {
+            "batch": batch.to(self.device),
+            "rows": rows,
+            "errors": errors,
+            "v2": v2,
+            "size": len(data),
+        }
+
+    def _request_input(self, request: dict, idx: int, v2: dict) -> torch.Tensor:
+        """The model input rows of one request (raises ``InputError``)."""
+        channels, limits = self.settings.spec.channels, self.settings.limits
+        body = v2_payload(request)
+        if body is None:
+            payload = request_bytes(request, self._content_type(idx))
+            return preprocess([decode_image(payload, channels, limits)], self.settings.spec)
+        kind, value = parse_v2_inputs(body, self.settings.spec)
+        v2[idx] = str(body.get("id") or self._request_id(idx))
+        if kind == "tensor":
+            return value
+        return preprocess([decode_image(b, channels, limits) for b in value], self.settings.spec)
+
+    def _request_id(self, idx: int) -> str:
+        try:
+            return self.context.get_request_id(idx) or ""
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return ""
 
     def _content_type(self, idx: int) -> str | None:
         try:
@@ -126,9 +165,9 @@ class DistillClassifierHandler(BaseHandler):
             return None
 
     def inference(self, prepared: dict) -> dict:
-        """One forward pass over every decodable image of the batch."""
+        """One forward pass over every usable image of the batch."""
         logits = None
-        if prepared["positions"]:
+        if len(prepared["batch"]):
             started = time.perf_counter()
             with torch.inference_mode():
                 logits = self.model(prepared["batch"]).cpu()
@@ -137,12 +176,23 @@ class DistillClassifierHandler(BaseHandler):
         return {**prepared, "logits": logits}
 
     def postprocess(self, predicted: dict) -> list:
-        """Exactly one entry per request: a top-k dict, or the JSON error of that request."""
+        """Exactly one entry per request: top-k dict, v2 response, or that request's JSON error."""
         answers: list = [None] * predicted["size"]
-        if predicted["logits"] is not None:
-            ranked = topk_answers(predicted["logits"], self.mapping, self.settings.topk)
-            for idx, answer in zip(predicted["positions"], ranked):
-                answers[idx] = answer
+        model = self.manifest["model"]
+        name = getattr(self.context, "model_name", None) or model.get("modelName", "")
+        for idx, (start, stop) in predicted["rows"].items():
+            logits = predicted["logits"][start:stop]
+            if idx in predicted["v2"]:
+                answers[idx] = v2_response(
+                    predicted["v2"][idx],
+                    name,
+                    model.get("modelVersion", ""),
+                    logits,
+                    self.mapping,
+                    self.settings.topk,
+                )
+            else:
+                answers[idx] = topk_answers(logits, self.mapping, self.settings.topk)[0]
         for idx, err in predicted["errors"].items():
             self.context.set_response_status(err.status, str(err), idx)
             self._add_metric("RejectedInputs", 1, "count", "counter", Reason=err.kind)

@@ -87,15 +87,42 @@ def _predict(args: argparse.Namespace) -> int:
         raise DistillServeError("no image files given")
     key_file = args.key_file or Path(args.run_dir) / "key_file.json"
     token = None if args.no_token else read_key(key_file, "inference")
-    client = InferenceClient(url, token, timeout=args.timeout)
-    results = client.predict_many(
-        args.model, [p.read_bytes() for p in paths], args.concurrency, args.version
-    )
+    images = [p.read_bytes() for p in paths]
+    if args.grpc:
+        results = _predict_grpc(args, token, images)
+    else:
+        client = InferenceClient(url, token, timeout=args.timeout)
+        results = client.predict_many(args.model, images, args.concurrency, args.version)
     failed = 0
     for path, result in zip(paths, results):
         print(json.dumps({"file": str(path), "status": result.status, "result": result.body}))
         failed += not result.ok
     return 1 if failed else 0
+
+
+def _predict_grpc(args: argparse.Namespace, token: str | None, images: list[bytes]) -> list:
+    """gRPC Predictions; TorchServe drops per-request HTTP codes over gRPC, so a handler error
+    object in the answer (it has ``code`` and ``message``) is reported as that status."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scripts.grpc_client import GrpcClient
+    from scripts.rest import Prediction
+    from scripts.server import read_properties
+
+    props = read_properties(args.config)
+    host = props.get("grpc_inference_address", "127.0.0.1")
+    address = f"{host}:{props.get('grpc_inference_port', '7070')}"
+
+    def one(client: GrpcClient, image: bytes) -> Prediction:
+        body = client.predict(args.model, image, args.version)
+        is_error = isinstance(body, dict) and {"code", "message"} <= set(body)
+        return Prediction(int(body["code"]) if is_error else 200, body)
+
+    with (
+        GrpcClient(address, inference_token=token, timeout=args.timeout) as client,
+        ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool,
+    ):
+        return list(pool.map(lambda image: one(client, image), images))
 
 
 def _load(args: argparse.Namespace) -> int:
@@ -153,6 +180,138 @@ def _load_payloads(images: str | None) -> list[bytes]:
     return [encode_png(test[i][0]) for i in range(len(test))]
 
 
+def _server_args(p: argparse.ArgumentParser) -> None:
+    """Where the server is and how to authenticate: shared by the management verbs."""
+    p.add_argument("--config", default="config.properties", help="for addresses and model_store")
+    p.add_argument("--run-dir", default="build/serve", help="where key_file.json is")
+    p.add_argument("--key-file", help="path of key_file.json (overrides --run-dir)")
+    p.add_argument("--model-store", help="override model_store from the config")
+
+
+def _management(args: argparse.Namespace):
+    from scripts.management import ManagementClient
+    from scripts.rest import read_key
+    from scripts.server import read_properties
+
+    props = read_properties(args.config)
+    key_file = args.key_file or Path(args.run_dir) / "key_file.json"
+    client = ManagementClient(
+        props.get("management_address", "http://127.0.0.1:8081"), read_key(key_file, "management")
+    )
+    store = Path(args.model_store or props.get("model_store", "model_store"))
+    if not store.is_absolute():
+        store = Path(args.config).resolve().parent / store
+    return client, store
+
+
+def _register(args: argparse.Namespace) -> int:
+    from scripts.versions import register_archive
+
+    client, store = _management(args)
+    result = register_archive(
+        client,
+        store,
+        Path(args.mar),
+        model_name=args.model_name,
+        batch_size=args.batch_size,
+        max_batch_delay=args.max_batch_delay,
+        initial_workers=args.initial_workers,
+        make_default=args.set_default,
+    )
+    print(f"registered {result['model_name']} {result['version']} from {result['file']}")
+    return 0
+
+
+def _set_default(args: argparse.Namespace) -> int:
+    from scripts.versions import set_default
+
+    client, store = _management(args)
+    set_default(client, store, args.model, args.version)
+    print(f"{args.model}: default version is now {args.version}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    client, _ = _management(args)
+    client.scale(args.model, args.version, min_worker=args.min, max_worker=args.max)
+    print(f"{args.model}: workers scaled to min {args.min}, max {args.max or args.min}")
+    return 0
+
+
+def _unregister(args: argparse.Namespace) -> int:
+    from scripts.versions import unregister
+
+    client, store = _management(args)
+    unregister(client, store, args.model, args.version)
+    print(f"unregistered {args.model} {args.version}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from scripts.versions import rollback
+
+    client, store = _management(args)
+    retired, restored = rollback(client, store, args.model)
+    print(f"{args.model}: default is {restored} again; {retired} unregistered")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    client, _ = _management(args)
+    for model in client.list_models():
+        versions = client.describe(model["modelName"], "all")
+        default = client.default_version(model["modelName"])
+        for v in versions:
+            workers = ",".join(w.get("status", "?") for w in v.get("workers", []))
+            mark = "*" if v["modelVersion"] == default else " "
+            print(
+                f"{model['modelName']:<24}{v['modelVersion']:<10}{mark} batch {v['batchSize']:<3}"
+                f" delay {v['maxBatchDelay']:<5} workers [{workers}]"
+            )
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    client, _ = _management(args)
+    print(json.dumps(client.describe(args.model, args.version), indent=2))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from archiver import Registry
+
+    print(Registry(args.model_store).table())
+    return 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    from scripts.ab import format_ab, run_ab
+    from scripts.rest import InferenceClient, read_key
+    from scripts.server import read_properties
+
+    url = args.url or read_properties(args.config).get("inference_address", "http://127.0.0.1:8080")
+    key_file = args.key_file or Path(args.run_dir) / "key_file.json"
+    client = InferenceClient(url, read_key(key_file, "inference"))
+    report = run_ab(client, args.model, args.v1, args.v2, Path(args.data_dir), args.concurrency)
+    print(json.dumps(report, indent=2) if args.json else format_ab(report))
+    return 0
+
+
+def _export_kserve(args: argparse.Namespace) -> int:
+    from scripts.kserve import export_kserve
+
+    out = export_kserve(
+        [Path(m) for m in args.mars],
+        Path(args.out),
+        name=args.name,
+        image=args.image,
+        storage_uri=args.storage_uri,
+    )
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        print(path)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from scripts.demo import run_demo
 
@@ -203,9 +362,84 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="build/serve", help="where key_file.json is")
     p.add_argument("--key-file", help="path of key_file.json (overrides --run-dir)")
     p.add_argument("--no-token", action="store_true", help="send no Authorization header")
+    p.add_argument("--grpc", action="store_true", help="use the gRPC inference API")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=_predict)
+
+    p = verbs.add_parser("register", help="verify a .mar and register it as a model version")
+    p.add_argument("mar", help="path of the .mar (copied into the model store if elsewhere)")
+    p.add_argument("--model-name", help="register under this name (default: the archive's)")
+    p.add_argument("--batch-size", type=int, help="server-side batch size")
+    p.add_argument("--max-batch-delay", type=int, help="ms to wait for a batch to fill")
+    p.add_argument("--initial-workers", type=int, default=1)
+    p.add_argument("--set-default", action="store_true", help="make it the default version")
+    _server_args(p)
+    p.set_defaults(func=_register)
+
+    p = verbs.add_parser("set-default", help="make a registered version the default")
+    p.add_argument("model")
+    p.add_argument("version")
+    _server_args(p)
+    p.set_defaults(func=_set_default)
+
+    p = verbs.add_parser("scale", help="set the min/max workers of a model (version)")
+    p.add_argument("model")
+    p.add_argument("--version", help="default: the default version")
+    p.add_argument("--min", type=int, required=True, help="minimum workers")
+    p.add_argument("--max", type=int, help="maximum workers (default: --min)")
+    _server_args(p)
+    p.set_defaults(func=_scale)
+
+    p = verbs.add_parser("unregister", help="remove a model version from the server")
+    p.add_argument("model")
+    p.add_argument("version")
+    _server_args(p)
+    p.set_defaults(func=_unregister)
+
+    p = verbs.add_parser("rollback", help="make the previous version default, retire the current")
+    p.add_argument("model")
+    _server_args(p)
+    p.set_defaults(func=_rollback)
+
+    p = verbs.add_parser("list", help="models and versions on the server, default marked *")
+    _server_args(p)
+    p.set_defaults(func=_list)
+
+    p = verbs.add_parser("describe", help="TorchServe's description of a model (JSON)")
+    p.add_argument("model")
+    p.add_argument("--version", default="all", help="a version, or all (default)")
+    _server_args(p)
+    p.set_defaults(func=_describe)
+
+    p = verbs.add_parser("models", help="the model store's index (model_store/index.json)")
+    p.add_argument("--model-store", default="model_store")
+    p.set_defaults(func=_models)
+
+    p = verbs.add_parser("ab", help="compare two versions of a model on labelled images")
+    p.add_argument("model")
+    p.add_argument("v1")
+    p.add_argument("v2")
+    p.add_argument("data_dir", help="DATA_DIR/LABEL/image files")
+    p.add_argument("--url", help="inference address (default: from --config)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _server_args(p)
+    p.set_defaults(func=_ab)
+
+    p = verbs.add_parser(
+        "export-kserve", help="write the KServe / Kubernetes layout and manifests for archives"
+    )
+    p.add_argument("mars", nargs="+", help=".mar files to deploy")
+    p.add_argument("--out", default="build/kserve", help="output directory (default build/kserve)")
+    p.add_argument("--name", default="distillserve", help="name of the service and manifests")
+    p.add_argument("--image", default="pytorch/torchserve:0.12.0-cpu")
+    p.add_argument(
+        "--storage-uri",
+        default="pvc://distillserve-models",
+        help="where config/ and model-store/ are uploaded",
+    )
+    p.set_defaults(func=_export_kserve)
 
     p = verbs.add_parser(
         "load", help="bounded load (and optional worker-kill fault check) on a loopback server"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from students.export import load_torchscript
 from students.pipeline import build
 from students.recipe import load_recipe
 
-from .rest import InferenceClient
+from .rest import InferenceClient, timed_predictions
 from .server import TorchServe
 
 __all__ = ["encode_png", "format_table", "run_demo"]
@@ -39,26 +38,6 @@ def encode_png(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _served(client: InferenceClient, model: str, payloads: list[bytes], concurrency: int) -> dict:
-    """Send every payload concurrently; per-request latency, top-1 label and failures."""
-
-    def one(payload: bytes) -> tuple[float, str | None, int]:
-        start = time.perf_counter()
-        result = client.predict_raw(model, payload)
-        return (time.perf_counter() - start) * 1000.0, result.top1, result.status
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        answers = list(pool.map(one, payloads))
-    wall = time.perf_counter() - start
-    return {
-        "labels": [label for _, label, _ in answers],
-        "failures": sum(1 for _, _, status in answers if status != 200),
-        "p50_ms": statistics.median(ms for ms, _, _ in answers),
-        "throughput_rps": len(payloads) / wall,
-    }
 
 
 def format_table(rows: list[dict]) -> str:
@@ -131,7 +110,7 @@ def run_demo(
         )
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             futures = {
-                role: pool.submit(_served, client, names[role], payloads, concurrency)
+                role: pool.submit(timed_predictions, client, names[role], payloads, concurrency)
                 for role, _ in ROLES
             }
             served = {role: future.result() for role, future in futures.items()}

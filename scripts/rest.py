@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import requests.adapters
 
 from students.errors import ServerError
 
-__all__ = ["InferenceClient", "Prediction", "read_key"]
+__all__ = ["InferenceClient", "Prediction", "read_key", "timed_predictions"]
 
 
 def read_key(key_file: str | Path, role: str = "inference") -> str:
@@ -106,3 +108,32 @@ class InferenceClient:
                 f"ping: HTTP {response.status_code}: {response.text.strip()}", response.status_code
             )
         return response.json().get("status", "")
+
+
+def timed_predictions(
+    client: InferenceClient,
+    model: str,
+    payloads: Sequence[bytes],
+    concurrency: int,
+    version: str | None = None,
+) -> dict:
+    """Send every payload with ``concurrency`` in flight; top-1 labels (``None`` for a failed
+    request) in input order, the failure count, latency percentiles and throughput."""
+
+    def one(payload: bytes) -> tuple[float, str | None, int]:
+        start = time.perf_counter()
+        result = client.predict_raw(model, payload, version)
+        return (time.perf_counter() - start) * 1000.0, result.top1, result.status
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        answers = list(pool.map(one, payloads))
+    wall = time.perf_counter() - start
+    latencies = sorted(ms for ms, _, _ in answers)
+    return {
+        "labels": [label for _, label, _ in answers],
+        "failures": sum(status != 200 for _, _, status in answers),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "throughput_rps": len(payloads) / wall,
+    }

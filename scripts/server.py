@@ -39,6 +39,17 @@ LOCAL_STORE_ONLY = "^$"
 MAX_REQUEST_SIZE = 12 * 1024 * 1024
 
 
+# config.properties keys that hold file paths.
+PATH_KEYS = (
+    "model_store",
+    "workflow_store",
+    "metrics_config",
+    "certificate_file",
+    "private_key_file",
+    "model_snapshot_dir",
+)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -146,11 +157,14 @@ class TorchServe:
         self.config_file = Path(config_file).resolve()
         self.props = read_properties(self.config_file)
         self.run_dir = Path(run_dir).resolve()
-        store = model_store or self.props.get("model_store", "model_store")
-        self.model_store = Path(store).resolve()
+        if model_store is None:  # relative to the config file, like TorchServe's other paths here
+            store = Path(self.props.get("model_store", "model_store"))
+            model_store = store if store.is_absolute() else self.config_file.parent / store
+        self.model_store = Path(model_store).resolve()
         self.inference_url = self.props.get("inference_address", "http://127.0.0.1:8080")
         self.management_url = self.props.get("management_address", "http://127.0.0.1:8081")
         self.metrics_url = self.props.get("metrics_address", "http://127.0.0.1:8082")
+        self.token_auth = self.props.get("disable_token_authorization", "false").lower() != "true"
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -179,6 +193,16 @@ class TorchServe:
         )
         return env
 
+    def _effective_config(self) -> Path:
+        """The config as TorchServe must see it from the run directory: file paths that are
+        relative in the config file are made relative to that file, not to the launch dir."""
+        props = dict(self.props)
+        for key in PATH_KEYS:
+            value = props.get(key)
+            if value and not Path(value).is_absolute():
+                props[key] = str((self.config_file.parent / value).resolve())
+        return write_properties(props, self.run_dir / "effective-config.properties")
+
     def _torchserve(self) -> str:
         found = Path(sys.executable).parent / "torchserve"
         return str(found) if found.exists() else (shutil.which("torchserve") or "torchserve")
@@ -206,7 +230,8 @@ class TorchServe:
         }
 
     def headers(self, role: str = "inference") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys()[role]}"}
+        """The Authorization header for ``role``; none when token authorization is off."""
+        return {"Authorization": f"Bearer {self.keys()[role]}"} if self.token_auth else {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 180.0, models: list[str] | None = None) -> None:
@@ -230,7 +255,7 @@ class TorchServe:
             "--start",
             "--ncs",
             "--ts-config",
-            str(self.config_file),
+            str(self._effective_config()),
             "--model-store",
             str(self.model_store),
         ]
@@ -254,7 +279,7 @@ class TorchServe:
             if self.pid() is None:
                 raise ServerError(f"TorchServe exited during start-up; see {self.log_dir}")
             try:
-                if self.key_file.exists() and self._ready(models):
+                if (self.key_file.exists() or not self.token_auth) and self._ready(models):
                     return
                 last = "models still loading"
             except (requests.RequestException, ServerError, KeyError) as err:

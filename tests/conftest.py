@@ -54,3 +54,23 @@ def digits_splits():
     from students.recipe import DataConfig
 
     return load_splits(DataConfig(), seed=0)
+
+
+def shipped_profile(name: str, model_store: Path, run_dir: Path, keep_models: bool = False):
+    """A shipped config profile as it is, but on free loopback ports with the test's model
+    store (and, unless ``keep_models``, no models loaded at start)."""
+    from scripts.server import TorchServe, free_port, read_properties, write_properties
+
+    props = read_properties(ROOT / name)
+    for key in ("inference", "management", "metrics"):
+        props[f"{key}_address"] = f"http://127.0.0.1:{free_port()}"
+    props["grpc_inference_port"] = str(free_port())
+    props["grpc_management_port"] = str(free_port())
+    props["model_store"] = str(model_store)
+    if "metrics_config" in props:
+        props["metrics_config"] = str(ROOT / props["metrics_config"])
+    if not keep_models:
+        props.pop("load_models", None)
+        props.pop("models", None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return TorchServe(write_properties(props, run_dir / name), run_dir / "serve", model_store)

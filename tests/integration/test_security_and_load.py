@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from scripts.load import run_load
-from scripts.server import TorchServe, free_port, read_properties, write_properties
-from tests.conftest import ROOT
+from scripts.server import read_properties
+from tests.conftest import ROOT, shipped_profile
 
 pytestmark = pytest.mark.slow
 
@@ -22,20 +22,6 @@ def _is_loopback(ip: str) -> bool:
     address = ipaddress.ip_address(ip)
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
-
-
-def _profile(name: str, model_store, run_dir) -> TorchServe:
-    """A shipped profile as it is, but on free ports, with the test's model store, no models."""
-    props = read_properties(ROOT / name)
-    for key in ("inference", "management", "metrics"):
-        props[f"{key}_address"] = f"http://127.0.0.1:{free_port()}"
-    props["grpc_inference_port"] = str(free_port())
-    props["grpc_management_port"] = str(free_port())
-    props["model_store"] = str(model_store)
-    props.pop("load_models", None)
-    props.pop("models", None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return TorchServe(write_properties(props, run_dir / name), run_dir / "serve", model_store)
 
 
 @pytest.mark.parametrize("profile", ["config.properties", "config.mlops.properties"])
@@ -50,7 +36,7 @@ def test_shipped_profiles_are_safe(profile, model_store, tmp_path):
     for key in ("grpc_inference_address", "grpc_management_address"):
         assert shipped[key] == "127.0.0.1"
 
-    ts = _profile(profile, model_store, tmp_path)
+    ts = shipped_profile(profile, model_store, tmp_path)
     with ts:
         ts.start(timeout=120, models=[])
         java = psutil.Process(ts.pid())
@@ -101,7 +87,7 @@ def test_shipped_profiles_are_safe(profile, model_store, tmp_path):
 @pytest.fixture(scope="module")
 def loaded_server(model_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("load")
-    ts = _profile("config.mlops.properties", model_store, run)
+    ts = shipped_profile("config.mlops.properties", model_store, run)
     try:
         ts.start(timeout=120, models=[])
         for name in ("digits-student", "fault-student"):

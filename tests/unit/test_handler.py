@@ -108,3 +108,13 @@ def test_altered_model_is_refused_at_load(extracted_student):
         fh.write(b"tampered")
     with pytest.raises(RuntimeError, match=r"does not match build-info\.json"):
         DistillClassifierHandler().initialize(_context(extracted_student))
+
+
+def test_ties_rank_the_lower_class_first_like_argmax():
+    from handlers.classification import topk_answers
+
+    logits = torch.tensor([[0.0, 3.5, 1.0, 3.5], [2.0, 2.0, 2.0, 2.0]])
+    answers = topk_answers(logits, {str(i): f"c{i}" for i in range(4)}, 3)
+    assert list(answers[0]) == ["c1", "c3", "c2"]
+    assert list(answers[1]) == ["c0", "c1", "c2"]
+    assert [next(iter(a)) for a in answers] == [f"c{i}" for i in logits.argmax(1).tolist()]

@@ -1,0 +1,106 @@
+"""TorchServe over gRPC (Predictions, Ping and the management calls) with bearer tokens."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from students.errors import ServerError
+
+from .grpc_stubs import load_stubs
+
+__all__ = ["GrpcClient"]
+
+
+class GrpcClient:
+    """Inference and management stubs on ``host:port`` addresses; tokens go in the metadata."""
+
+    def __init__(
+        self,
+        inference_address: str,
+        management_address: str | None = None,
+        inference_token: str | None = None,
+        management_token: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.pb = load_stubs()
+        self.timeout = timeout
+        self._channels = [grpc.insecure_channel(inference_address)]
+        self.inference = self.pb.inference_pb2_grpc.InferenceAPIsServiceStub(self._channels[0])
+        self.management = None
+        if management_address:
+            self._channels.append(grpc.insecure_channel(management_address))
+            self.management = self.pb.management_pb2_grpc.ManagementAPIsServiceStub(
+                self._channels[-1]
+            )
+        self._inference_meta = _metadata(inference_token)
+        self._management_meta = _metadata(management_token)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _rpc(self, method, request, metadata):
+        try:
+            return method(request, metadata=metadata, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise ServerError(f"gRPC {err.code().name}: {err.details()}") from None
+
+    def ping(self) -> str:
+        from google.protobuf import empty_pb2
+
+        return self._rpc(self.inference.Ping, empty_pb2.Empty(), self._inference_meta).health
+
+    def predict(self, model: str, image: bytes, version: str | None = None) -> dict:
+        """One image; returns the handler's JSON answer (a top-k dict, or an error object)."""
+        request = self.pb.inference_pb2.PredictionsRequest(
+            model_name=model, model_version=version or "", input={"data": image}
+        )
+        response = self._rpc(self.inference.Predictions, request, self._inference_meta)
+        return json.loads(response.prediction)
+
+    def _manage(self, name: str, **fields) -> dict | list | str:
+        if self.management is None:
+            raise ServerError("no gRPC management address given")
+        request = getattr(self.pb.management_pb2, f"{name}Request")(**fields)
+        reply = self._rpc(getattr(self.management, name), request, self._management_meta)
+        try:
+            return json.loads(reply.msg)
+        except ValueError:
+            return reply.msg
+
+    def describe(self, model: str, version: str = "") -> list[dict]:
+        return self._manage("DescribeModel", model_name=model, model_version=version)
+
+    def list_models(self) -> list[dict]:
+        return self._manage("ListModels", limit=1000).get("models", [])
+
+    def register(self, url: str, **fields) -> dict:
+        return self._manage("RegisterModel", url=url, **fields)
+
+    def scale(self, model: str, version: str = "", *, min_worker: int, max_worker: int) -> dict:
+        return self._manage(
+            "ScaleWorker",
+            model_name=model,
+            model_version=version,
+            min_worker=min_worker,
+            max_worker=max_worker,
+            synchronous=True,
+        )
+
+    def set_default(self, model: str, version: str) -> dict:
+        return self._manage("SetDefault", model_name=model, model_version=version)
+
+    def unregister(self, model: str, version: str) -> dict:
+        return self._manage("UnregisterModel", model_name=model, model_version=version)
+
+
+def _metadata(token: str | None) -> tuple:
+    return (("authorization", f"Bearer {token}"),) if token else ()

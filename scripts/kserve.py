@@ -1,0 +1,249 @@
+"""``export-kserve``: the storage layout KServe (and plain Kubernetes) runs TorchServe from.
+
+    OUT/config/config.properties   server settings with a model_snapshot of every archive
+    OUT/model-store/*.mar          the archives
+    OUT/manifests/kserve.yaml      a custom ServingRuntime for TorchServe + an InferenceService
+    OUT/manifests/kubernetes.yaml  a Deployment + Service + HorizontalPodAutoscaler
+
+Upload OUT/config and OUT/model-store to the storage URI (the runtime mounts it at
+/mnt/models). KServe is retiring its built-in TorchServe runtime, hence the custom one.
+
+Inside a pod the inference and metrics ports must listen on all interfaces. TorchServe's token
+keys are generated inside the pod at start, where neither kubelet probes nor in-cluster clients
+can read them, so token authorization is off and the cluster's gateway or mesh authenticates;
+the management API, which could load and unload models, listens on the pod's loopback only and
+the registration API stays off.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from archiver import inspect_archive
+from students.errors import ArchiveError
+
+__all__ = ["export_kserve"]
+
+MOUNT = "/mnt/models"
+INFERENCE_PORT = 8085
+METRICS_PORT = 8082
+DEFAULT_IMAGE = "pytorch/torchserve:0.12.0-cpu"
+
+
+def _model_config(mar: Path) -> dict:
+    with zipfile.ZipFile(mar) as archive:
+        try:
+            return yaml.safe_load(archive.read("model-config.yaml")) or {}
+        except KeyError:
+            return {}
+
+
+def _snapshot(mars: list[Path]) -> dict:
+    models: dict = {}
+    for mar in mars:
+        info = inspect_archive(mar)
+        config = _model_config(mar)
+        versions = models.setdefault(info["model_name"], {})
+        if info["version"] in versions:
+            raise ArchiveError(f"{info['model_name']} {info['version']} is given twice")
+        versions[info["version"]] = {
+            "defaultVersion": not versions,
+            "marName": mar.name,
+            "minWorkers": config.get("minWorkers", 1),
+            "maxWorkers": config.get("maxWorkers", 1),
+            "batchSize": config.get("batchSize", 1),
+            "maxBatchDelay": config.get("maxBatchDelay", 100),
+            "responseTimeout": config.get("responseTimeout", 120),
+        }
+    count = sum(len(v) for v in models.values())
+    return {"name": "startup.cfg", "modelCount": count, "models": models}
+
+
+def _properties(snapshot: dict) -> dict[str, str]:
+    return {
+        "inference_address": f"http://0.0.0.0:{INFERENCE_PORT}",
+        "management_address": "http://127.0.0.1:8081",
+        "metrics_address": f"http://0.0.0.0:{METRICS_PORT}",
+        "grpc_inference_port": "7070",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_management_port": "7071",
+        "enable_envvars_config": "true",
+        "install_py_dep_per_model": "false",
+        "disable_token_authorization": "true",
+        "enable_model_api": "false",
+        "allowed_urls": "^$",
+        "max_request_size": str(12 * 1024 * 1024),
+        "metrics_mode": "prometheus",
+        "model_metrics_auto_detect": "true",
+        "model_store": f"{MOUNT}/model-store",
+        "load_models": "all",
+        "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
+    }
+
+
+def _kserve_manifests(name: str, image: str, storage_uri: str) -> list[dict]:
+    runtime = f"{name}-torchserve"
+    return [
+        {
+            "apiVersion": "serving.kserve.io/v1alpha1",
+            "kind": "ServingRuntime",
+            "metadata": {"name": runtime},
+            "spec": {
+                "supportedModelFormats": [{"name": "pytorch", "version": "1", "autoSelect": False}],
+                "protocolVersions": ["v1", "v2"],
+                "containers": [
+                    {
+                        "name": "kserve-container",
+                        "image": image,
+                        "args": [
+                            "torchserve",
+                            "--start",
+                            "--foreground",
+                            "--disable-token-auth",
+                            f"--model-store={MOUNT}/model-store",
+                            f"--ts-config={MOUNT}/config/config.properties",
+                        ],
+                        "ports": [{"containerPort": INFERENCE_PORT, "protocol": "TCP"}],
+                        "resources": {
+                            "requests": {"cpu": "1", "memory": "2Gi"},
+                            "limits": {"cpu": "2", "memory": "4Gi"},
+                        },
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"name": name},
+            "spec": {
+                "predictor": {
+                    "model": {
+                        "modelFormat": {"name": "pytorch"},
+                        "runtime": runtime,
+                        "protocolVersion": "v2",
+                        "storageUri": storage_uri,
+                    }
+                }
+            },
+        },
+    ]
+
+
+def _kubernetes_manifests(name: str, image: str) -> list[dict]:
+    labels = {"app.kubernetes.io/name": name}
+    probe = {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "torchserve",
+                                "image": image,
+                                "args": [
+                                    "torchserve",
+                                    "--start",
+                                    "--foreground",
+                                    "--disable-token-auth",
+                                    f"--model-store={MOUNT}/model-store",
+                                    f"--ts-config={MOUNT}/config/config.properties",
+                                ],
+                                "ports": [
+                                    {"name": "http", "containerPort": INFERENCE_PORT},
+                                    {"name": "metrics", "containerPort": METRICS_PORT},
+                                ],
+                                "readinessProbe": {**probe, "initialDelaySeconds": 10},
+                                "livenessProbe": {**probe, "initialDelaySeconds": 60},
+                                "resources": {
+                                    "requests": {"cpu": "1", "memory": "2Gi"},
+                                    "limits": {"cpu": "2", "memory": "4Gi"},
+                                },
+                                "volumeMounts": [
+                                    {"name": "models", "mountPath": MOUNT, "readOnly": True}
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {
+                                "name": "models",
+                                "persistentVolumeClaim": {"claimName": f"{name}-models"},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "selector": labels,
+                "ports": [
+                    {"name": "http", "port": INFERENCE_PORT, "targetPort": "http"},
+                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+                ],
+            },
+        },
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70},
+                        },
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def export_kserve(
+    mars: list[Path],
+    out: Path,
+    *,
+    name: str = "distillserve",
+    image: str = DEFAULT_IMAGE,
+    storage_uri: str = "pvc://distillserve-models",
+) -> Path:
+    """Write the layout and manifests for ``mars`` under ``out``; returns ``out``."""
+    if not mars:
+        raise ArchiveError("export-kserve needs at least one .mar")
+    snapshot = _snapshot(mars)
+    (out / "config").mkdir(parents=True, exist_ok=True)
+    (out / "model-store").mkdir(exist_ok=True)
+    (out / "manifests").mkdir(exist_ok=True)
+    for mar in mars:
+        shutil.copy2(mar, out / "model-store" / mar.name)
+    lines = ["# written by distillserve export-kserve; see scripts/kserve.py for the choices"]
+    lines += [f"{k}={v}" for k, v in _properties(snapshot).items()]
+    (out / "config" / "config.properties").write_text("\n".join(lines) + "\n")
+    (out / "manifests" / "kserve.yaml").write_text(
+        yaml.safe_dump_all(_kserve_manifests(name, image, storage_uri), sort_keys=False)
+    )
+    (out / "manifests" / "kubernetes.yaml").write_text(
+        yaml.safe_dump_all(_kubernetes_manifests(name, image), sort_keys=False)
+    )
+    return out

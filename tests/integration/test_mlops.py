@@ -1,0 +1,367 @@
+"""MLOps flows against a real TorchServe (the shipped MLOps profile on free ports): versions,
+REST and gRPC clients, KServe v2 through tritonclient, Prometheus metrics, A/B, KServe export."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from archiver import build_archive
+from scripts.demo import encode_png
+from scripts.grpc_client import GrpcClient
+from scripts.rest import InferenceClient
+from scripts.server import TorchServe, free_port, read_properties, write_properties
+from students.data import make_loader, preprocess_spec
+from students.distill import predict
+from students.export import load_torchscript
+from students.recipe import DataConfig
+from tests.conftest import ROOT, shipped_profile
+
+pytestmark = pytest.mark.slow
+SPEC = preprocess_spec(DataConfig())
+
+
+@pytest.fixture(scope="module")
+def store(build_result, tmp_path_factory) -> Path:
+    """digits-student 1.0 and 2.0 (the same student archived twice)."""
+    store = tmp_path_factory.mktemp("mlops_store")
+    build_archive(build_result.artifacts["student"], store)
+    build_archive(
+        build_result.artifacts["student"],
+        store,
+        version="2.0",
+        file_name="digits-student-2.0.mar",
+    )
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    ts = shipped_profile("config.mlops.properties", store, tmp_path_factory.mktemp("mlops"))
+    try:
+        ts.start(timeout=120, models=[])
+        yield ts
+    finally:
+        ts.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(build_result, digits_splits) -> list[str]:
+    """In-process top-1 labels of the student on the test split."""
+    model = load_torchscript(build_result.artifacts["student"] / "model.pt")
+    logits, _ = predict(model, make_loader(digits_splits.test, SPEC, 256))
+    return [str(i) for i in logits.argmax(1).tolist()]
+
+
+def _cli(ts: TorchServe, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            *args,
+            "--config",
+            str(ts.config_file),
+            "--run-dir",
+            str(ts.run_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _describe(ts: TorchServe, version: str = "all") -> list[dict]:
+    path = "/models/digits-student" + (f"/{version}" if version else "")
+    response = requests.get(ts.management_url + path, headers=ts.headers("management"), timeout=10)
+    return response.json() if response.ok else []
+
+
+def test_versions_register_switch_rollback_scale_unregister(server, store, tmp_path, digits_splits):
+    ts = server
+    first = _cli(
+        ts,
+        "register",
+        str(store / "digits-student.mar"),
+        "--batch-size",
+        "4",
+        "--max-batch-delay",
+        "50",
+    )
+    assert first.returncode == 0, first.stderr
+    second = _cli(
+        ts,
+        "register",
+        str(store / "digits-student-2.0.mar"),
+        "--batch-size",
+        "8",
+        "--max-batch-delay",
+        "100",
+    )
+    assert second.returncode == 0, second.stderr
+    by_version = {d["modelVersion"]: d for d in _describe(ts)}
+    assert (by_version["1.0"]["batchSize"], by_version["1.0"]["maxBatchDelay"]) == (4, 50)
+    assert (by_version["2.0"]["batchSize"], by_version["2.0"]["maxBatchDelay"]) == (8, 100)
+    assert _describe(ts, "")[0]["modelVersion"] == "1.0"  # the first registered is default
+
+    assert _cli(ts, "set-default", "digits-student", "2.0").returncode == 0
+    assert _describe(ts, "")[0]["modelVersion"] == "2.0"
+
+    data = tmp_path / "labelled"
+    for i in range(40):
+        image, label = digits_splits.test[i]
+        (data / str(label)).mkdir(parents=True, exist_ok=True)
+        (data / str(label) / f"{i}.png").write_bytes(encode_png(image))
+    ab = _cli(ts, "ab", "digits-student", "1.0", "2.0", str(data), "--json")
+    assert ab.returncode == 0, ab.stderr
+    report = json.loads(ab.stdout)
+    assert report["images"] == 40 and report["agreement"] == 1.0
+    assert report["versions"]["1.0"]["accuracy"] == report["versions"]["2.0"]["accuracy"] > 0.8
+
+    registry = json.loads((store / "index.json").read_text())["models"]["digits-student"]
+    assert registry["default"] == "2.0" and registry["default_history"] == ["1.0"]
+
+    rolled = _cli(ts, "rollback", "digits-student")
+    assert rolled.returncode == 0, rolled.stderr
+    assert [d["modelVersion"] for d in _describe(ts)] == ["1.0"]
+    assert _describe(ts, "")[0]["modelVersion"] == "1.0"
+    registry = json.loads((store / "index.json").read_text())["models"]["digits-student"]
+    assert registry["default"] == "1.0" and registry["versions"]["2.0"]["registered"] is False
+
+    assert _cli(ts, "scale", "digits-student", "--min", "2", "--max", "2").returncode == 0
+    (described,) = _describe(ts, "1.0")
+    assert described["minWorkers"] == 2 and len(described["workers"]) == 2
+
+    models = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "models", "--model-store", str(store)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert re.search(r"digits-student\s+1\.0\s+\*\s+yes", models.stdout), models.stdout
+    assert re.search(r"digits-student\s+2\.0\s+no", models.stdout), models.stdout
+
+    gone = _cli(ts, "unregister", "digits-student", "1.0")
+    assert gone.returncode == 0, gone.stderr
+    assert _describe(ts) == []
+
+
+def test_register_refuses_an_altered_archive(server, store, tmp_path):
+    import zipfile
+
+    altered = tmp_path / "altered.mar"
+    with zipfile.ZipFile(store / "digits-student.mar") as src, zipfile.ZipFile(altered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, data[:-8] + bytes(8) if item.filename == "model.pt" else data)
+    result = _cli(server, "register", str(altered))
+    assert result.returncode == 2
+    assert (
+        "does not match build-info.json" in result.stderr and len(result.stderr.splitlines()) == 1
+    )
+
+
+@pytest.fixture(scope="module")
+def served(server):
+    """digits-rest (batch 8) and digits-v2 (batch 4, long delay) registered for the clients."""
+    for name, batch, delay in (("digits-rest", 8, 10), ("digits-v2", 4, 1000)):
+        response = requests.post(
+            f"{server.management_url}/models",
+            params={
+                "url": "digits-student.mar",
+                "model_name": name,
+                "batch_size": batch,
+                "max_batch_delay": delay,
+                "initial_workers": 1,
+                "synchronous": "true",
+            },
+            headers=server.headers("management"),
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+    return server
+
+
+def test_rest_and_grpc_clients_match_in_process(served, digits_splits, expected):
+    payloads = [encode_png(digits_splits.test[i][0]) for i in range(len(digits_splits.test))]
+    rest = InferenceClient(served.inference_url, served.keys()["inference"])
+    assert [r.top1 for r in rest.predict_many("digits-rest", payloads, 16)] == expected
+
+    props = read_properties(served.config_file)
+    with GrpcClient(
+        f"127.0.0.1:{props['grpc_inference_port']}",
+        f"127.0.0.1:{props['grpc_management_port']}",
+        served.keys()["inference"],
+        served.keys()["management"],
+    ) as grpc_client:
+        assert json.loads(grpc_client.ping())["status"] == "Healthy"
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda p: grpc_client.predict("digits-rest", p), payloads))
+        assert [next(iter(a)) for a in answers] == expected
+        described = grpc_client.describe("digits-rest")
+        assert described[0]["batchSize"] == 8
+        assert "digits-rest" in {m["modelName"] for m in grpc_client.list_models()}
+
+    files = []
+    for i in range(3):
+        files.append(Path(served.run_dir) / f"digit{i}.png")
+        files[-1].write_bytes(payloads[i])
+    cli = _cli(served, "predict", "digits-rest", *map(str, files), "--grpc")
+    assert cli.returncode == 0, cli.stderr
+    assert [next(iter(json.loads(line)["result"])) for line in cli.stdout.splitlines()] == (
+        expected[:3]
+    )
+
+
+def _text(value) -> str:
+    """A BYTES element as tritonclient returns it from a JSON response (str) or binary (bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_kserve_v2_through_tritonclient_is_batched(served, digits_splits, expected):
+    import tritonclient.http as httpclient
+
+    url = served.inference_url.removeprefix("http://")
+    headers = served.headers()
+    client = httpclient.InferenceServerClient(url=url, concurrency=8)
+    pending = []
+    for i in range(8):
+        data = np.array([base64.b64encode(encode_png(digits_splits.test[i][0]))], dtype=np.object_)
+        tensor = httpclient.InferInput("images", [1], "BYTES")
+        tensor.set_data_from_numpy(data, binary_data=False)
+        pending.append(
+            client.async_infer("digits-v2", [tensor], headers=headers, request_id=f"req-{i}")
+        )
+    results = [p.get_result() for p in pending]
+    for i, result in enumerate(results):
+        response = result.get_response()
+        assert response["id"] == f"req-{i}" and response["model_name"] == "digits-v2"
+        assert response["model_version"] == "1.0"
+        labels = result.as_numpy("labels")
+        assert labels.shape == (1, 3) and _text(labels[0][0]) == expected[i]
+        assert result.as_numpy("probabilities").shape == (1, 3)
+
+    scrape = requests.get(f"{served.metrics_url}/metrics", timeout=10).text
+    sizes = [
+        float(value)
+        for value in re.findall(
+            r'^BatchSize\{[^}]*ModelName="digits-v2"[^}]*\} (\S+)', scrape, re.M
+        )
+    ]
+    assert sizes and max(sizes) > 1, sizes  # the gauge holds the last batch: several requests
+
+    inputs = next(iter(make_loader(digits_splits.test, SPEC, 2)))[0].numpy()
+    tensor = httpclient.InferInput("input", list(inputs.shape), "FP32")
+    tensor.set_data_from_numpy(inputs, binary_data=False)
+    result = client.infer("digits-v2", [tensor], headers=headers)
+    assert [_text(row[0]) for row in result.as_numpy("labels")] == expected[:2]
+    client.close()
+
+
+def test_prometheus_endpoint_has_the_handler_metrics(served, digits_splits):
+    client = InferenceClient(served.inference_url, served.keys()["inference"])
+    client.predict_many("digits-rest", [encode_png(digits_splits.test[0][0])] * 8, 8)
+    client.predict_raw("digits-rest", b"not an image")
+    scrape = requests.get(f"{served.metrics_url}/metrics", timeout=10).text
+    for metric in ("BatchSize", "ImageDecodeTime", "ForwardTime", "RejectedInputs"):
+        values = re.findall(
+            rf'^{metric}\{{[^}}]*ModelName="digits-rest"[^}}]*\}} (\S+)', scrape, re.M
+        )
+        assert values and all(float(v) >= 0 for v in values), (metric, scrape[:2000])
+    assert re.search(r'^RejectedInputs\{[^}]*Reason="NotAnImage"', scrape, re.M)
+
+
+def test_export_kserve_layout_manifests_and_real_start(store, tmp_path, digits_splits, expected):
+    out = tmp_path / "kserve"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "export-kserve",
+            str(store / "digits-student.mar"),
+            str(store / "digits-student-2.0.mar"),
+            "--out",
+            str(out),
+            "--name",
+            "digits",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    props = read_properties(out / "config" / "config.properties")
+    snapshot = json.loads(props["model_snapshot"])
+    assert snapshot["modelCount"] == 2
+    versions = snapshot["models"]["digits-student"]
+    assert set(versions) == {"1.0", "2.0"} and versions["1.0"]["defaultVersion"] is True
+    for spec in versions.values():
+        assert (out / "model-store" / spec["marName"]).is_file()
+        assert spec["batchSize"] == 8 and spec["maxBatchDelay"] == 20
+    assert props["load_models"] == "all" and props["enable_envvars_config"] == "true"
+    assert props["model_store"] == "/mnt/models/model-store"
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["allowed_urls"] == "^$" and props["enable_model_api"] == "false"
+
+    kserve = list(yaml.safe_load_all((out / "manifests" / "kserve.yaml").read_text()))
+    runtime, isvc = kserve
+    assert (runtime["kind"], runtime["apiVersion"]) == (
+        "ServingRuntime",
+        "serving.kserve.io/v1alpha1",
+    )
+    container = runtime["spec"]["containers"][0]
+    assert "--ts-config=/mnt/models/config/config.properties" in container["args"]
+    assert "--model-store=/mnt/models/model-store" in container["args"]
+    assert runtime["spec"]["supportedModelFormats"][0]["name"] == "pytorch"
+    assert (isvc["kind"], isvc["apiVersion"]) == ("InferenceService", "serving.kserve.io/v1beta1")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] and model["storageUri"]
+    assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v2"
+
+    deployment, service, hpa = yaml.safe_load_all(
+        (out / "manifests" / "kubernetes.yaml").read_text()
+    )
+    assert [d["kind"] for d in (deployment, service, hpa)] == [
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+    ]
+    template = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"] == template["metadata"]["labels"]
+    assert service["spec"]["selector"] == template["metadata"]["labels"]
+    port_names = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    assert template["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+    # The exported config.properties serves for real (addresses moved to free loopback ports).
+    local = dict(props)
+    for key in ("inference", "management", "metrics"):
+        local[f"{key}_address"] = f"http://127.0.0.1:{free_port()}"
+    local["grpc_inference_port"], local["grpc_management_port"] = str(free_port()), str(free_port())
+    local["model_store"] = str(out / "model-store")
+    ts = TorchServe(write_properties(local, tmp_path / "local.properties"), tmp_path / "run")
+    with ts:
+        ts.start(timeout=120, models=["digits-student"])
+        client = InferenceClient(ts.inference_url)
+        payloads = [encode_png(digits_splits.test[i][0]) for i in range(16)]
+        assert [r.top1 for r in client.predict_many("digits-student", payloads, 8)] == (
+            expected[:16]
+        )
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)
