@@ -103,11 +103,14 @@ class DistillClassifierHandler(BaseHandler):
         self.initialized = True
 
     def _warm_up(self, batch_size: int) -> None:
+        """Run the model at batch 1 and at the server's batch size: TorchScript's profiling
+        executor specialises on the first calls of each input shape, which are slow."""
         spec = self.settings.spec
-        example = torch.zeros((batch_size, spec.channels, *spec.image_size), device=self.device)
         with torch.inference_mode():
-            for _ in range(self.settings.warmup_iterations):
-                self.model(example)
+            for size in sorted({1, batch_size}):
+                example = torch.zeros((size, spec.channels, *spec.image_size), device=self.device)
+                for _ in range(self.settings.warmup_iterations):
+                    self.model(example)
 
     def preprocess(self, data: list[dict]) -> dict:
         """Decode each request on its own; stack every usable image into one batch tensor.
