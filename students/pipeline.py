@@ -11,7 +11,9 @@ and moved into place only when every stage, parity checks included, has passed.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -30,8 +32,10 @@ from .data import Splits, load_splits, make_loader, preprocess_spec
 from .distill import evaluate, train
 from .errors import RecipeError
 from .export import export_torchscript, load_torchscript
+from .features import FeatureKD
 from .measure import latency_ms, threads
-from .quantize import check_engine, quantize
+from .prune import channel_prune, channel_widths, l1_unstructured, make_permanent, sparsity
+from .quantize import check_engine, quantize, quantize_qat
 from .recipe import Recipe, TeacherConfig
 from .zoo import Ensemble, build_model, count_parameters
 
@@ -59,6 +63,7 @@ class BuildResult:
     artifacts: dict[str, Path]
     metrics: dict[str, dict]
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    models: dict[str, nn.Module] = field(default_factory=dict)  # eager models, by role
 
 
 def _log(message: str) -> None:
@@ -89,8 +94,8 @@ def load_teacher(config: TeacherConfig, num_classes: int, channels: int) -> nn.M
 
 def _train_teacher(
     recipe: Recipe, classes: int, train_loader, val_loader, log: Callable[[str], None]
-) -> nn.Module:
-    """Train ``teacher.members`` independently seeded models; more than one form an ensemble."""
+) -> list[nn.Module]:
+    """Train ``teacher.members`` independently seeded models."""
     config = recipe.teacher
     members = []
     for index in range(config.members):
@@ -114,7 +119,41 @@ def _train_teacher(
             desc=f"teacher {index + 1}/{config.members}",
         )
         members.append(member.eval())
-    return members[0] if len(members) == 1 else Ensemble(members).eval()
+    return members
+
+
+def _prune(recipe: Recipe, student: nn.Module, fit, teachers, weights, log) -> nn.Module:
+    """``prune.rounds`` rounds of pruning, each followed by ``finetune_epochs`` of KD."""
+    config = recipe.prune
+    if config.method == "none":
+        return student
+    keep_per_round = (1.0 - config.amount) ** (1.0 / config.rounds)
+    original = channel_widths(student) if config.method == "channel" else []
+    for round_index in range(config.rounds):
+        keep = keep_per_round ** (round_index + 1)
+        if config.method == "channel":  # targets from the original widths: no drift from rounding
+            widths = [max(1, math.ceil(w * keep - 1e-9)) for w in original]
+            student = channel_prune(student, config.amount, config.criterion, widths)
+        else:  # masks stay on through fine-tuning, then are made permanent
+            student = l1_unstructured(
+                student, 1.0 - keep, config.scope == "global", permanent=False
+            )
+        log(
+            f"prune: round {round_index + 1}/{config.rounds}, {config.method} -> "
+            f"{count_parameters(student)} params, sparsity {sparsity(student):.2f}"
+        )
+        if config.finetune_epochs:
+            fit(
+                student,
+                epochs=config.finetune_epochs,
+                teacher=teachers,
+                teacher_weights=weights,
+                lr=recipe.distill.lr / 10,
+                desc=f"prune {round_index + 1}",
+            )
+        if config.method == "l1_unstructured":
+            student = make_permanent(student)
+    return student.eval()
 
 
 def build(
@@ -148,12 +187,56 @@ def build(
     stage("data")
 
     if recipe.teacher.checkpoint:
-        teacher = load_teacher(recipe.teacher, classes, data.channels)
+        members = [load_teacher(recipe.teacher, classes, data.channels)]
         log(f"teacher: loaded {recipe.teacher.checkpoint}")
     else:
-        teacher = _train_teacher(recipe, classes, train_loader, val_loader, log)
+        members = _train_teacher(recipe, classes, train_loader, val_loader, log)
+    teacher = members[0] if len(members) == 1 else Ensemble(members).eval()
     teacher.eval()
+    # What the student learns from: one (ensemble) teacher, or several with weighted soft targets.
+    kd_teachers, kd_weights = [teacher], None
+    if recipe.teacher.combine == "soft_targets" and len(members) > 1:
+        kd_teachers, kd_weights = members, recipe.teacher.weights
+        log(f"teacher: multi-teacher KD over {len(members)} members' soft targets")
     stage("teacher")
+
+    kd = recipe.distill
+    fit = functools.partial(
+        train,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        lr=kd.lr,
+        weight_decay=kd.weight_decay,
+        temperature=kd.temperature,
+        alpha=kd.alpha,
+        patience=kd.patience or None,
+        augment=AUGMENT,
+        seed=recipe.seed,
+    )
+    stages_run = []
+    for index, spec in enumerate(kd.stages):  # progressive distillation
+        torch.manual_seed(recipe.seed + 100 + index)
+        middle = build_model(spec["arch"], classes, data.channels, spec["kwargs"])
+        epochs = spec["epochs"] or kd.epochs
+        log(
+            f"stage {index + 1}/{len(kd.stages)}: distilling {spec['arch']} "
+            f"({count_parameters(middle)} params) for {epochs} epochs"
+        )
+        result = fit(
+            middle,
+            epochs=epochs,
+            teacher=kd_teachers,
+            teacher_weights=kd_weights,
+            desc=f"stage {index + 1}",
+        )
+        stages_run.append(
+            {
+                "arch": spec["arch"],
+                "params": count_parameters(middle),
+                "val_accuracy": result.best_val_accuracy,
+            }
+        )
+        kd_teachers, kd_weights = [middle.eval()], None
 
     torch.manual_seed(recipe.seed)
     student = build_model(recipe.student.arch, classes, data.channels, recipe.student.kwargs)
@@ -164,26 +247,39 @@ def build(
             f"{recipe.student.arch} with {recipe.student.kwargs} has {params} parameters "
             f"> {recipe.student.max_params}; make it smaller or raise the limit",
         )
-    kd = recipe.distill
+    feature_kd = None
+    if kd.feature:
+        example = torch.zeros(2, data.channels, *data.image_size)
+        feature_kd = FeatureKD(
+            kd_teachers[0],
+            student,
+            [tuple(pair) for pair in kd.feature["pairs"]],
+            example,
+            kd.feature["loss"],
+            kd.feature["weight"],
+        )
     log(
         f"student: distilling {recipe.student.arch} ({params} params) for {kd.epochs} epochs, "
         f"T={kd.temperature:g}, alpha={kd.alpha:g}"
+        + (f", feature KD on {len(kd.feature['pairs'])} layer pair(s)" if kd.feature else "")
     )
-    train(
+    distilled = fit(
         student,
-        train_loader,
-        val_loader,
         epochs=kd.epochs,
-        lr=kd.lr,
-        weight_decay=kd.weight_decay,
-        teacher=teacher,
-        temperature=kd.temperature,
-        alpha=kd.alpha,
-        augment=AUGMENT,
-        seed=recipe.seed,
+        teacher=kd_teachers,
+        teacher_weights=kd_weights,
+        feature_kd=feature_kd,
         desc="student",
     )
+    if feature_kd is not None:
+        feature_kd.remove()
+    if distilled.stopped_early:
+        log(f"student: early stop after {len(distilled.history)} epochs")
     stage("distill")
+
+    student = _prune(recipe, student, fit, kd_teachers, kd_weights, log)
+    params = count_parameters(student)
+    stage("prune")
 
     name = recipe.archive.model_name
     artifacts = {
@@ -191,7 +287,26 @@ def build(
             "teacher", f"{recipe.name}-teacher", teacher, False, count_parameters(teacher)
         ),
     }
-    int8 = quantize(student, calib_loader, recipe.quantize)
+    q = recipe.quantize
+    if q.mode == "qat":
+        log(f"quantize: QAT with KD for {q.qat_epochs} epochs, engine {q.engine}")
+        int8, int8_reference = quantize_qat(
+            student,
+            train_loader,
+            val_loader,
+            q,
+            teacher=kd_teachers,
+            teacher_weights=kd_weights,
+            epochs=q.qat_epochs,
+            lr=q.qat_lr,
+            temperature=kd.temperature,
+            alpha=kd.alpha,
+            seed=recipe.seed,
+            return_reference=True,
+        )
+    else:
+        int8 = quantize(student, calib_loader, q)
+        int8_reference = student
     if int8 is not None:
         log(f"quantize: {recipe.quantize.mode} int8, engine {recipe.quantize.engine}")
         artifacts["student-fp32"] = Artifact("student-fp32", f"{name}-fp32", student, False, params)
@@ -213,7 +328,7 @@ def build(
             if role not in artifacts:
                 continue
             art = artifacts[role]
-            reference = student if art.quantized else None
+            reference = int8_reference if art.quantized else None
             report = export_torchscript(
                 art.model,
                 dirs[role] / "model.pt",
@@ -227,7 +342,9 @@ def build(
             parity[role] = {
                 "max_abs_diff": report.max_abs_diff,
                 "top1_agreement": report.top1_agreement,
-                "against": "student-fp32" if reference is not None else "eager model",
+                "against": "fp32 model it was converted from"
+                if reference is not None
+                else "eager model",
             }
             accuracy[role] = evaluate(load_torchscript(dirs[role] / "model.pt"), test_loader)
             log(f"export: {role} -> model.pt, test accuracy {accuracy[role]:.4f}")
@@ -259,6 +376,8 @@ def build(
             _write_artifact(dirs[role], recipe, art, splits, metrics[role])
         stage("measure")
         metrics["student"]["stage_seconds"] = timings
+        metrics["student"]["stages"] = stages_run
+        metrics["student"]["distill_epochs_run"] = len(distilled.history)
         (staging / "metrics.json").write_text(json.dumps(metrics["student"], indent=2) + "\n")
 
         if final.exists():
@@ -269,7 +388,8 @@ def build(
         raise
     paths = {role: final if role == "student" else final / role for role in artifacts}
     log(f"artifacts in {final}")
-    return BuildResult(final, paths, metrics, timings)
+    models = {role: art.model for role, art in artifacts.items()}
+    return BuildResult(final, paths, metrics, timings, models)
 
 
 def _write_artifact(

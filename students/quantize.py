@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -94,6 +94,93 @@ def quantize_dynamic(model: nn.Module, config: QuantizeConfig) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8
         )
+
+
+def quantize_qat(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    config: QuantizeConfig,
+    *,
+    teacher: nn.Module | Sequence[nn.Module] | None = None,
+    teacher_weights: Sequence[float] | None = None,
+    epochs: int = 3,
+    lr: float = 0.005,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    seed: int = 0,
+    return_reference: bool = False,
+) -> nn.Module | tuple[nn.Module, nn.Module]:
+    """Quantization-aware training with the distillation loss, then conversion to int8 (a copy).
+
+    With ``return_reference`` also returns the fake-quantized fp32 model the int8 one was
+    converted from: the right reference for its parity check (QAT changes the weights, so the
+    pre-QAT student is not).
+
+    Fuses conv-bn-relu for QAT, inserts fake-quantization with the engine's QAT qconfig
+    (per-channel weights), fine-tunes with ``kd_loss`` against ``teacher`` (cross-entropy without
+    one) at a small learning rate, freezes BatchNorm statistics and observers for the last epoch
+    (when ``epochs`` > 1), and converts. Needs a quantization-ready model, like static PTQ.
+    """
+    from .distill import train
+
+    check_engine(config.engine)
+    if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
+        raise QuantizationError(
+            f"{type(model).__name__} has no QuantStub: QAT needs a quantization-ready model"
+        )
+    model = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        model.train()
+        if hasattr(model, "fuse_model"):
+            try:
+                model.fuse_model(is_qat=True)
+            except TypeError:
+                _fuse_for_qat(model)
+        model.qconfig = torch.ao.quantization.get_default_qat_qconfig(config.engine)
+        torch.ao.quantization.prepare_qat(model, inplace=True)
+        train(
+            model,
+            train_loader,
+            val_loader,
+            epochs=max(1, epochs - 1),
+            lr=lr,
+            weight_decay=0.0,
+            teacher=teacher,
+            temperature=temperature,
+            alpha=alpha,
+            seed=seed,
+            desc="qat",
+        )
+        if epochs > 1:  # a last epoch with observers and BatchNorm statistics frozen
+            model.apply(torch.ao.quantization.disable_observer)
+            model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+            train(
+                model,
+                train_loader,
+                val_loader,
+                epochs=1,
+                lr=lr / 10,
+                weight_decay=0.0,
+                teacher=teacher,
+                temperature=temperature,
+                alpha=alpha,
+                seed=seed + 1,
+                desc="qat",
+            )
+        model.eval()
+        reference = copy.deepcopy(model) if return_reference else None
+        torch.ao.quantization.convert(model, inplace=True)
+    return (model, reference) if return_reference else model
+
+
+def _fuse_for_qat(model: nn.Module) -> None:
+    """``fuse_model`` without an ``is_qat`` switch (the zoo's TinyCNN): QAT-fuse its blocks."""
+    from torch.ao.quantization import fuse_modules_qat
+
+    for block in getattr(model, "features", []):
+        fuse_modules_qat(block, ["0", "1", "2"], inplace=True)
 
 
 def quantize(model: nn.Module, calibration: Iterable, config: QuantizeConfig) -> nn.Module | None:

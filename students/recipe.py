@@ -23,15 +23,22 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "ExportConfig",
+    "FeatureConfig",
     "ModelConfig",
+    "PruneConfig",
     "QuantizeConfig",
     "Recipe",
+    "StageConfig",
     "TeacherConfig",
     "load_recipe",
 ]
 
 DATA_SOURCES = ("digits", "imagefolder")
-QUANT_MODES = ("static", "dynamic", "none")
+QUANT_MODES = ("static", "dynamic", "qat", "none")
+TEACHER_COMBINE = ("logits", "soft_targets")
+FEATURE_LOSSES = ("mse", "cosine")
+PRUNE_METHODS = ("none", "channel", "l1_unstructured")
+PRUNE_CRITERIA = ("bn_gamma", "l1")
 QUANT_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
 EXPORT_METHODS = ("trace", "script")
 
@@ -186,13 +193,17 @@ class ModelConfig(_Section):
 
 @dataclass
 class TeacherConfig(ModelConfig):
-    """The teacher: trained here (``members`` > 1 trains an ensemble that averages logits), or
-    loaded from a checkpoint (TorchScript, or a state dict for ``arch``)."""
+    """The teacher: trained here, or loaded from a checkpoint (TorchScript, or a state dict for
+    ``arch``). ``members`` > 1 trains several: ``combine: logits`` averages their logits into one
+    ensemble teacher; ``combine: soft_targets`` is multi-teacher KD, the student learning the
+    (``weights``-weighted) mean of their softened probabilities."""
 
     SECTION: ClassVar[str] = "teacher"
     arch: str = "cifar_resnet"
     checkpoint: str | None = None
     members: int = 1
+    combine: str = "logits"
+    weights: list[float] | None = None
     epochs: int = 30
     lr: float = 0.05
     weight_decay: float = 5e-4
@@ -203,6 +214,14 @@ class TeacherConfig(ModelConfig):
         if self.checkpoint and not Path(self.checkpoint).is_file():
             raise RecipeError("teacher.checkpoint", f"file not found: {self.checkpoint}")
         _at_least("teacher.members", self.members, 1)
+        _choice("teacher.combine", self.combine, TEACHER_COMBINE)
+        weights = self.weights
+        if weights is not None and (
+            len(weights) != self.members or min(weights) < 0 or sum(weights) <= 0
+        ):
+            raise RecipeError(
+                "teacher.weights", f"needs {self.members} non-negative weight(s), one per member"
+            )
         _at_least("teacher.epochs", self.epochs, 0)
         _at_least("teacher.lr", self.lr, 0.0)
         _at_least("teacher.weight_decay", self.weight_decay, 0.0)
@@ -212,8 +231,46 @@ class TeacherConfig(ModelConfig):
 
 
 @dataclass
+class FeatureConfig(_Section):
+    """Feature KD: ``pairs`` of [teacher layer, student layer] names, loss and weight."""
+
+    SECTION: ClassVar[str] = "distill.feature"
+    pairs: list[list[str]] = field(default_factory=list)
+    loss: str = "mse"
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.pairs or any(len(pair) != 2 for pair in self.pairs):
+            raise RecipeError(
+                "distill.feature.pairs", "must be a list of [teacher_layer, student_layer]"
+            )
+        _choice("distill.feature.loss", self.loss, FEATURE_LOSSES)
+        _at_least("distill.feature.weight", self.weight, 0.0)
+
+
+@dataclass
+class StageConfig(_Section):
+    """One intermediate student of progressive distillation (teacher -> stage... -> student)."""
+
+    SECTION: ClassVar[str] = "distill.stages"
+    arch: str = "tiny_cnn"
+    kwargs: dict = field(default_factory=dict)
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        from .zoo import MODELS
+
+        if self.arch not in MODELS:
+            raise RecipeError(
+                "distill.stages.arch", f"{self.arch!r} is not one of: {', '.join(sorted(MODELS))}"
+            )
+
+
+@dataclass
 class DistillConfig(_Section):
-    """Response KD (Hinton et al. 2015): temperature, alpha and the student's training schedule."""
+    """Response KD (Hinton et al. 2015): temperature, alpha and the student's training schedule;
+    optional feature KD, early stopping (``patience`` epochs without a better validation loss;
+    0 = off) and progressive ``stages`` distilled in order before the final student."""
 
     SECTION: ClassVar[str] = "distill"
     temperature: float = 4.0
@@ -221,8 +278,18 @@ class DistillConfig(_Section):
     epochs: int = 60
     lr: float = 0.05
     weight_decay: float = 1e-4
+    patience: int = 0
+    feature: dict | None = None
+    stages: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _at_least("distill.patience", self.patience, 0)
+        if self.feature is not None:
+            self.feature = FeatureConfig.parse(self.feature, "distill.feature").to_dict()
+        self.stages = [
+            StageConfig.parse(stage, f"distill.stages[{i}]").to_dict()
+            for i, stage in enumerate(self.stages)
+        ]
         _at_least("distill.temperature", self.temperature, 1e-3)
         _between("distill.alpha", self.alpha, 0.0, 1.0)
         _at_least("distill.epochs", self.epochs, 1)
@@ -232,18 +299,46 @@ class DistillConfig(_Section):
 
 @dataclass
 class QuantizeConfig(_Section):
-    """Post-training int8: static (fused, calibrated, per-channel) or dynamic (Linear layers)."""
+    """int8: static post-training (fused, calibrated, per-channel), dynamic (Linear layers), or
+    ``qat``: quantization-aware training with the distillation loss, then conversion."""
 
     SECTION: ClassVar[str] = "quantize"
     mode: str = "static"
     engine: str = "x86"
     per_channel: bool = True
     calibration_batches: int = 8
+    qat_epochs: int = 3
+    qat_lr: float = 0.005
 
     def __post_init__(self) -> None:
         _choice("quantize.mode", self.mode, QUANT_MODES)
+        _at_least("quantize.qat_epochs", self.qat_epochs, 1)
+        _at_least("quantize.qat_lr", self.qat_lr, 0.0)
         _choice("quantize.engine", self.engine, QUANT_ENGINES)
         _at_least("quantize.calibration_batches", self.calibration_batches, 1)
+
+
+@dataclass
+class PruneConfig(_Section):
+    """Pruning after distillation: ``channel`` removes channels (ranked by ``criterion``),
+    ``l1_unstructured`` zeroes weights (``scope`` global or per layer); ``rounds`` of prune then
+    ``finetune_epochs`` of KD each."""
+
+    SECTION: ClassVar[str] = "prune"
+    method: str = "none"
+    amount: float = 0.5
+    criterion: str = "bn_gamma"
+    rounds: int = 1
+    finetune_epochs: int = 5
+    scope: str = "global"
+
+    def __post_init__(self) -> None:
+        _choice("prune.method", self.method, PRUNE_METHODS)
+        _between("prune.amount", self.amount, 0.0, 0.95)
+        _choice("prune.criterion", self.criterion, PRUNE_CRITERIA)
+        _at_least("prune.rounds", self.rounds, 1)
+        _at_least("prune.finetune_epochs", self.finetune_epochs, 0)
+        _choice("prune.scope", self.scope, ("global", "layer"))
 
 
 @dataclass
@@ -301,6 +396,7 @@ class Recipe:
     teacher: TeacherConfig
     student: ModelConfig
     distill: DistillConfig
+    prune: PruneConfig
     quantize: QuantizeConfig
     export: ExportConfig
     archive: ArchiveConfig
@@ -311,6 +407,7 @@ class Recipe:
         "teacher": TeacherConfig,
         "student": ModelConfig,
         "distill": DistillConfig,
+        "prune": PruneConfig,
         "quantize": QuantizeConfig,
         "export": ExportConfig,
         "archive": ArchiveConfig,

@@ -1,0 +1,76 @@
+"""Recipe-driven variants end to end: multi-teacher soft targets, progressive stages, feature KD,
+early stopping, iterative channel pruning and QAT in one small build, archived and served."""
+
+import json
+import zipfile
+from unittest import mock
+
+import torch
+import yaml
+from ts.context import Context, RequestProcessor
+
+from archiver import build_archive
+from handlers.distill_classifier import DistillClassifierHandler
+from scripts.demo import encode_png
+from students.pipeline import build
+from students.recipe import Recipe
+from tests.conftest import small_recipe_dict
+
+
+def test_variant_recipe_runs_its_stages_in_order_and_serves(tmp_path, digits_splits):
+    raw = small_recipe_dict()
+    raw["teacher"].update(members=2, epochs=3, combine="soft_targets", weights=[2.0, 1.0])
+    raw["distill"].update(
+        epochs=6,
+        patience=50,
+        stages=[{"arch": "tiny_cnn", "kwargs": {"widths": [24, 48, 48]}, "epochs": 3}],
+        feature={"pairs": [["features.2", "features.2"]], "loss": "cosine", "weight": 0.5},
+    )
+    raw["prune"] = {"method": "channel", "amount": 0.5, "rounds": 2, "finetune_epochs": 1}
+    raw["quantize"].update(mode="qat", qat_epochs=2)
+    logs: list[str] = []
+    result = build(Recipe.from_dict(raw), tmp_path / "out", log=logs.append)
+
+    order = [
+        next(i for i, line in enumerate(logs) if line.startswith(prefix))
+        for prefix in (
+            "teacher: training cifar_resnet 1/2",
+            "teacher: training cifar_resnet 2/2",
+            "teacher: multi-teacher KD",
+            "stage 1/1: distilling tiny_cnn",
+            "student: distilling tiny_cnn",
+            "prune: round 1/2",
+            "prune: round 2/2",
+            "quantize: QAT with KD",
+        )
+    ]
+    assert order == sorted(order), logs
+    assert "feature KD on 1 layer pair(s)" in next(x for x in logs if x.startswith("student:"))
+
+    metrics = result.metrics["student"]
+    assert [s["arch"] for s in metrics["stages"]] == ["tiny_cnn"]
+    assert metrics["quantized"] and metrics["params"] <= 0.6 * 14458
+    assert [b[0].out_channels for b in result.models["student-fp32"].features] == [8, 16, 16]
+
+    archive = build_archive(result.root, tmp_path / "store").path
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(tmp_path / "unpacked")
+    unpacked = tmp_path / "unpacked"
+    ctx = Context(
+        "digits-student",
+        str(unpacked),
+        json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text()),
+        2,
+        None,
+        "0.12.0",
+        metrics=mock.MagicMock(),
+        model_yaml_config=yaml.safe_load((unpacked / "model-config.yaml").read_text()),
+    )
+    handler = DistillClassifierHandler()
+    handler.initialize(ctx)
+    ctx.request_processor = [RequestProcessor({}) for _ in range(2)]
+    answers = handler.handle(
+        [{"body": encode_png(digits_splits.test[i][0])} for i in range(2)], ctx
+    )
+    assert len(answers) == 2 and all(len(a) == 3 for a in answers)
+    assert torch.backends.quantized.engine == "x86"
