@@ -28,6 +28,7 @@ __all__ = [
     "ImageList",
     "Splits",
     "augment_affine",
+    "labelled_fraction",
     "load_splits",
     "make_loader",
     "preprocess_spec",
@@ -106,6 +107,19 @@ def stratified_split(
     val_share = val_fraction / (1.0 - test_fraction)
     train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed)
     return torch.as_tensor(train), torch.as_tensor(val), torch.as_tensor(test)
+
+
+def labelled_fraction(dataset: ImageList | ImageFiles, fraction: float, seed: int = 0):
+    """A stratified ``fraction`` of ``dataset`` (the whole dataset when ``fraction`` is 1)."""
+    if fraction >= 1.0:
+        return dataset
+    from sklearn.model_selection import train_test_split
+
+    indices = torch.arange(len(dataset.labels)).numpy()
+    keep, _ = train_test_split(
+        indices, train_size=fraction, stratify=dataset.labels.numpy(), random_state=seed
+    )
+    return dataset.subset(torch.as_tensor(sorted(keep)))
 
 
 def load_digits_images() -> tuple[torch.Tensor, torch.Tensor]:

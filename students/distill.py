@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,10 +80,11 @@ def train(
     weight_decay: float,
     teacher: nn.Module | Sequence[nn.Module] | None = None,
     teacher_weights: Sequence[float] | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
+    temperature: float | Callable[[int, int], float] = 4.0,
+    alpha: float | Callable[[int, int], float] = 0.9,
     feature_kd: nn.Module | None = None,
     patience: int | None = None,
+    trainable: Callable[[nn.Module, int], None] | None = None,
     label_smoothing: float = 0.0,
     augment: dict | None = None,
     seed: int = 0,
@@ -93,17 +94,21 @@ def train(
     (by validation accuracy).
 
     With a ``teacher`` (or several, with ``teacher_weights``) the loss is ``kd_loss``; without
-    one it is cross-entropy. ``feature_kd`` (a ``students.features.FeatureKD``) adds its feature
-    loss and trains its adapters. ``patience`` stops training when the validation loss has not
-    improved for that many epochs.
+    one it is cross-entropy. ``alpha`` and ``temperature`` may be schedules
+    ``(epoch, epochs) -> value`` (``students.schedules``). ``feature_kd`` (a
+    ``students.features.FeatureKD``) adds its feature loss and trains its adapters. ``patience``
+    stops training when the validation loss has not improved for that many epochs.
+    ``trainable(model, epoch)`` (``students.finetune``) chooses what is trained each epoch.
     """
+    alpha_at = alpha if callable(alpha) else (lambda _e, _t, v=alpha: v)
+    temperature_at = temperature if callable(temperature) else (lambda _e, _t, v=temperature: v)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
     if feature_kd is not None:
-        params += [p for p in feature_kd.parameters() if p.requires_grad]
+        params += list(feature_kd.parameters())
     optimizer = torch.optim.SGD(
-        [p for p in params if p.requires_grad],
+        params,  # frozen parameters get no gradient, so SGD leaves them alone
         lr=lr,
         momentum=0.9,
         nesterov=True,
@@ -123,6 +128,9 @@ def train(
     )  # disable=None: silent when stderr is not a terminal
     for epoch in bar:
         model.train()
+        if trainable is not None:
+            trainable(model, epoch)
+        alpha_now, temperature_now = alpha_at(epoch, epochs), temperature_at(epoch, epochs)
         total, count = 0.0, 0
         for inputs, targets in train_loader:
             inputs = augment_affine(inputs, **(augment or {}), generator=generator)
@@ -130,7 +138,9 @@ def train(
             if teachers:
                 with torch.no_grad():
                     teacher_logits = [t(inputs) for t in teachers]
-                loss = kd_loss(logits, teacher_logits, targets, temperature, alpha, teacher_weights)
+                loss = kd_loss(
+                    logits, teacher_logits, targets, temperature_now, alpha_now, teacher_weights
+                )
             else:
                 loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
             if feature_kd is not None:
@@ -146,6 +156,8 @@ def train(
         val_loss = F.cross_entropy(val_logits, val_labels).item()
         history.append(
             {
+                "alpha": alpha_now,
+                "temperature": temperature_now,
                 "epoch": epoch,
                 "loss": total / max(1, count),
                 "val_loss": val_loss,

@@ -28,15 +28,17 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .data import Splits, load_splits, make_loader, preprocess_spec
+from .data import Splits, labelled_fraction, load_splits, make_loader, preprocess_spec
 from .distill import evaluate, train
 from .errors import RecipeError
 from .export import export_torchscript, load_torchscript
 from .features import FeatureKD
+from .finetune import make_trainable
 from .measure import latency_ms, threads
 from .prune import channel_prune, channel_widths, l1_unstructured, make_permanent, sparsity
 from .quantize import check_engine, quantize, quantize_qat
 from .recipe import Recipe, TeacherConfig
+from .schedules import make_schedule
 from .zoo import Ensemble, build_model, count_parameters
 
 __all__ = ["Artifact", "BuildResult", "build", "load_teacher"]
@@ -70,6 +72,21 @@ def _log(message: str) -> None:
     print(f"[build] {message}", file=sys.stderr, flush=True)
 
 
+def _load_state(model: nn.Module, path: str | Path, key: str) -> None:
+    """Load a state dict (or a checkpoint dict with ``state_dict``) into ``model``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, KeyError...
+        text = str(err).strip()
+        first_line = text.splitlines()[0] if text else type(err).__name__
+        raise RecipeError(
+            key, f"{path} is not a state dict for {type(model).__name__}: {first_line}"
+        ) from None
+
+
 def load_teacher(config: TeacherConfig, num_classes: int, channels: int) -> nn.Module:
     """A teacher from a TorchScript file, or the recipe's architecture plus a state-dict file."""
     path = Path(config.checkpoint or "")
@@ -78,17 +95,7 @@ def load_teacher(config: TeacherConfig, num_classes: int, channels: int) -> nn.M
     except RuntimeError:
         pass  # not TorchScript: try a state dict
     model = build_model(config.arch, num_classes, channels, config.kwargs)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, KeyError...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecipeError(
-            "teacher.checkpoint",
-            f"{path} is neither TorchScript nor a state dict for {config.arch}: {first_line}",
-        ) from None
+    _load_state(model, path, "teacher.checkpoint")
     return model.eval()
 
 
@@ -201,14 +208,22 @@ def build(
     stage("teacher")
 
     kd = recipe.distill
+    student_data = labelled_fraction(splits.train, kd.label_fraction, recipe.seed)
+    if kd.label_fraction < 1.0:
+        log(f"students learn from {len(student_data)} labelled images ({kd.label_fraction:.0%})")
+    student_loader = make_loader(
+        student_data, spec, data.batch_size, shuffle=True, seed=recipe.seed
+    )
     fit = functools.partial(
         train,
-        train_loader=train_loader,
+        train_loader=student_loader,
         val_loader=val_loader,
         lr=kd.lr,
         weight_decay=kd.weight_decay,
-        temperature=kd.temperature,
-        alpha=kd.alpha,
+        temperature=make_schedule(
+            kd.temperature_schedule, kd.temperature, "distill.temperature_schedule"
+        ),
+        alpha=make_schedule(kd.alpha_schedule, kd.alpha, "distill.alpha_schedule"),
         patience=kd.patience or None,
         augment=AUGMENT,
         seed=recipe.seed,
@@ -240,6 +255,9 @@ def build(
 
     torch.manual_seed(recipe.seed)
     student = build_model(recipe.student.arch, classes, data.channels, recipe.student.kwargs)
+    if recipe.student.checkpoint:
+        _load_state(student, recipe.student.checkpoint, "student.checkpoint")
+        log(f"student: initialised from {recipe.student.checkpoint}")
     params = count_parameters(student)
     if recipe.student.max_params and params > recipe.student.max_params:
         raise RecipeError(
@@ -269,6 +287,7 @@ def build(
         teacher=kd_teachers,
         teacher_weights=kd_weights,
         feature_kd=feature_kd,
+        trainable=make_trainable(kd.finetune, kd.unfreeze_every),
         desc="student",
     )
     if feature_kd is not None:
@@ -292,7 +311,7 @@ def build(
         log(f"quantize: QAT with KD for {q.qat_epochs} epochs, engine {q.engine}")
         int8, int8_reference = quantize_qat(
             student,
-            train_loader,
+            student_loader,
             val_loader,
             q,
             teacher=kd_teachers,

@@ -174,14 +174,18 @@ class DataConfig(_Section):
 
 @dataclass
 class ModelConfig(_Section):
-    """A zoo architecture by name with its keyword arguments."""
+    """A zoo architecture by name with its keyword arguments; ``checkpoint`` (a state dict)
+    initialises it, e.g. a pre-trained student to fine-tune."""
 
     SECTION: ClassVar[str] = "student"
     arch: str = "tiny_cnn"
     kwargs: dict = field(default_factory=dict)
     max_params: int = 0
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise RecipeError(f"{self.SECTION}.checkpoint", f"file not found: {self.checkpoint}")
         from .zoo import MODELS  # local import: zoo imports torch
 
         if self.arch not in MODELS:
@@ -200,7 +204,6 @@ class TeacherConfig(ModelConfig):
 
     SECTION: ClassVar[str] = "teacher"
     arch: str = "cifar_resnet"
-    checkpoint: str | None = None
     members: int = 1
     combine: str = "logits"
     weights: list[float] | None = None
@@ -211,8 +214,6 @@ class TeacherConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            raise RecipeError("teacher.checkpoint", f"file not found: {self.checkpoint}")
         _at_least("teacher.members", self.members, 1)
         _choice("teacher.combine", self.combine, TEACHER_COMBINE)
         weights = self.weights
@@ -270,7 +271,9 @@ class StageConfig(_Section):
 class DistillConfig(_Section):
     """Response KD (Hinton et al. 2015): temperature, alpha and the student's training schedule;
     optional feature KD, early stopping (``patience`` epochs without a better validation loss;
-    0 = off) and progressive ``stages`` distilled in order before the final student."""
+    0 = off), progressive ``stages`` distilled in order before the final student, alpha and
+    temperature schedules, a fine-tuning mode, and ``label_fraction``: the share of the training
+    split (stratified) the students learn from (the teacher always sees all of it)."""
 
     SECTION: ClassVar[str] = "distill"
     temperature: float = 4.0
@@ -281,9 +284,22 @@ class DistillConfig(_Section):
     patience: int = 0
     feature: dict | None = None
     stages: list[dict] = field(default_factory=list)
+    alpha_schedule: dict | None = None
+    temperature_schedule: dict | None = None
+    finetune: str = "full"
+    unfreeze_every: int = 2
+    label_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        from .finetune import FINETUNE_MODES
+        from .schedules import make_schedule
+
         _at_least("distill.patience", self.patience, 0)
+        make_schedule(self.alpha_schedule, self.alpha, "distill.alpha_schedule")
+        make_schedule(self.temperature_schedule, self.temperature, "distill.temperature_schedule")
+        _choice("distill.finetune", self.finetune, FINETUNE_MODES)
+        _at_least("distill.unfreeze_every", self.unfreeze_every, 1)
+        _between("distill.label_fraction", self.label_fraction, 0.01, 1.0)
         if self.feature is not None:
             self.feature = FeatureConfig.parse(self.feature, "distill.feature").to_dict()
         self.stages = [

@@ -32,7 +32,7 @@ def _with(path, tmp_path, **changes):
 @pytest.mark.parametrize(
     ("changes", "key", "hint"),
     [
-        ({"distill__tempreature": 3}, "distill.tempreature", "allowed: alpha, epochs"),
+        ({"distill__tempreature": 3}, "distill.tempreature", "allowed: alpha, alpha_schedule"),
         ({"distil": {}}, "distil", "allowed: name, seed, data"),
         ({"quantize__engine": "fbgemmm"}, "quantize.engine", "x86, fbgemm, qnnpack"),
         ({"quantize__mode": "int4"}, "quantize.mode", "static, dynamic, qat, none"),
