@@ -6,6 +6,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -40,7 +41,12 @@ def test_shipped_profiles_are_safe(profile, model_store, tmp_path):
     with ts:
         ts.start(timeout=120, models=[])
         java = psutil.Process(ts.pid())
-        listening = [c.laddr for c in java.net_connections("inet") if c.status == "LISTEN"]
+        deadline = time.monotonic() + 20  # gRPC listeners may open just after HTTP is ready
+        while True:
+            listening = [c.laddr for c in java.net_connections("inet") if c.status == "LISTEN"]
+            if len(listening) >= 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(listening) >= 5 and all(_is_loopback(a.ip) for a in listening), listening
 
         for headers in ({}, {"Authorization": "Bearer not-the-key"}):
