@@ -33,6 +33,16 @@ MOUNT = "/mnt/models"
 INFERENCE_PORT = 8085
 METRICS_PORT = 8082
 DEFAULT_IMAGE = "pytorch/torchserve:0.12.0-cpu"
+# The one way both manifests start TorchServe from the mounted layout, and what they ask for.
+TORCHSERVE_ARGS = [
+    "torchserve",
+    "--start",
+    "--foreground",
+    "--disable-token-auth",
+    f"--model-store={MOUNT}/model-store",
+    f"--ts-config={MOUNT}/config/config.properties",
+]
+RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 
 
 def _model_config(mar: Path) -> dict:
@@ -100,19 +110,9 @@ def _kserve_manifests(name: str, image: str, storage_uri: str) -> list[dict]:
                     {
                         "name": "kserve-container",
                         "image": image,
-                        "args": [
-                            "torchserve",
-                            "--start",
-                            "--foreground",
-                            "--disable-token-auth",
-                            f"--model-store={MOUNT}/model-store",
-                            f"--ts-config={MOUNT}/config/config.properties",
-                        ],
+                        "args": TORCHSERVE_ARGS,
                         "ports": [{"containerPort": INFERENCE_PORT, "protocol": "TCP"}],
-                        "resources": {
-                            "requests": {"cpu": "1", "memory": "2Gi"},
-                            "limits": {"cpu": "2", "memory": "4Gi"},
-                        },
+                        "resources": RESOURCES,
                     }
                 ],
             },
@@ -153,24 +153,14 @@ def _kubernetes_manifests(name: str, image: str) -> list[dict]:
                             {
                                 "name": "torchserve",
                                 "image": image,
-                                "args": [
-                                    "torchserve",
-                                    "--start",
-                                    "--foreground",
-                                    "--disable-token-auth",
-                                    f"--model-store={MOUNT}/model-store",
-                                    f"--ts-config={MOUNT}/config/config.properties",
-                                ],
+                                "args": TORCHSERVE_ARGS,
                                 "ports": [
                                     {"name": "http", "containerPort": INFERENCE_PORT},
                                     {"name": "metrics", "containerPort": METRICS_PORT},
                                 ],
                                 "readinessProbe": {**probe, "initialDelaySeconds": 10},
                                 "livenessProbe": {**probe, "initialDelaySeconds": 60},
-                                "resources": {
-                                    "requests": {"cpu": "1", "memory": "2Gi"},
-                                    "limits": {"cpu": "2", "memory": "4Gi"},
-                                },
+                                "resources": RESOURCES,
                                 "volumeMounts": [
                                     {"name": "models", "mountPath": MOUNT, "readOnly": True}
                                 ],
