@@ -210,6 +210,13 @@ def _kubernetes_manifests(name: str, image: str) -> list[dict]:
     ]
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes shared objects out in full: no ``&id`` anchors in manifests people read."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def export_kserve(
     mars: list[Path],
     out: Path,
@@ -231,9 +238,11 @@ def export_kserve(
     lines += [f"{k}={v}" for k, v in _properties(snapshot).items()]
     (out / "config" / "config.properties").write_text("\n".join(lines) + "\n")
     (out / "manifests" / "kserve.yaml").write_text(
-        yaml.safe_dump_all(_kserve_manifests(name, image, storage_uri), sort_keys=False)
+        yaml.dump_all(
+            _kserve_manifests(name, image, storage_uri), Dumper=_PlainDumper, sort_keys=False
+        )
     )
     (out / "manifests" / "kubernetes.yaml").write_text(
-        yaml.safe_dump_all(_kubernetes_manifests(name, image), sort_keys=False)
+        yaml.dump_all(_kubernetes_manifests(name, image), Dumper=_PlainDumper, sort_keys=False)
     )
     return out
