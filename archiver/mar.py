@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from handlers.classification import HandlerSettings
+from handlers.classification import HandlerSettings, sha256_file
 from students.errors import ArchiveError, RecipeError
 from students.recipe import ArchiveConfig
 
@@ -56,14 +56,6 @@ class ArchiveResult:
     version: str
     model_config: dict
     build_info: dict
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_archive_config(artifact_dir: Path) -> tuple[ArchiveConfig, dict]:

@@ -26,6 +26,7 @@ __all__ = [
     "parse_v2_inputs",
     "ranked",
     "request_bytes",
+    "sha256_file",
     "thread_count",
     "topk_answers",
     "v2_payload",
@@ -154,6 +155,15 @@ def topk_answers(logits: torch.Tensor, mapping: dict[str, str], k: int) -> list[
     ]
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:
     """Refuse a model file whose sha256 differs from the one in ``build-info.json``."""
     info_path = model_dir / "build-info.json"
@@ -162,13 +172,10 @@ def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:
             f"{info_path.name} is missing from the archive: cannot verify {model_file}"
         )
     expected = json.loads(info_path.read_text())["sha256"][model_file]
-    digest = hashlib.sha256()
-    with open(model_dir / model_file, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
+    actual = sha256_file(model_dir / model_file)
+    if actual != expected:
         raise RuntimeError(
-            f"{model_file} does not match build-info.json (sha256 {digest.hexdigest()} != "
+            f"{model_file} does not match build-info.json (sha256 {actual} != "
             f"{expected}): the archive was altered or corrupted; rebuild it"
         )
 

@@ -120,18 +120,21 @@ class DistillClassifierHandler(BaseHandler):
         belongs to request ``idx``; ``errors[idx]`` the ``InputError`` of a request refused.
         """
         started = time.perf_counter()
-        parts, rows, errors, v2 = [], {}, {}, {}
-        offset = 0
+        inputs, errors, v2 = {}, {}, {}
+        images: list[torch.Tensor] = []  # every decoded image of the batch, preprocessed at once
         for idx, request in enumerate(data):
             try:
-                part = self._request_input(request, idx, v2)
+                inputs[idx] = self._request_input(request, idx, v2, images)
             except InputError as err:
                 errors[idx] = err
-                continue
+        spec = self.settings.spec
+        pixels = preprocess(images, spec)
+        parts, rows, offset = [], {}, 0
+        for idx, item in inputs.items():
+            part = pixels[item[0] : item[0] + item[1]] if isinstance(item, tuple) else item
             parts.append(part)
             rows[idx] = (offset, offset + len(part))
             offset += len(part)
-        spec = self.settings.spec
         batch = torch.cat(parts) if parts else torch.empty((0, spec.channels, *spec.image_size))
         self._add_metric("ImageDecodeTime", (time.perf_counter() - started) * 1000, "ms")
         return {
@@ -142,18 +145,26 @@ class DistillClassifierHandler(BaseHandler):
             "size": len(data),
         }
 
-    def _request_input(self, request: dict, idx: int, v2: dict) -> torch.Tensor:
-        """The model input rows of one request (raises ``InputError``)."""
+    def _request_input(
+        self, request: dict, idx: int, v2: dict, images: list[torch.Tensor]
+    ) -> tuple[int, int] | torch.Tensor:
+        """Decode one request (raises ``InputError``): its images are appended to ``images`` and
+        their ``(start, count)`` there returned; a v2 FP32 request returns its input tensor."""
         channels, limits = self.settings.spec.channels, self.settings.limits
         body = v2_payload(request)
         if body is None:
-            payload = request_bytes(request, self._content_type(idx))
-            return preprocess([decode_image(payload, channels, limits)], self.settings.spec)
-        kind, value = parse_v2_inputs(body, self.settings.spec)
-        v2[idx] = str(body.get("id") or self._request_id(idx))
-        if kind == "tensor":
-            return value
-        return preprocess([decode_image(b, channels, limits) for b in value], self.settings.spec)
+            encoded = [request_bytes(request, self._content_type(idx))]
+        else:
+            kind, value = parse_v2_inputs(body, self.settings.spec)
+            if kind == "tensor":
+                v2[idx] = str(body.get("id") or self._request_id(idx))
+                return value
+            encoded = value
+        decoded = [decode_image(b, channels, limits) for b in encoded]  # all, or none, of them
+        if body is not None:
+            v2[idx] = str(body.get("id") or self._request_id(idx))
+        images.extend(decoded)
+        return (len(images) - len(decoded), len(decoded))
 
     def _request_id(self, idx: int) -> str:
         try:

@@ -6,6 +6,8 @@ import requests
 
 from students.errors import ServerError
 
+from .rest import send
+
 __all__ = ["ManagementClient"]
 
 
@@ -21,21 +23,17 @@ class ManagementClient:
 
     def _call(self, method: str, path: str, **params) -> dict | list:
         params = {k: v for k, v in params.items() if v is not None}
-        try:
-            response = self.session.request(
-                method, f"{self.base_url}{path}", params=params, timeout=self.timeout
-            )
-        except requests.RequestException as err:
-            raise ServerError(f"cannot reach {self.base_url}: {err}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"message": response.text.strip()}
-        if not response.ok:
+        status, body = send(
+            self.session,
+            method,
+            f"{self.base_url}{path}",
+            self.base_url,
+            params=params,
+            timeout=self.timeout,
+        )
+        if not 200 <= status < 300:
             message = body.get("message", body) if isinstance(body, dict) else body
-            raise ServerError(
-                f"{method} {path}: HTTP {response.status_code}: {message}", response.status_code
-            )
+            raise ServerError(f"{method} {path}: HTTP {status}: {message}", status)
         return body
 
     def register(

@@ -15,7 +15,22 @@ import requests.adapters
 
 from students.errors import ServerError
 
-__all__ = ["InferenceClient", "Prediction", "read_key", "timed_predictions"]
+__all__ = ["InferenceClient", "Prediction", "read_key", "send", "timed_predictions"]
+
+
+def send(
+    session: requests.Session, method: str, url: str, base_url: str, **kwargs
+) -> tuple[int, dict | list]:
+    """One HTTP call: ``(status, decoded JSON body)``; a non-JSON body becomes
+    ``{"message": text}``, and an unreachable server a ``ServerError``."""
+    try:
+        response = session.request(method, url, **kwargs)
+    except requests.RequestException as err:
+        raise ServerError(f"cannot reach {base_url}: {err}") from None
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, {"message": response.text.strip()}
 
 
 def read_key(key_file: str | Path, role: str = "inference") -> str:
@@ -67,20 +82,16 @@ class InferenceClient:
 
     def predict_raw(self, model: str, image: bytes, version: str | None = None) -> Prediction:
         """Send one image; returns the status and JSON body whatever the status."""
-        try:
-            response = self.session.post(
-                self._url(model, version),
-                data=image,
-                headers={"Content-Type": "application/octet-stream"},
-                timeout=self.timeout,
-            )
-        except requests.RequestException as err:
-            raise ServerError(f"cannot reach {self.base_url}: {err}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"message": response.text.strip()}
-        return Prediction(response.status_code, body if isinstance(body, dict) else {"value": body})
+        status, body = send(
+            self.session,
+            "POST",
+            self._url(model, version),
+            self.base_url,
+            data=image,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=self.timeout,
+        )
+        return Prediction(status, body if isinstance(body, dict) else {"value": body})
 
     def predict(self, model: str, image: bytes, version: str | None = None) -> dict[str, float]:
         """Send one image; returns ``{label: probability}`` or raises ``ServerError``."""

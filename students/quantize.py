@@ -184,11 +184,13 @@ def _fuse_for_qat(model: nn.Module) -> None:
 
 
 def quantize(model: nn.Module, calibration: Iterable, config: QuantizeConfig) -> nn.Module | None:
-    """Dispatch on ``config.mode``; ``none`` returns ``None``."""
+    """Post-training quantization by ``config.mode``; ``none`` returns ``None``."""
     if config.mode == "static":
         return quantize_static(model, calibration, config)
     if config.mode == "dynamic":
         return quantize_dynamic(model, config)
+    if config.mode == "qat":
+        raise QuantizationError("quantize.mode qat trains: call quantize_qat, not quantize")
     return None
 
 

@@ -18,6 +18,7 @@ from scripts.server import ServerConfig, TorchServe
 from students.data import preprocess_spec
 from students.export import load_torchscript
 from students.recipe import DataConfig
+from tests.conftest import register
 from tests.images import format_variants, pixel_bomb_png, save
 
 pytestmark = pytest.mark.slow
@@ -37,18 +38,8 @@ def server(model_store, tmp_path_factory):
 
 
 def _register(ts: TorchServe, name: str, batch_size: int, delay_ms: int) -> dict:
-    response = requests.post(
-        f"{ts.management_url}/models",
-        params={
-            "url": "digits-student.mar",
-            "model_name": name,
-            "batch_size": batch_size,
-            "max_batch_delay": delay_ms,
-            "initial_workers": 1,
-            "synchronous": "true",
-        },
-        headers=ts.headers("management"),
-        timeout=120,
+    response = register(
+        ts, "digits-student.mar", model_name=name, batch_size=batch_size, max_batch_delay=delay_ms
     )
     assert response.status_code == 200, response.text
     return _worker(ts, name)
@@ -202,17 +193,7 @@ def test_altered_archive_is_refused_at_load(server, model_store):
                 data = data[:-64] + bytes(64)  # same size, different bytes
             dst.writestr(item, data)
     try:
-        response = requests.post(
-            f"{server.management_url}/models",
-            params={
-                "url": tampered.name,
-                "model_name": "tampered",
-                "synchronous": "true",
-                "initial_workers": 1,
-            },
-            headers=server.headers("management"),
-            timeout=120,
-        )
+        response = register(server, tampered.name, model_name="tampered")
         assert response.status_code >= 500, response.text
         log = (server.log_dir / "model_log.log").read_text()
         assert "model.pt does not match build-info.json" in log

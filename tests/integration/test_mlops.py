@@ -26,7 +26,7 @@ from students.data import make_loader, preprocess_spec
 from students.distill import predict
 from students.export import load_torchscript
 from students.recipe import DataConfig
-from tests.conftest import ROOT, shipped_profile
+from tests.conftest import ROOT, register, shipped_profile
 
 pytestmark = pytest.mark.slow
 SPEC = preprocess_spec(DataConfig())
@@ -178,18 +178,8 @@ def test_register_refuses_an_altered_archive(server, store, tmp_path):
 def served(server):
     """digits-rest (batch 8) and digits-v2 (batch 4, long delay) registered for the clients."""
     for name, batch, delay in (("digits-rest", 8, 10), ("digits-v2", 4, 1000)):
-        response = requests.post(
-            f"{server.management_url}/models",
-            params={
-                "url": "digits-student.mar",
-                "model_name": name,
-                "batch_size": batch,
-                "max_batch_delay": delay,
-                "initial_workers": 1,
-                "synchronous": "true",
-            },
-            headers=server.headers("management"),
-            timeout=120,
+        response = register(
+            server, "digits-student.mar", model_name=name, batch_size=batch, max_batch_delay=delay
         )
         assert response.status_code == 200, response.text
     return server

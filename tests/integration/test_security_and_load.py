@@ -14,7 +14,7 @@ import requests
 
 from scripts.load import run_load
 from scripts.server import read_properties
-from tests.conftest import ROOT, shipped_profile
+from tests.conftest import ROOT, register, shipped_profile
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +79,7 @@ def test_shipped_profiles_are_safe(profile, model_store, tmp_path):
                 timeout=30,
             )
             assert workflow.status_code == 404
-            local = requests.post(
-                f"{ts.management_url}/models",
-                params={"url": "digits-student.mar", "synchronous": "true", "initial_workers": 1},
-                headers=management,
-                timeout=120,
-            )
+            local = register(ts, "digits-student.mar")
             assert local.status_code == 200, local.text
         else:
             assert outside.status_code == 405  # no registration API at all
@@ -97,18 +92,8 @@ def loaded_server(model_store, tmp_path_factory):
     try:
         ts.start(timeout=120, models=[])
         for name in ("digits-student", "fault-student"):
-            response = requests.post(
-                f"{ts.management_url}/models",
-                params={
-                    "url": "digits-student.mar",
-                    "model_name": name,
-                    "batch_size": 8,
-                    "max_batch_delay": 10,
-                    "initial_workers": 1,
-                    "synchronous": "true",
-                },
-                headers=ts.headers("management"),
-                timeout=120,
+            response = register(
+                ts, "digits-student.mar", model_name=name, batch_size=8, max_batch_delay=10
             )
             assert response.status_code == 200, response.text
         yield ts

@@ -15,6 +15,7 @@ from scripts.server import ServerConfig, TorchServe
 from students.data import make_loader, preprocess_spec
 from students.export import load_torchscript
 from students.recipe import DataConfig
+from tests.conftest import register
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +41,7 @@ def _batch_sizes(ts: TorchServe, model: str) -> list[int]:
 
 def test_registered_student_batches_concurrent_requests(server, build_result, digits_splits):
     management = server.headers("management")
-    registered = requests.post(
-        f"{server.management_url}/models",
-        params={
-            "url": "digits-student.mar",
-            "batch_size": 4,
-            "max_batch_delay": 200,
-            "initial_workers": 1,
-            "synchronous": "true",
-        },
-        headers=management,
-        timeout=120,
-    )
+    registered = register(server, "digits-student.mar", batch_size=4, max_batch_delay=200)
     assert registered.status_code == 200, registered.text
     described = requests.get(
         f"{server.management_url}/models/digits-student", headers=management, timeout=10

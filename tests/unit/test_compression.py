@@ -1,18 +1,12 @@
 """QAT with KD, channel and L1 pruning on the built digits student; every variant exports and is
 served by the unchanged handler."""
 
-import json
 import shutil
-import zipfile
-from unittest import mock
 
 import pytest
 import torch
-import yaml
-from ts.context import Context, RequestProcessor
 
 from archiver import build_archive
-from handlers.distill_classifier import DistillClassifierHandler
 from scripts.demo import encode_png
 from students.data import make_loader, preprocess_spec
 from students.distill import evaluate
@@ -22,6 +16,7 @@ from students.prune import channel_prune, l1_unstructured, sparsity
 from students.quantize import quantize_qat, quantize_static
 from students.recipe import DataConfig, QuantizeConfig
 from students.zoo import CifarResNet, count_parameters
+from tests.conftest import handle, load_handler
 
 SPEC = preprocess_spec(DataConfig())
 
@@ -41,25 +36,9 @@ def _serve_in_process(artifact_dir, model, tmp_path, digits_splits):
     variant = tmp_path / "variant"
     shutil.copytree(artifact_dir, variant)
     export_torchscript(model, variant / "model.pt", torch.zeros(1, 1, 8, 8), [], atol=1e-4)
-    archive = build_archive(variant, tmp_path / "store").path
-    with zipfile.ZipFile(archive) as mar:
-        mar.extractall(tmp_path / "unpacked")
-    unpacked = tmp_path / "unpacked"
-    ctx = Context(
-        "variant",
-        str(unpacked),
-        json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text()),
-        4,
-        None,
-        "0.12.0",
-        metrics=mock.MagicMock(),
-        model_yaml_config=yaml.safe_load((unpacked / "model-config.yaml").read_text()),
-    )
-    handler = DistillClassifierHandler()
-    handler.initialize(ctx)
-    ctx.request_processor = [RequestProcessor({}) for _ in range(4)]
+    handler, ctx = load_handler(build_archive(variant, tmp_path / "store").path, tmp_path)
     images = [digits_splits.test[i][0] for i in range(4)]
-    answers = handler.handle([{"body": encode_png(img)} for img in images], ctx)
+    answers = handle(handler, ctx, [{"body": encode_png(img)} for img in images])
     with torch.inference_mode():
         expected = model(next(iter(make_loader(digits_splits.test, SPEC, 4)))[0]).argmax(1)
     assert [next(iter(a)) for a in answers] == [str(i) for i in expected.tolist()]

@@ -2,43 +2,20 @@
 
 import io
 import json
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
-from ts.context import Context, RequestProcessor
 
 from handlers.distill_classifier import DistillClassifierHandler
 from scripts.demo import encode_png
 from students.data import make_loader, preprocess_spec
 from students.export import load_torchscript
 from students.recipe import DataConfig
+from tests.conftest import handle, handler_context
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def _context(model_dir, batch_size=4):
-    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
-    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    ctx = Context(
-        "digits-student",
-        str(model_dir),
-        manifest,
-        batch_size,
-        None,
-        "0.12.0",
-        metrics=mock.MagicMock(),
-        model_yaml_config=config,
-    )
-    return ctx
-
-
-def _handle(handler, ctx, requests):
-    ctx.request_processor = [RequestProcessor({}) for _ in requests]
-    return handler.handle(requests, ctx)
 
 
 @pytest.fixture
@@ -47,7 +24,7 @@ def loaded(extracted_student):
         json.dumps({str(i): n for i, n in enumerate(NAMES)})
     )
     handler = DistillClassifierHandler()
-    ctx = _context(extracted_student)
+    ctx = handler_context(extracted_student)
     handler.initialize(ctx)
     return handler, ctx
 
@@ -62,7 +39,7 @@ def test_initialize_sets_engine_threads_and_loads_int8(loaded):
 def test_batch_of_four_gives_four_labelled_answers(loaded, digits_splits, build_result):
     handler, ctx = loaded
     images = [digits_splits.test[i][0] for i in range(4)]
-    answers = _handle(handler, ctx, [{"body": encode_png(img)} for img in images])
+    answers = handle(handler, ctx, [{"body": encode_png(img)} for img in images])
     assert len(answers) == 4
     spec = preprocess_spec(DataConfig())
     inputs, _ = next(iter(make_loader(digits_splits.test, spec, 4)))
@@ -89,7 +66,7 @@ def test_bad_item_gets_its_own_4xx_and_the_rest_are_answered(loaded, digits_spli
         {"body": rgb.getvalue()},
         {"body": b""},
     ]
-    answers = _handle(handler, ctx, requests)
+    answers = handle(handler, ctx, requests)
     statuses = [p.get_response_status_code() for p in ctx.request_processor]
     assert statuses == [200, 415, 400, 200, 400]
     assert next(iter(answers[0])) in NAMES and next(iter(answers[3])) in NAMES
@@ -99,7 +76,7 @@ def test_bad_item_gets_its_own_4xx_and_the_rest_are_answered(loaded, digits_spli
 
 def test_all_bad_batch_still_answers_each_request(loaded):
     handler, ctx = loaded
-    answers = _handle(handler, ctx, [{"body": b"x"}, {"body": b"y"}])
+    answers = handle(handler, ctx, [{"body": b"x"}, {"body": b"y"}])
     assert [a["code"] for a in answers] == [415, 415]
 
 
@@ -107,7 +84,7 @@ def test_altered_model_is_refused_at_load(extracted_student):
     with open(extracted_student / "model.pt", "ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(RuntimeError, match=r"does not match build-info\.json"):
-        DistillClassifierHandler().initialize(_context(extracted_student))
+        DistillClassifierHandler().initialize(handler_context(extracted_student))
 
 
 def test_ties_rank_the_lower_class_first_like_argmax():

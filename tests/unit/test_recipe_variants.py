@@ -1,20 +1,13 @@
 """Recipe-driven variants end to end: multi-teacher soft targets, progressive stages, feature KD,
 early stopping, iterative channel pruning and QAT in one small build, archived and served."""
 
-import json
-import zipfile
-from unittest import mock
-
 import torch
-import yaml
-from ts.context import Context, RequestProcessor
 
 from archiver import build_archive
-from handlers.distill_classifier import DistillClassifierHandler
 from scripts.demo import encode_png
 from students.pipeline import build
 from students.recipe import Recipe
-from tests.conftest import small_recipe_dict
+from tests.conftest import handle, load_handler, small_recipe_dict
 
 
 def test_variant_recipe_runs_its_stages_in_order_and_serves(tmp_path, digits_splits):
@@ -52,25 +45,9 @@ def test_variant_recipe_runs_its_stages_in_order_and_serves(tmp_path, digits_spl
     assert metrics["quantized"] and metrics["params"] <= 0.6 * 14458
     assert [b[0].out_channels for b in result.models["student-fp32"].features] == [8, 16, 16]
 
-    archive = build_archive(result.root, tmp_path / "store").path
-    with zipfile.ZipFile(archive) as mar:
-        mar.extractall(tmp_path / "unpacked")
-    unpacked = tmp_path / "unpacked"
-    ctx = Context(
-        "digits-student",
-        str(unpacked),
-        json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text()),
-        2,
-        None,
-        "0.12.0",
-        metrics=mock.MagicMock(),
-        model_yaml_config=yaml.safe_load((unpacked / "model-config.yaml").read_text()),
-    )
-    handler = DistillClassifierHandler()
-    handler.initialize(ctx)
-    ctx.request_processor = [RequestProcessor({}) for _ in range(2)]
-    answers = handler.handle(
-        [{"body": encode_png(digits_splits.test[i][0])} for i in range(2)], ctx
+    handler, ctx = load_handler(build_archive(result.root, tmp_path / "store").path, tmp_path, 2)
+    answers = handle(
+        handler, ctx, [{"body": encode_png(digits_splits.test[i][0])} for i in range(2)]
     )
     assert len(answers) == 2 and all(len(a) == 3 for a in answers)
     assert torch.backends.quantized.engine == "x86"
