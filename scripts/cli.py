@@ -25,10 +25,24 @@ def _build(args: argparse.Namespace) -> int:
     from students.pipeline import build
     from students.recipe import load_recipe
 
-    result = build(load_recipe(args.recipe), args.out)
+    cache = None if args.no_teacher_cache else args.teacher_cache
+    result = build(load_recipe(args.recipe), args.out, teacher_cache_dir=cache)
     for role, path in result.artifacts.items():
         m = result.metrics[role]
         print(f"{role:<14} {path}  accuracy {m['test_accuracy']:.4f}  {m['size_bytes']} bytes")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from scripts.compare import run_compare
+
+    cache = None if args.no_teacher_cache else args.teacher_cache
+    report = run_compare(args.recipes, args.out, teacher_cache_dir=cache)
+    print((Path(args.out) / "report.md").read_text(), end="")
+    print(
+        f"{len(report['rows'])} models in {report['total_seconds']:.0f} s; plot: "
+        f"{Path(args.out) / 'pareto.png'}"
+    )
     return 0
 
 
@@ -319,6 +333,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher-cache",
+        default="build/teacher-cache",
+        help="reuse trained teachers from this folder when seed, data and teacher settings "
+        "match (default: build/teacher-cache)",
+    )
+    p.add_argument(
+        "--no-teacher-cache", action="store_true", help="always train the teacher afresh"
+    )
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distillserve",
@@ -331,7 +357,16 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="recipe YAML file, e.g. recipes/digits.yaml")
     p.add_argument("--out", default="build", help="output root (default: build)")
+    _teacher_cache_args(p)
     p.set_defaults(func=_build)
+
+    p = verbs.add_parser(
+        "compare", help="build several recipes; table, JSON and Pareto plot of their students"
+    )
+    p.add_argument("recipes", nargs="+", help="recipe files, e.g. recipes/digits*.yaml")
+    p.add_argument("--out", default="build/compare", help="output folder (default: build/compare)")
+    _teacher_cache_args(p)
+    p.set_defaults(func=_compare)
 
     p = verbs.add_parser("archive", help="package a student artifact directory as a .mar")
     p.add_argument("artifact_dir", help="e.g. build/digits/1.0 or build/digits/1.0/teacher")

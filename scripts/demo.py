@@ -76,7 +76,7 @@ def run_demo(
         clock = time.perf_counter()
 
     recipe = load_recipe(recipe_path)
-    result = build(recipe, out_root)
+    result = build(recipe, out_root, teacher_cache_dir=Path(out_root) / "teacher-cache")
     stage("build")
     names = {}
     for role, _ in ROLES:

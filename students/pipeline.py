@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from . import __version__
+from . import __version__, teacher_cache
 from .data import Splits, labelled_fraction, load_splits, make_loader, preprocess_spec
 from .distill import evaluate, train
 from .errors import RecipeError
@@ -35,6 +35,7 @@ from .export import export_torchscript, load_torchscript
 from .features import FeatureKD
 from .finetune import make_trainable
 from .measure import latency_ms, threads
+from .mixed_precision import quantize_mixed
 from .prune import channel_prune, channel_widths, l1_unstructured, make_permanent, sparsity
 from .quantize import check_engine, quantize, quantize_qat
 from .recipe import Recipe, TeacherConfig
@@ -100,10 +101,24 @@ def load_teacher(config: TeacherConfig, num_classes: int, channels: int) -> nn.M
 
 
 def _train_teacher(
-    recipe: Recipe, classes: int, train_loader, val_loader, log: Callable[[str], None]
+    recipe: Recipe,
+    classes: int,
+    train_loader,
+    val_loader,
+    log: Callable[[str], None],
+    cache_dir: Path | None,
 ) -> list[nn.Module]:
-    """Train ``teacher.members`` independently seeded models."""
+    """Train ``teacher.members`` independently seeded models, or reuse them from ``cache_dir``."""
     config = recipe.teacher
+    if cache_dir is not None:
+        fresh = [
+            build_model(config.arch, classes, recipe.data.channels, config.kwargs)
+            for _ in range(config.members)
+        ]
+        entry = teacher_cache.load_members(cache_dir, recipe, fresh)
+        if entry is not None:
+            log(f"teacher: reused {config.members} trained {config.arch} from {entry}")
+            return fresh
     members = []
     for index in range(config.members):
         seed = recipe.seed + index
@@ -126,6 +141,8 @@ def _train_teacher(
             desc=f"teacher {index + 1}/{config.members}",
         )
         members.append(member.eval())
+    if cache_dir is not None:
+        teacher_cache.save_members(cache_dir, recipe, members)
     return members
 
 
@@ -164,9 +181,16 @@ def _prune(recipe: Recipe, student: nn.Module, fit, teachers, weights, log) -> n
 
 
 def build(
-    recipe: Recipe, out_root: str | Path = "build", log: Callable[[str], None] = _log
+    recipe: Recipe,
+    out_root: str | Path = "build",
+    log: Callable[[str], None] = _log,
+    teacher_cache_dir: str | Path | None = None,
 ) -> BuildResult:
-    """Train or load the teacher, distill, quantize and export the student; write the artifacts."""
+    """Train or load the teacher, distill, quantize and export the student; write the artifacts.
+
+    With ``teacher_cache_dir`` a trained teacher is saved there and reused by later builds whose
+    seed, data and teacher settings (and training code) are the same.
+    """
     torch.manual_seed(recipe.seed)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -197,7 +221,8 @@ def build(
         members = [load_teacher(recipe.teacher, classes, data.channels)]
         log(f"teacher: loaded {recipe.teacher.checkpoint}")
     else:
-        members = _train_teacher(recipe, classes, train_loader, val_loader, log)
+        cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
+        members = _train_teacher(recipe, classes, train_loader, val_loader, log, cache)
     teacher = members[0] if len(members) == 1 else Ensemble(members).eval()
     teacher.eval()
     # What the student learns from: one (ensemble) teacher, or several with weighted soft targets.
@@ -307,7 +332,16 @@ def build(
         ),
     }
     q = recipe.quantize
-    if q.mode == "qat":
+    mixed_report = None
+    if q.mode == "mixed":
+        int8, mixed_report = quantize_mixed(student, calib_loader, val_loader, q)
+        int8_reference = student
+        log(
+            f"quantize: mixed precision within {q.accuracy_budget:g} of fp32 on validation: "
+            f"{len(mixed_report.int8_layers)} layer(s) int8, fp32 kept for "
+            f"{', '.join(mixed_report.fp32_layers) or 'none'}"
+        )
+    elif q.mode == "qat":
         log(f"quantize: QAT with KD for {q.qat_epochs} epochs, engine {q.engine}")
         int8, int8_reference = quantize_qat(
             student,
@@ -397,6 +431,8 @@ def build(
         metrics["student"]["stage_seconds"] = timings
         metrics["student"]["stages"] = stages_run
         metrics["student"]["distill_epochs_run"] = len(distilled.history)
+        if mixed_report is not None:
+            metrics["student"]["mixed_precision"] = mixed_report.to_dict()
         (staging / "metrics.json").write_text(json.dumps(metrics["student"], indent=2) + "\n")
 
         if final.exists():

@@ -22,7 +22,17 @@ from torch import nn
 from .errors import QuantizationError
 from .recipe import QuantizeConfig
 
-__all__ = ["check_engine", "is_quantized", "quantize", "quantize_dynamic", "quantize_static"]
+__all__ = [
+    "calibrate_and_convert",
+    "check_engine",
+    "fused_copy",
+    "is_quantized",
+    "quantize",
+    "quantize_dynamic",
+    "quantize_qat",
+    "quantize_static",
+    "require_quant_stub",
+]
 
 
 def check_engine(engine: str) -> None:
@@ -56,15 +66,18 @@ def _qconfig(engine: str, per_channel: bool) -> torch.ao.quantization.QConfig:
     return QConfig(activation=activation, weight=weight)
 
 
-def quantize_static(model: nn.Module, calibration: Iterable, config: QuantizeConfig) -> nn.Module:
-    """Fuse, calibrate on ``config.calibration_batches`` batches and convert to int8 (a copy)."""
-    check_engine(config.engine)
+def require_quant_stub(model: nn.Module, what: str = "static quantization") -> None:
+    """Refuse a model that has no ``QuantStub``: eager-mode int8 needs one at its input."""
     if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
         raise QuantizationError(
-            f"{type(model).__name__} has no QuantStub: static quantization needs a "
+            f"{type(model).__name__} has no QuantStub: {what} needs a "
             "quantization-ready model (e.g. tiny_cnn, resnet18, mobilenet_v3_large); "
             "use quantize.mode: dynamic for Linear-only models"
         )
+
+
+def fused_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy, conv-bn-relu fused by the model's ``fuse_model()`` when it has one."""
     model = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
@@ -73,15 +86,30 @@ def quantize_static(model: nn.Module, calibration: Iterable, config: QuantizeCon
                 model.fuse_model(is_qat=False)
             except TypeError:
                 model.fuse_model()
-        model.qconfig = _qconfig(config.engine, config.per_channel)
-        torch.ao.quantization.prepare(model, inplace=True)
+    return model
+
+
+def calibrate_and_convert(fused: nn.Module, batches: Iterable, config: QuantizeConfig) -> nn.Module:
+    """Attach the engine's qconfig, observe ``config.calibration_batches`` batches and convert, in
+    place. A submodule whose ``qconfig`` is already set to ``None`` stays fp32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        fused.qconfig = _qconfig(config.engine, config.per_channel)
+        torch.ao.quantization.prepare(fused, inplace=True)
         with torch.inference_mode():
-            for batch_index, (inputs, _) in enumerate(calibration):
+            for batch_index, (inputs, _) in enumerate(batches):
                 if batch_index >= config.calibration_batches:
                     break
-                model(inputs)
-        torch.ao.quantization.convert(model, inplace=True)
-    return model
+                fused(inputs)
+        torch.ao.quantization.convert(fused, inplace=True)
+    return fused
+
+
+def quantize_static(model: nn.Module, calibration: Iterable, config: QuantizeConfig) -> nn.Module:
+    """Fuse, calibrate on ``config.calibration_batches`` batches and convert to int8 (a copy)."""
+    check_engine(config.engine)
+    require_quant_stub(model)
+    return calibrate_and_convert(fused_copy(model), calibration, config)
 
 
 def quantize_dynamic(model: nn.Module, config: QuantizeConfig) -> nn.Module:
@@ -125,10 +153,7 @@ def quantize_qat(
     from .distill import train
 
     check_engine(config.engine)
-    if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
-        raise QuantizationError(
-            f"{type(model).__name__} has no QuantStub: QAT needs a quantization-ready model"
-        )
+    require_quant_stub(model, "QAT")
     model = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
@@ -191,6 +216,8 @@ def quantize(model: nn.Module, calibration: Iterable, config: QuantizeConfig) ->
         return quantize_dynamic(model, config)
     if config.mode == "qat":
         raise QuantizationError("quantize.mode qat trains: call quantize_qat, not quantize")
+    if config.mode == "mixed":
+        raise QuantizationError("quantize.mode mixed evaluates: call quantize_mixed, not quantize")
     return None
 
 

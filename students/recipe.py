@@ -31,10 +31,11 @@ __all__ = [
     "StageConfig",
     "TeacherConfig",
     "load_recipe",
+    "merge",
 ]
 
 DATA_SOURCES = ("digits", "imagefolder")
-QUANT_MODES = ("static", "dynamic", "qat", "none")
+QUANT_MODES = ("static", "dynamic", "qat", "mixed", "none")
 TEACHER_COMBINE = ("logits", "soft_targets")
 FEATURE_LOSSES = ("mse", "cosine")
 PRUNE_METHODS = ("none", "channel", "l1_unstructured")
@@ -315,8 +316,10 @@ class DistillConfig(_Section):
 
 @dataclass
 class QuantizeConfig(_Section):
-    """int8: static post-training (fused, calibrated, per-channel), dynamic (Linear layers), or
-    ``qat``: quantization-aware training with the distillation loss, then conversion."""
+    """int8: static post-training (fused, calibrated, per-channel), dynamic (Linear layers),
+    ``qat``: quantization-aware training with the distillation loss, then conversion, or ``mixed``:
+    static int8 with the most quantization-sensitive layers kept in fp32 until the validation
+    accuracy is within ``accuracy_budget`` (a fraction, 0.01 = one point) of the fp32 student."""
 
     SECTION: ClassVar[str] = "quantize"
     mode: str = "static"
@@ -325,9 +328,11 @@ class QuantizeConfig(_Section):
     calibration_batches: int = 8
     qat_epochs: int = 3
     qat_lr: float = 0.005
+    accuracy_budget: float = 0.01
 
     def __post_init__(self) -> None:
         _choice("quantize.mode", self.mode, QUANT_MODES)
+        _between("quantize.accuracy_budget", self.accuracy_budget, 0.0, 1.0)
         _at_least("quantize.qat_epochs", self.qat_epochs, 1)
         _at_least("quantize.qat_lr", self.qat_lr, 0.0)
         _choice("quantize.engine", self.engine, QUANT_ENGINES)
@@ -450,17 +455,47 @@ class Recipe:
         return out
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file; every problem is a one-line ``RecipeError``."""
-    path = Path(path)
+def merge(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base``: mappings merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe file's mapping with its ``base:`` recipes (relative to the file) merged under it."""
     if not path.is_file():
-        raise RecipeError(None, f"file not found: {path}")
+        where = f" (base of {chain[-1]})" if chain else ""
+        raise RecipeError("base" if chain else None, f"file not found: {path}{where}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(None, f"{path} is not valid YAML{where}") from None
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str):
+        raise RecipeError("base", f"must be a recipe path, got {base!r} (in {path})")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        raise RecipeError("base", f"{path} inherits from itself through {base}")
+    return merge(_read_yaml(base_path, (*chain, path.resolve())), raw)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; every problem is a one-line ``RecipeError``.
+
+    A recipe may name another with ``base: other.yaml`` (relative to itself) and give only what
+    differs: its mappings are merged over the base's, key by key.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
     try:
         return Recipe.from_dict(raw)
     except RecipeError as err:

@@ -1,6 +1,7 @@
 """QAT with KD, channel and L1 pruning on the built digits student; every variant exports and is
 served by the unchanged handler."""
 
+import copy
 import shutil
 
 import pytest
@@ -10,8 +11,9 @@ from archiver import build_archive
 from scripts.demo import encode_png
 from students.data import make_loader, preprocess_spec
 from students.distill import evaluate
-from students.errors import RecipeError
+from students.errors import QuantizationError, RecipeError
 from students.export import export_torchscript
+from students.mixed_precision import quantize_mixed
 from students.prune import channel_prune, l1_unstructured, sparsity
 from students.quantize import quantize_qat, quantize_static
 from students.recipe import DataConfig, QuantizeConfig
@@ -101,3 +103,63 @@ def test_qat_variant_is_served_by_the_handler(build_result, loaders, tmp_path, d
         epochs=1,
     )
     _serve_in_process(build_result.artifacts["student"], qat, tmp_path, digits_splits)
+
+
+def _quantization_hostile(student: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose fp32 answers barely change but whose classifier per-tensor int8 ruins: one
+    channel of the last block is dead (ReLU after a large negative bias) and the classifier gives
+    it huge weights, so per-tensor int8 rounds every other classifier weight to zero."""
+    hostile = copy.deepcopy(student).eval()
+    with torch.no_grad():
+        hostile.features[-1][1].bias[0] = -1e4
+        hostile.fc.weight[:, 0] = 1e3
+    return hostile
+
+
+def test_mixed_precision_keeps_the_sensitive_layer_fp32_within_budget(
+    build_result, loaders, tmp_path, digits_splits
+):
+    hostile = _quantization_hostile(build_result.models["student-fp32"])
+    config = QuantizeConfig(mode="mixed", per_channel=False, accuracy_budget=0.01)
+    model, report = quantize_mixed(hostile, loaders["calib"], loaders["val"], config)
+
+    assert report.fp32_accuracy == evaluate(hostile, loaders["val"]) > 0.9
+    assert report.all_int8_accuracy < report.fp32_accuracy - 0.3  # plain int8 fails the budget
+    assert max(report.sensitivity, key=report.sensitivity.get) == "fc"
+    assert report.fp32_layers == ["fc"]
+    assert report.int8_layers == ["features.0.0", "features.1.0", "features.2.0"]
+    assert report.fp32_accuracy - report.accuracy <= config.accuracy_budget
+    assert evaluate(model, loaders["val"]) == report.accuracy
+    assert isinstance(model.fc[1], torch.nn.Linear)  # the island: dequant, fp32 linear, quant
+    assert [type(b[0]).__module__ for b in model.features] == [
+        "torch.ao.nn.intrinsic.quantized.modules.conv_relu"
+    ] * 3
+    test_drop = evaluate(hostile, loaders["test"]) - evaluate(model, loaders["test"])
+    assert test_drop <= 0.02, test_drop  # held-out data agrees with the validation choice
+    _serve_in_process(build_result.artifacts["student"], model, tmp_path, digits_splits)
+
+
+def test_mixed_precision_quantizes_everything_when_int8_is_within_budget(build_result, loaders):
+    student = build_result.models["student-fp32"]
+    model, report = quantize_mixed(
+        student, loaders["calib"], loaders["val"], QuantizeConfig(mode="mixed")
+    )
+    assert evaluate(model, loaders["val"]) == report.accuracy
+    assert report.fp32_layers == [] and len(report.int8_layers) == 4
+    assert report.accuracy == report.all_int8_accuracy
+    assert set(report.sensitivity) == set(report.int8_layers)
+
+
+def test_mixed_precision_refuses_a_budget_it_cannot_meet(build_result, loaders):
+    # One calibration pixel of 1e4 stretches the input's int8 scale until every real image
+    # quantizes to nearly nothing: no choice of fp32 layers can recover from that.
+    inputs, labels = next(iter(loaders["calib"]))
+    spoiled = inputs.clone()
+    spoiled[0, 0, 0, 0] = 1e4
+    with pytest.raises(QuantizationError, match=r"accuracy_budget 0\.01 cannot be met"):
+        quantize_mixed(
+            build_result.models["student-fp32"],
+            [(spoiled, labels)],
+            loaders["val"],
+            QuantizeConfig(mode="mixed"),
+        )
