@@ -160,7 +160,8 @@ class DistillClassifierHandler(BaseHandler):
                 v2[idx] = str(body.get("id") or self._request_id(idx))
                 return value
             encoded = value
-        decoded = [decode_image(b, channels, limits) for b in encoded]  # all, or none, of them
+        size = self.settings.spec.image_size
+        decoded = [decode_image(b, channels, limits, size) for b in encoded]  # all, or none
         if body is not None:
             v2[idx] = str(body.get("id") or self._request_id(idx))
         images.extend(decoded)

@@ -101,8 +101,18 @@ class PreprocessSpec:
         }
 
 
-def decode_image(data: bytes, channels: int, limits: ImageLimits = ImageLimits()) -> torch.Tensor:
+def decode_image(
+    data: bytes,
+    channels: int,
+    limits: ImageLimits = ImageLimits(),
+    target_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Decode one still image in any Pillow format to ``uint8`` ``(channels, H, W)``.
+
+    With ``target_size`` (the model's ``(height, width)``) a JPEG at least twice as large on both
+    sides is decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4 or 1/8) that keeps both
+    sides at or above the target's longest side, which cuts decode time by 2-4x on photos before
+    the antialiased resize. Training (``students.data``) and serving decode the same way.
 
     EXIF orientation is applied, animated images give their first frame, 16-bit images are scaled
     to 8 bits, and every mode is converted to grayscale (``channels=1``) or RGB (``channels=3``).
@@ -120,6 +130,9 @@ def decode_image(data: bytes, channels: int, limits: ImageLimits = ImageLimits()
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_size(image.size, limits)
+            if target_size is not None and image.format == "JPEG":
+                side = max(target_size)  # square: EXIF may still rotate the image by 90 degrees
+                image.draft(_MODES[channels], (side, side))
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)

@@ -46,6 +46,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from scripts.bench import run_bench
+    from scripts.bench_report import update_readme
+
+    path = run_bench(quick=args.quick, out=args.out, recipe_path=args.recipe, work=args.work)
+    summary = path.with_suffix(".md").read_text()
+    print(summary, end="")
+    if args.readme:
+        update_readme(Path(args.readme), summary)
+        print(f"updated the Performance section of {args.readme}")
+    return 0
+
+
 def _archive(args: argparse.Namespace) -> int:
     from archiver import build_archive
 
@@ -367,6 +380,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/compare", help="output folder (default: build/compare)")
     _teacher_cache_args(p)
     p.set_defaults(func=_compare)
+
+    p = verbs.add_parser(
+        "bench", help="measure models, handler and served throughput; JSON, plots, summary"
+    )
+    p.add_argument("--quick", action="store_true", help="a few-minute smoke run (CI)")
+    p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
+    p.add_argument("--recipe", default="recipes/digits.yaml", help="the digits pipeline to time")
+    p.add_argument("--work", default="build/bench", help="scratch folder (default: build/bench)")
+    p.add_argument("--readme", help="write the summary into this README's Performance section")
+    p.set_defaults(func=_bench)
 
     p = verbs.add_parser("archive", help="package a student artifact directory as a .mar")
     p.add_argument("artifact_dir", help="e.g. build/digits/1.0 or build/digits/1.0/teacher")

@@ -57,8 +57,15 @@ class ImageList(Dataset):
 class ImageFiles(Dataset):
     """Image files decoded on access with the handler's own ``decode_image``."""
 
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], channels: int) -> None:
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: Sequence[int],
+        channels: int,
+        target_size: tuple[int, int] | None = None,
+    ) -> None:
         self.files, self.labels, self.channels = list(files), torch.tensor(list(labels)), channels
+        self.target_size = target_size  # decode JPEGs at reduced scale, as the handler does
 
     def __len__(self) -> int:
         return len(self.files)
@@ -66,13 +73,16 @@ class ImageFiles(Dataset):
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         path = self.files[idx]
         try:
-            return decode_image(path.read_bytes(), self.channels), int(self.labels[idx])
+            image = decode_image(path.read_bytes(), self.channels, target_size=self.target_size)
+            return image, int(self.labels[idx])
         except InputError as err:
             raise DataError(f"{path}: {err}") from None
 
     def subset(self, indices: torch.Tensor) -> ImageFiles:
         idx = indices.tolist()
-        return ImageFiles([self.files[i] for i in idx], self.labels[idx].tolist(), self.channels)
+        return ImageFiles(
+            [self.files[i] for i in idx], self.labels[idx].tolist(), self.channels, self.target_size
+        )
 
 
 @dataclass
@@ -162,12 +172,12 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
             if not (root / name).is_dir():
                 raise DataError(f"{root} has train/ but no {name}/ folder")
             files, labels, classes = _image_files(root / name)
-            parts[name] = ImageFiles(files, labels, config.channels)
+            parts[name] = ImageFiles(files, labels, config.channels, tuple(config.image_size))
         return Splits(parts["train"], parts["val"], parts["test"], classes)
     files, labels, classes = _image_files(root)
     if len(classes) < 2:
         raise DataError(f"{root} needs at least two class folders, found {classes}")
-    data = ImageFiles(files, labels, config.channels)
+    data = ImageFiles(files, labels, config.channels, tuple(config.image_size))
     train, val, test = stratified_split(
         data.labels, config.val_fraction, config.test_fraction, seed
     )

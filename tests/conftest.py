@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.inprocess import handle, handler_context, load_handler  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_RECIPE = ROOT / "recipes" / "digits.yaml"
 
@@ -74,45 +76,6 @@ def shipped_profile(name: str, model_store: Path, run_dir: Path, keep_models: bo
         props.pop("models", None)
     run_dir.mkdir(parents=True, exist_ok=True)
     return TorchServe(write_properties(props, run_dir / name), run_dir / "serve", model_store)
-
-
-def handler_context(model_dir: Path, batch_size: int = 4, name: str = "digits-student"):
-    """TorchServe's own Context for an unpacked archive, with a mock metrics cache."""
-    import json
-    from unittest import mock
-
-    from ts.context import Context
-
-    return Context(
-        name,
-        str(model_dir),
-        json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text()),
-        batch_size,
-        None,
-        "0.12.0",
-        metrics=mock.MagicMock(),
-        model_yaml_config=yaml.safe_load((model_dir / "model-config.yaml").read_text()),
-    )
-
-
-def handle(handler, ctx, requests: list[dict]) -> list:
-    """One batch through ``handler.handle`` with a fresh per-request status record each."""
-    from ts.context import RequestProcessor
-
-    ctx.request_processor = [RequestProcessor({}) for _ in requests]
-    return handler.handle(requests, ctx)
-
-
-def load_handler(archive: Path, workdir: Path, batch_size: int = 4):
-    """Unpack ``archive`` as TorchServe does for a worker and initialise our handler on it."""
-    from handlers.distill_classifier import DistillClassifierHandler
-
-    with zipfile.ZipFile(archive) as mar:
-        mar.extractall(workdir / "unpacked")
-    ctx = handler_context(workdir / "unpacked", batch_size)
-    handler = DistillClassifierHandler()
-    handler.initialize(ctx)
-    return handler, ctx
 
 
 def register(ts, url: str, **params):

@@ -163,3 +163,18 @@ def test_request_payloads_never_raise_anything_else(payload, content_type):
         assert err.status == 400
         return
     _decodes_or_input_error(data, 1)
+
+
+def test_large_jpegs_decode_at_reduced_scale_for_the_target_size():
+    from scripts.bench_models import photo_jpegs
+
+    photo = photo_jpegs(1, (640, 480))[0]
+    spec = PreprocessSpec((224, 224), 3, (0.5,) * 3, (0.5,) * 3)
+    full, scaled = decode_image(photo, 3), decode_image(photo, 3, target_size=(224, 224))
+    assert tuple(full.shape) == (3, 480, 640) and tuple(scaled.shape) == (3, 240, 320)
+    difference = (preprocess([full], spec) - preprocess([scaled], spec)).abs()
+    assert difference.mean() < 0.02  # the same picture, within JPEG's own rounding
+    small = _encode(Image.new("RGB", (300, 300), (10, 200, 30)), "JPEG")  # < 2x the target
+    assert decode_image(small, 3, target_size=(224, 224)).shape[-2:] == (300, 300)
+    png = _encode(Image.new("RGB", (640, 480)), "PNG")  # only JPEG has DCT scaling
+    assert decode_image(png, 3, target_size=(224, 224)).shape[-2:] == (480, 640)

@@ -1,0 +1,182 @@
+"""What ``distillserve bench`` serves and how fast it can go without a server.
+
+- ``vision_artifact``: a 224x224 ImageNet-shaped model (random weights: speed only) exported as an
+  artifact directory our archiver packs like a built student; int8 ones are statically quantized
+  on random calibration images for the x86 engine.
+- ``photo_jpegs``: photo-like JPEGs (smooth gradients, shapes, sensor noise), made offline.
+- ``model_ceiling``: the TorchScript model alone, in process, per batch size.
+- ``handler_ceiling``: our handler's ``handle()`` in process on JPEG payloads, per batch size.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image, ImageDraw, ImageFilter
+
+from scripts.inprocess import handle, load_handler
+from students.export import export_torchscript, load_torchscript
+from students.measure import threads
+from students.quantize import quantize_static
+from students.recipe import QuantizeConfig
+from students.zoo import build_model, count_parameters
+
+__all__ = [
+    "VISION_MODELS",
+    "handler_ceiling",
+    "model_ceiling",
+    "photo_jpegs",
+    "vision_artifact",
+]
+
+# name -> (torchvision architecture, int8); ResNet-50 fp32 stands for the teacher.
+VISION_MODELS = {
+    "resnet50-fp32": ("resnet50", False),
+    "resnet18-fp32": ("resnet18", False),
+    "resnet18-int8": ("resnet18", True),
+    "mobilenetv3-int8": ("mobilenet_v3_large", True),
+}
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def vision_artifact(name: str, out: Path, batch_size: int = 8, max_batch_delay: int = 10) -> Path:
+    """Export ``VISION_MODELS[name]`` with random weights into ``out/name`` (artifact layout)."""
+    arch, int8 = VISION_MODELS[name]
+    directory = out / name
+    if (directory / "model.pt").is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = build_model(arch, 1000, 3).eval()
+    params = count_parameters(model)
+    example = torch.rand(1, 3, 224, 224)
+    if int8:
+        calibration = [(torch.randn(4, 3, 224, 224), None) for _ in range(2)]
+        model = quantize_static(model, calibration, QuantizeConfig(calibration_batches=2))
+    export_torchscript(model, directory / "model.pt", example, [], atol=1e9)
+    labels = {str(i): f"class_{i:03d}" for i in range(1000)}
+    (directory / "index_to_name.json").write_text(json.dumps(labels))
+    handler = {
+        "image_size": [224, 224],
+        "channels": 3,
+        **IMAGENET,
+        "topk": 5,
+        "quantized": int8,
+        "engine": "x86",
+        "threads": 0,
+        "warmup_iterations": 2,
+    }
+    (directory / "handler.yaml").write_text(yaml.safe_dump(handler, sort_keys=False))
+    metrics = {"role": "benchmark", "params": params, "random_weights": True}
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    recipe = {
+        "name": name,
+        "archive": {
+            "model_name": name,
+            "version": "1.0",
+            "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay,
+        },
+    }
+    (directory / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return directory
+
+
+def photo_jpegs(count: int, size: tuple[int, int], quality: int = 90, seed: int = 0) -> list[bytes]:
+    """``count`` photo-like RGB JPEGs of ``size`` (width, height): a blurred gradient scene
+    with shapes and per-pixel noise, so they compress like photographs, not like flat art."""
+    generator = torch.Generator().manual_seed(seed)
+    width, height = size
+    images = []
+    for _ in range(count):
+        low = torch.rand(3, 6, 8, generator=generator)
+        scene = torch.nn.functional.interpolate(
+            low[None], size=(height, width), mode="bicubic", align_corners=False
+        )[0]
+        pixels = (scene.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        image = Image.fromarray(pixels, "RGB")
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x0, y0 = (torch.rand(2, generator=generator) * torch.tensor([width, height])).tolist()
+            w, h = (torch.rand(2, generator=generator) * torch.tensor([width, height]) / 3).tolist()
+            colour = tuple(int(c) for c in torch.randint(0, 256, (3,), generator=generator))
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
+        image = image.filter(ImageFilter.GaussianBlur(1.2))
+        noise = torch.randint(-12, 13, (height, width, 3), generator=generator)
+        noisy = (torch.from_numpy(np.array(image)).int() + noise).clamp(0, 255)
+        buffer = io.BytesIO()
+        Image.fromarray(noisy.byte().numpy(), "RGB").save(buffer, "JPEG", quality=quality)
+        images.append(buffer.getvalue())
+    return images
+
+
+def _median_seconds(run, repeats: int, min_seconds: float) -> float:
+    """Median wall time of ``run()`` over at least ``repeats`` calls and ``min_seconds``."""
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < repeats or time.perf_counter() - started < min_seconds:
+        clock = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - clock)
+        if len(samples) >= 10 * repeats:
+            break
+    return statistics.median(samples)
+
+
+def model_ceiling(
+    model_path: Path,
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int],
+    thread_count: int,
+    engine: str = "x86",
+    repeats: int = 7,
+    min_seconds: float = 1.0,
+) -> dict[str, dict]:
+    """Images/s and ms per batch of the TorchScript model alone, warmed up at each batch size."""
+    torch.backends.quantized.engine = engine
+    model = load_torchscript(model_path)
+    out = {}
+    with threads(thread_count), torch.inference_mode():
+        for batch in batch_sizes:
+            example = torch.rand(batch, *input_shape)
+            for _ in range(3):  # TorchScript's profiling executor specialises on the first calls
+                model(example)
+            seconds = _median_seconds(lambda x=example: model(x), repeats, min_seconds)
+            out[str(batch)] = {
+                "ms_per_batch": round(seconds * 1000, 3),
+                "images_per_s": round(batch / seconds, 2),
+            }
+    return out
+
+
+def handler_ceiling(
+    archive: Path,
+    payloads: Sequence[bytes],
+    batch_sizes: Sequence[int],
+    workdir: Path,
+    repeats: int = 5,
+    min_seconds: float = 1.0,
+) -> dict[str, dict]:
+    """Images/s of our handler's ``handle()`` in process (decode, preprocess, forward, top-k)."""
+    out = {}
+    for batch in batch_sizes:
+        handler, ctx = load_handler(archive, workdir / f"b{batch}", batch)
+        requests = [{"body": payloads[i % len(payloads)]} for i in range(batch)]
+        for _ in range(2):
+            handle(handler, ctx, requests)
+        seconds = _median_seconds(
+            lambda h=handler, c=ctx, r=requests: handle(h, c, r), repeats, min_seconds
+        )
+        out[str(batch)] = {
+            "ms_per_batch": round(seconds * 1000, 3),
+            "images_per_s": round(batch / seconds, 2),
+        }
+    return out

@@ -1,0 +1,280 @@
+"""Derived figures, plots and the Markdown summary of a ``distillserve bench`` run."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+__all__ = ["add_derived", "ceiling_at", "summary", "update_readme", "write_plots"]
+
+HANDLER_CEILING_OF = {  # served model -> the in-process handler ceiling on the same payloads
+    "digits-int8": "digits-int8 (8x8 PNG)",
+    "resnet18-int8": "resnet18-int8 (224x224 JPEG)",
+}
+TARGETS = {
+    "efficiency": 0.90,  # served / handler ceiling, int8 ResNet-18 at 224x224
+    "builtin_640": 2.0,  # ours / built-in image_classifier on 640x480 JPEGs
+    "student_vs_teacher": 15.0,  # int8 ResNet-18 .mar / fp32 ResNet-50 .mar, same load
+}
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def ceiling_at(ceiling: dict[str, dict], batch: float) -> float:
+    """Images/s at a (possibly fractional) batch size, interpolating ms per batch linearly
+    between the measured batch sizes (and per image beyond them)."""
+    points = sorted((int(b), v["ms_per_batch"]) for b, v in ceiling.items())
+    if batch <= points[0][0]:
+        b, ms = points[0]
+        return b / ms * 1000
+    for (b0, ms0), (b1, ms1) in itertools.pairwise(points):
+        if b0 <= batch <= b1:
+            ms = ms0 + (ms1 - ms0) * (batch - b0) / (b1 - b0)
+            return batch / ms * 1000
+    b, ms = points[-1]
+    return b / ms * 1000
+
+
+def add_derived(results: dict) -> None:
+    """Efficiencies of every served point, the teacher/student ratios and the target checks."""
+    for point in results["served"]:
+        handler = results["handler_ceiling"][HANDLER_CEILING_OF[point["model"]]]
+        model = results["model_ceiling"][point["model"]]
+        batch = max(1.0, point["mean_batch"])
+        point["handler_ceiling_rps"] = round(ceiling_at(handler, batch), 2)
+        point["model_ceiling_rps"] = round(ceiling_at(model, batch), 2)
+        point["efficiency_vs_handler"] = round(
+            point["throughput_rps"] / point["handler_ceiling_rps"], 3
+        )
+        point["efficiency_vs_model"] = round(
+            point["throughput_rps"] / point["model_ceiling_rps"], 3
+        )
+
+    models = results["teacher_vs_students"]
+    teacher = models.get("resnet50-fp32")
+    for row in models.values():
+        if teacher:
+            row["served_speedup_vs_resnet50"] = round(
+                row["served_throughput_rps_c16"] / teacher["served_throughput_rps_c16"], 2
+            )
+            row["model_speedup_vs_resnet50_b8"] = round(
+                teacher["model_ms_batch8"] / row["model_ms_batch8"], 2
+            )
+            row["size_ratio_vs_resnet50"] = round(
+                teacher["model_pt_bytes"] / row["model_pt_bytes"], 2
+            )
+
+    r18 = [p for p in results["served"] if p["model"] == "resnet18-int8"]
+    best = max(r18, key=lambda p: p["throughput_rps"])
+    student = models.get("resnet18-int8", {})
+    results["targets"] = {
+        "efficiency": {
+            "what": "served / handler ceiling, int8 ResNet-18 at 224x224, best setting",
+            "value": best["efficiency_vs_handler"],
+            "target": TARGETS["efficiency"],
+            "at": {
+                k: best[k] for k in ("batch_size", "max_batch_delay", "concurrency", "mean_batch")
+            },
+        },
+        "builtin_640": {
+            "what": "ours / built-in image_classifier, 640x480 JPEGs",
+            "value": results["builtin"]["640x480 JPEG"]["ratio"],
+            "target": TARGETS["builtin_640"],
+        },
+        "student_vs_teacher": {
+            "what": "int8 ResNet-18 .mar / fp32 ResNet-50 .mar served throughput, same load",
+            "value": student.get("served_speedup_vs_resnet50", 0.0),
+            "target": TARGETS["student_vs_teacher"],
+            "raw_kernels_b8": student.get("model_speedup_vs_resnet50_b8", 0.0),
+        },
+    }
+    for target in results["targets"].values():
+        target["met"] = target["value"] >= target["target"]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def summary(results: dict, stamp: str) -> str:
+    """The Markdown the README's Performance section holds."""
+    meta = results["meta"]
+    concurrencies = meta["plan"]["concurrencies"]
+    lines = [
+        f"Run `{stamp}` ({meta['mode']}): {meta['cores']} cores, one worker with "
+        f"{meta['worker_threads']} threads per model, torch {meta['versions']['torch']}, "
+        f"TorchServe {meta['versions']['torchserve']}; load generator on the same machine; "
+        f"{meta['plan']['seconds_per_point']:g} s per point. Raw data: "
+        f"`bench/results/{stamp}.json`.",
+        "",
+        "**Served throughput and efficiency** (requests/s; in brackets served ÷ handler ceiling "
+        "and served ÷ model ceiling at the batch size TorchServe actually formed, shown after @):",
+        "",
+        "| model | batch size / delay | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
+        "|---|---|" + "---:|" * len(concurrencies),
+    ]
+    for model in dict.fromkeys(p["model"] for p in results["served"]):
+        for batch_size, delay in meta["plan"]["batch_settings"]:
+            cells = []
+            for c in concurrencies:
+                p = next(
+                    (
+                        x
+                        for x in results["served"]
+                        if x["model"] == model
+                        and x["concurrency"] == c
+                        and x["batch_size"] == batch_size
+                        and x["max_batch_delay"] == delay
+                    ),
+                    None,
+                )
+                cells.append(
+                    f"{_fmt(p['throughput_rps'])} ({p['efficiency_vs_handler']:.0%} / "
+                    f"{p['efficiency_vs_model']:.0%}) @{p['mean_batch']:g}"
+                    if p
+                    else "–"
+                )
+            setting = "1 (off)" if batch_size == 1 else f"{batch_size} / {delay} ms"
+            lines.append(f"| {model} | {setting} | " + " | ".join(cells) + " |")
+
+    lines += [
+        "",
+        "**Ours against TorchServe's built-in `image_classifier`** (same int8 ResNet-18 "
+        "TorchScript file, batch 8 / 10 ms, "
+        f"concurrency {max(concurrencies)}):",
+        "",
+        "| images | ours req/s | built-in req/s | ours ÷ built-in | ours p50 ms "
+        "| built-in p50 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind, pair in results["builtin"].items():
+        lines.append(
+            f"| {kind} | {_fmt(pair['ours']['throughput_rps'])} | "
+            f"{_fmt(pair['builtin']['throughput_rps'])} | **{pair['ratio']:.2f}×** | "
+            f"{_fmt(pair['ours']['p50_ms'])} | {_fmt(pair['builtin']['p50_ms'])} |"
+        )
+
+    lines += [
+        "",
+        "**Teacher against students** (224² models have random weights; served at "
+        "batch 8 / 10 ms, concurrency 16; model times in process):",
+        "",
+        "| model | model ms b1 | model ms b8 | served req/s | vs ResNet-50 served | "
+        "vs ResNet-50 kernels b8 | model.pt MB | smaller by | worker peak RSS MB | "
+        "cold start s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in results["teacher_vs_students"].items():
+        lines.append(
+            f"| {name} | {_fmt(row['model_ms_batch1'])} | {_fmt(row['model_ms_batch8'])} | "
+            f"{_fmt(row['served_throughput_rps_c16'])} | "
+            f"{row.get('served_speedup_vs_resnet50', 0):.2f}× | "
+            f"{row.get('model_speedup_vs_resnet50_b8', 0):.2f}× | "
+            f"{row['model_pt_bytes'] / 2**20:.2f} | {row.get('size_ratio_vs_resnet50', 0):.1f}× | "
+            f"{row['worker_peak_rss_mb']:.0f} | {results['cold_start_s'].get(name, 0):.1f} |"
+        )
+
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in results["pipeline"].items())
+    lines += [
+        "",
+        f"**Pipeline** (the stages of `make demo`, install excluded): {stages}.",
+        "",
+        "**Targets**:",
+        "",
+    ]
+    for target in results["targets"].values():
+        mark = "met" if target["met"] else "**missed**"
+        lines.append(
+            f"- {target['what']}: {target['value']:.2f} (target ≥ {target['target']:g}) — {mark}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, text: str) -> None:
+    """Replace what lies between the bench markers of ``readme`` with ``text``."""
+    content = readme.read_text()
+    if BEGIN not in content or END not in content:
+        raise ValueError(f"{readme} has no {BEGIN} ... {END} section")
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text.rstrip()}\n{END}", content))
+
+
+def write_plots(results: dict, served_png: Path, models_png: Path) -> None:
+    """Served throughput against concurrency per batch setting, with the handler and model
+    ceilings; and the teacher-against-students bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    served_models = list(dict.fromkeys(p["model"] for p in results["served"]))
+    fig, axes = plt.subplots(1, len(served_models), figsize=(6.5 * len(served_models), 4.8))
+    axes = [axes] if len(served_models) == 1 else axes
+    for ax, model in zip(axes, served_models):
+        for batch_size, delay in results["meta"]["plan"]["batch_settings"]:
+            points = [
+                p
+                for p in results["served"]
+                if p["model"] == model
+                and p["batch_size"] == batch_size
+                and p["max_batch_delay"] == delay
+            ]
+            label = "batching off" if batch_size == 1 else f"batch {batch_size}, {delay} ms"
+            ax.plot(
+                [p["concurrency"] for p in points],
+                [p["throughput_rps"] for p in points],
+                marker="o",
+                label=label,
+            )
+        handler = results["handler_ceiling"][HANDLER_CEILING_OF[model]]
+        model_ceiling = results["model_ceiling"][model]
+        ax.axhline(
+            ceiling_at(handler, 8),
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="handler ceiling, batch 8",
+        )
+        ax.axhline(
+            ceiling_at(model_ceiling, 8),
+            color="grey",
+            linestyle=":",
+            linewidth=1,
+            label="model ceiling, batch 8",
+        )
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("requests / s (log)")
+        ax.set_title(model)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(served_png, dpi=110)
+    plt.close(fig)
+
+    rows = results["teacher_vs_students"]
+    names = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    axes[0].bar(names, [rows[n]["served_throughput_rps_c16"] for n in names], label="served, c16")
+    axes[0].scatter(
+        names,
+        [rows[n]["model_images_per_s_batch8"] for n in names],
+        color="black",
+        marker="_",
+        s=400,
+        label="model alone, batch 8",
+        zorder=3,
+    )
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("images / s (log)")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(names, [rows[n]["model_pt_bytes"] / 2**20 for n in names])
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("model.pt MB (log)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.suptitle("Teacher against students: throughput and size")
+    fig.tight_layout()
+    fig.savefig(models_png, dpi=110)
+    plt.close(fig)

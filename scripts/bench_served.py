@@ -1,0 +1,166 @@
+"""Measurements through a real TorchServe for ``distillserve bench``.
+
+- ``served_point``: closed-loop load at a concurrency for a fixed time; throughput, p50/p99, and
+  the batch size TorchServe actually formed, counted from its own per-batch ``PredictionTime``
+  records (``ts/service.py`` writes one per batch, for any handler) in ``model_metrics.log``.
+- ``register_timed``: register an archive and time it to the first answer (cold start).
+- ``worker_peak_rss_mb``: peak resident memory (``VmHWM``) of a model's worker processes.
+- ``builtin_archive``: the same TorchScript file packed for TorchServe's built-in
+  ``image_classifier`` handler (which needs captum, the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+
+from scripts.load import run_load
+from scripts.server import TorchServe
+from students.errors import ServerError
+
+__all__ = [
+    "batch_sizes",
+    "builtin_archive",
+    "register_timed",
+    "served_point",
+    "unregister",
+    "worker_peak_rss_mb",
+]
+
+
+def batch_sizes(ts: TorchServe, model: str) -> list[int]:
+    """The size of every batch ``model``'s workers have run so far, from TorchServe's own
+    ``PredictionTime`` records (one per batch, listing the batch's request ids)."""
+    log = ts.log_dir / "model_metrics.log"
+    if not log.exists():
+        return []
+    pattern = re.compile(
+        rf" - PredictionTime\.\w+:[^|]*\|#ModelName:{re.escape(model)},[^|]*"
+        r"\|#[^|]*requestID:([^|]*),timestamp:"
+    )
+    with log.open() as lines:
+        return [len(m.group(1).split(",")) for line in lines if (m := pattern.search(line))]
+
+
+def served_point(
+    ts: TorchServe, model: str, payloads: Sequence[bytes], concurrency: int, seconds: float
+) -> dict:
+    """Closed-loop load for ``seconds``: throughput, latency percentiles, achieved batch size."""
+    before = len(batch_sizes(ts, model))
+    report = run_load(
+        ts.inference_url,
+        model,
+        payloads,
+        total=1_000_000,
+        concurrency=concurrency,
+        token=ts.keys().get("inference") if ts.token_auth else None,
+        time_limit_s=seconds,
+    )
+    time.sleep(1.0)  # the metrics logger flushes asynchronously
+    sizes = batch_sizes(ts, model)[before:]
+    return {
+        "concurrency": concurrency,
+        "requests": report.completed,
+        "errors": report.errors,
+        "throughput_rps": report.throughput_rps,
+        "p50_ms": report.latency_ms["p50"],
+        "p99_ms": report.latency_ms["p99"],
+        "batches": len(sizes),
+        "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
+    }
+
+
+def register_timed(
+    ts: TorchServe,
+    archive: Path,
+    name: str,
+    payload: bytes,
+    batch_size: int,
+    max_batch_delay: int,
+) -> float:
+    """Register ``archive`` as ``name`` (one worker) and return seconds until its first answer."""
+    started = time.perf_counter()
+    response = requests.post(
+        f"{ts.management_url}/models",
+        params={
+            "url": str(archive),
+            "model_name": name,
+            "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay,
+            "initial_workers": 1,
+            "synchronous": "true",
+            "response_timeout": 300,
+        },
+        headers=ts.headers("management"),
+        timeout=600,
+    )
+    if response.status_code != 200:
+        raise ServerError(f"registering {name} failed: {response.status_code} {response.text}")
+    answer = requests.post(
+        f"{ts.inference_url}/predictions/{name}",
+        data=payload,
+        headers=ts.headers("inference"),
+        timeout=300,
+    )
+    if answer.status_code != 200:
+        raise ServerError(f"first request to {name} failed: {answer.status_code} {answer.text}")
+    return time.perf_counter() - started
+
+
+def unregister(ts: TorchServe, name: str) -> None:
+    """Remove every version of ``name`` (its workers stop)."""
+    requests.delete(
+        f"{ts.management_url}/models/{name}", headers=ts.headers("management"), timeout=120
+    )
+
+
+def worker_peak_rss_mb(ts: TorchServe, name: str) -> float:
+    """The largest peak resident set (``VmHWM``) among ``name``'s worker processes, in MiB."""
+    described = requests.get(
+        f"{ts.management_url}/models/{name}", headers=ts.headers("management"), timeout=30
+    ).json()
+    peaks = []
+    for version in described:
+        for worker in version.get("workers", []):
+            try:
+                status = Path(f"/proc/{worker['pid']}/status").read_text()
+            except (KeyError, OSError):
+                continue
+            match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+            if match:
+                peaks.append(int(match.group(1)) / 1024)
+    return round(max(peaks), 1) if peaks else 0.0
+
+
+def builtin_archive(model_pt: Path, index_to_name: Path, name: str, store: Path) -> Path:
+    """``store/<name>.mar`` with ``model_pt`` and TorchServe's built-in ``image_classifier``."""
+    from model_archiver.model_archiver import ModelArchiver
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+
+    staging = Path(tempfile.mkdtemp(prefix=".builtin-", dir=store))
+    try:
+        config = ModelArchiverConfig(
+            model_name=name,
+            handler="image_classifier",
+            version="1.0",
+            serialized_file=str(model_pt),
+            extra_files=str(index_to_name),
+            export_path=str(staging),
+            force=True,
+        )
+        previous, tempfile.tempdir = tempfile.tempdir, str(staging)
+        try:
+            ModelArchiver.generate_model_archive(config)
+        finally:
+            tempfile.tempdir = previous
+        target = store / f"{name}.mar"
+        (staging / f"{name}.mar").replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

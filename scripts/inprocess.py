@@ -1,0 +1,51 @@
+"""TorchServe's handler contract without the server: unpack a ``.mar`` as a worker does, build
+TorchServe's own ``Context`` (with a mock metrics cache) and call ``handle`` on a batch. Used by
+the tests and by ``distillserve bench`` for the handler's in-process ceiling."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import yaml
+
+__all__ = ["handle", "handler_context", "load_handler"]
+
+
+def handler_context(model_dir: Path, batch_size: int = 4, name: str = "digits-student"):
+    """TorchServe's own Context for an unpacked archive, with a mock metrics cache."""
+    import json
+    from unittest import mock
+
+    from ts.context import Context
+
+    return Context(
+        name,
+        str(model_dir),
+        json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text()),
+        batch_size,
+        None,
+        "0.12.0",
+        metrics=mock.MagicMock(),
+        model_yaml_config=yaml.safe_load((model_dir / "model-config.yaml").read_text()),
+    )
+
+
+def handle(handler, ctx, requests: list[dict]) -> list:
+    """One batch through ``handler.handle`` with a fresh per-request status record each."""
+    from ts.context import RequestProcessor
+
+    ctx.request_processor = [RequestProcessor({}) for _ in requests]
+    return handler.handle(requests, ctx)
+
+
+def load_handler(archive: Path, workdir: Path, batch_size: int = 4):
+    """Unpack ``archive`` as TorchServe does for a worker and initialise our handler on it."""
+    from handlers.distill_classifier import DistillClassifierHandler
+
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(workdir / "unpacked")
+    ctx = handler_context(workdir / "unpacked", batch_size)
+    handler = DistillClassifierHandler()
+    handler.initialize(ctx)
+    return handler, ctx

@@ -1,0 +1,70 @@
+"""``distillserve bench --quick``: every section measured against a real TorchServe, with plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.bench_report import BEGIN, END
+from scripts.cli import main
+
+pytestmark = pytest.mark.slow
+
+SECTIONS = (
+    "pipeline",
+    "model_ceiling",
+    "handler_ceiling",
+    "served",
+    "builtin",
+    "teacher_vs_students",
+    "cold_start_s",
+    "targets",
+)
+
+
+def _numbers(tree, path=""):
+    """Every (path, number) leaf of a JSON tree."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _numbers(value, f"{path}.{key}")
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _numbers(value, f"{path}[{index}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Performance\n\n{BEGIN}\nPREVIOUS-RUN\n{END}\n\n## Next\n")
+    out, work = tmp_path / "results", tmp_path / "work"
+    argv = ["bench", "--quick", "--out", str(out), "--work", str(work), "--readme", str(readme)]
+    assert main(argv) == 0
+
+    results = json.loads((out / "quick.json").read_text())
+    for section in SECTIONS:
+        assert results[section], section
+    for section in SECTIONS[1:]:
+        for path, value in _numbers(results[section], section):
+            if path.endswith(".errors"):
+                assert value == 0, path
+            else:
+                assert value > 0, path
+    stages = results["pipeline"]
+    assert all(value >= 0 for value in stages.values())  # a stage that did nothing takes 0 s
+    assert min(stages["build: teacher"], stages["build: distill"], stages["total"]) > 0
+    assert {p["model"] for p in results["served"]} == {"digits-int8", "resnet18-int8"}
+    batched = [p for p in results["served"] if p["batch_size"] == 8 and p["concurrency"] == 8]
+    assert all(p["mean_batch"] > 1 for p in batched)  # TorchServe really formed batches
+    assert all(p["mean_batch"] == 1 for p in results["served"] if p["batch_size"] == 1)
+    assert set(results["builtin"]) == {"640x480 JPEG", "224x224 JPEG"}
+    assert {"resnet50-fp32", "resnet18-int8", "digits-int8"} <= set(results["teacher_vs_students"])
+
+    for plot in ("quick-served.png", "quick-models.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "quick.md").read_text()
+    assert "**Targets**" in summary and "ours ÷ built-in" in summary
+    text = readme.read_text()
+    assert "PREVIOUS-RUN" not in text and summary.strip() in text and text.endswith("## Next\n")
+    assert capsys.readouterr().out.startswith("Run `quick`")
