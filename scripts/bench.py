@@ -78,7 +78,7 @@ class Plan:
             batch_sizes=(1, 4, 8, 16),
             concurrencies=(1, 8, 16, 32),
             batch_settings=((1, 1), (8, 2), (8, 10), (8, 50)),
-            seconds=6.0,
+            seconds=4.0,
             vision_models=tuple(VISION_MODELS),
             recipe_overrides={},
         )
