@@ -35,7 +35,7 @@ def _with(path, tmp_path, **changes):
         ({"distill__tempreature": 3}, "distill.tempreature", "allowed: alpha, alpha_schedule"),
         ({"distil": {}}, "distil", "allowed: name, seed, data"),
         ({"quantize__engine": "fbgemmm"}, "quantize.engine", "x86, fbgemm, qnnpack"),
-        ({"quantize__mode": "int4"}, "quantize.mode", "static, dynamic, qat, none"),
+        ({"quantize__mode": "int4"}, "quantize.mode", "static, dynamic, qat, mixed, none"),
         ({"teacher__checkpoint": "/no/such/teacher.pt"}, "teacher.checkpoint", "file not found"),
         ({"student__arch": "resnet9000"}, "student.arch", "tiny_cnn"),
         ({"distill__alpha": 1.5}, "distill.alpha", "between 0.0 and 1.0"),
