@@ -64,7 +64,7 @@ def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
     for plot in ("quick-served.png", "quick-models.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "quick.md").read_text()
-    assert "**Targets**" in summary and "ours ÷ built-in" in summary
+    assert "**Targets**" in summary and "ours ÷ built-in" in summary and "**Reading**" in summary
     text = readme.read_text()
     assert "PREVIOUS-RUN" not in text and summary.strip() in text and text.endswith("## Next\n")
     assert capsys.readouterr().out.startswith("Run `quick`")
