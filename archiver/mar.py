@@ -33,6 +33,7 @@ __all__ = [
     "ArchiveResult",
     "build_archive",
     "inspect_archive",
+    "package_versions",
     "read_archive_config",
     "sha256_file",
 ]
@@ -70,9 +71,18 @@ def read_archive_config(artifact_dir: Path) -> tuple[ArchiveConfig, dict]:
         raise ArchiveError(f"{artifact_dir / 'recipe.yaml'}: {err}") from None
 
 
-def _versions() -> dict[str, str]:
+def package_versions(
+    names: tuple[str, ...] = (
+        "torch",
+        "torchvision",
+        "distillserve",
+        "torchserve",
+        "torch-model-archiver",
+    ),
+) -> dict[str, str]:
+    """Installed versions of ``names`` ("unknown" for one not installed)."""
     out = {}
-    for dist in ("torch", "torchvision", "distillserve", "torchserve", "torch-model-archiver"):
+    for dist in names:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -135,7 +145,7 @@ def build_archive(
         "version": config.version,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "sha256": {"model.pt": sha256_file(artifact_dir / "model.pt")},
-        "versions": _versions(),
+        "versions": package_versions(),
         "metrics": metrics,
         "recipe": recipe,
     }

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from archiver import build_archive
+from archiver.mar import package_versions
 from scripts import bench_report
 from scripts.bench_models import (
     VISION_MODELS,
@@ -112,17 +112,6 @@ def _int8_features() -> list[str]:
     return [flag for flag in wanted if flag in flags]
 
 
-def _versions() -> dict[str, str]:
-    names = ("torch", "torchvision", "torchserve", "torch-model-archiver", "captum")
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def run_bench(
     quick: bool = False,
     out: str | Path = "bench/results",
@@ -145,7 +134,9 @@ def run_bench(
             "cpu": _cpu_name(),
             "cpu_int8_features": _int8_features(),
             "worker_threads": cores,
-            "versions": _versions(),
+            "versions": package_versions(
+                ("torch", "torchvision", "torchserve", "torch-model-archiver", "captum")
+            ),
             "plan": {
                 "batch_sizes": plan.batch_sizes,
                 "concurrencies": plan.concurrencies,
