@@ -16,6 +16,8 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +33,7 @@ from .registry import Registry
 __all__ = [
     "ARTIFACT_FILES",
     "ArchiveResult",
+    "archiver_tempdir",
     "build_archive",
     "inspect_archive",
     "package_versions",
@@ -57,6 +60,17 @@ class ArchiveResult:
     version: str
     model_config: dict
     build_info: dict
+
+
+@contextmanager
+def archiver_tempdir(directory: Path) -> Iterator[None]:
+    """Make torch-model-archiver stage its files in ``directory`` (one build at a time)."""
+    with _TEMPDIR_LOCK:
+        previous, tempfile.tempdir = tempfile.tempdir, str(directory)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
 
 
 def read_archive_config(artifact_dir: Path) -> tuple[ArchiveConfig, dict]:
@@ -176,13 +190,8 @@ def build_archive(
             config_file=str(files / "model-config.yaml"),
             force=True,
         )
-        with _TEMPDIR_LOCK:
-            previous = tempfile.tempdir
-            tempfile.tempdir = str(staging)
-            try:
-                ModelArchiver.generate_model_archive(archiver_config)
-            finally:
-                tempfile.tempdir = previous
+        with archiver_tempdir(staging):
+            ModelArchiver.generate_model_archive(archiver_config)
         (out / f"{config.model_name}.mar").replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

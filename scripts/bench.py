@@ -84,6 +84,14 @@ class Plan:
         )
 
 
+# served name of each digits model -> its role in the build
+DIGITS_ROLES = {
+    "digits-int8": "student",
+    "digits-fp32": "student-fp32",
+    "digits-teacher": "teacher",
+}
+
+
 def _log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -161,13 +169,10 @@ def run_bench(
     result = build(recipe, work / "build", log=log, teacher_cache_dir=None)
     pipeline = {f"build: {k}": v for k, v in result.stage_seconds.items()}
     clock = time.perf_counter()
-    digits = {}
-    for role, name in (
-        ("student", "digits-int8"),
-        ("student-fp32", "digits-fp32"),
-        ("teacher", "digits-teacher"),
-    ):
+    digits, model_files = {}, {}
+    for name, role in DIGITS_ROLES.items():
         digits[name] = build_archive(result.artifacts[role], store, model_name=name).path
+        model_files[name] = result.artifacts[role] / "model.pt"
     pipeline["archive"] = round(time.perf_counter() - clock, 2)
 
     splits = load_splits(recipe.data, recipe.seed)
@@ -178,9 +183,8 @@ def run_bench(
 
     # -- ceilings ------------------------------------------------------------------------------
     for name in digits:
-        role = {"digits-int8": "student", "digits-fp32": "student-fp32"}.get(name, "teacher")
         results["model_ceiling"][name] = model_ceiling(
-            result.artifacts[role] / "model.pt",
+            model_files[name],
             (recipe.data.channels, *recipe.data.image_size),
             plan.batch_sizes,
             cores,
@@ -190,6 +194,7 @@ def run_bench(
         log(f"ceilings: exporting {name} (random weights, 224x224)")
         artifact = vision_artifact(name, work / "artifacts")
         vision[name] = build_archive(artifact, store).path
+        model_files[name] = artifact / "model.pt"
         results["model_ceiling"][name] = model_ceiling(
             artifact / "model.pt", (3, 224, 224), plan.batch_sizes, cores
         )
@@ -282,7 +287,7 @@ def run_bench(
                 "served_throughput_rps_c16": loaded["throughput_rps"],
                 "served_p99_ms_c16": loaded["p99_ms"],
                 "served_mean_batch_c16": loaded["mean_batch"],
-                "model_pt_bytes": _model_pt(name, work, result),
+                "model_pt_bytes": model_files[name].stat().st_size,
                 "mar_bytes": archive.stat().st_size,
                 "worker_peak_rss_mb": worker_peak_rss_mb(ts, name),
             }
@@ -299,10 +304,3 @@ def run_bench(
     (out / f"{stamp}.md").write_text(bench_report.summary(results, stamp))
     log(f"wrote {path}, its plots and {out / f'{stamp}.md'}")
     return path
-
-
-def _model_pt(name: str, work: Path, result) -> int:
-    if name in VISION_MODELS:
-        return (work / "artifacts" / name / "model.pt").stat().st_size
-    role = {"digits-int8": "student", "digits-fp32": "student-fp32"}.get(name, "teacher")
-    return (result.artifacts[role] / "model.pt").stat().st_size

@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import requests
-
+from archiver.mar import archiver_tempdir
 from scripts.load import run_load
+from scripts.management import ManagementClient
+from scripts.rest import InferenceClient
 from scripts.server import TorchServe
 from students.errors import ServerError
 
@@ -76,6 +77,10 @@ def served_point(
     }
 
 
+def _management(ts: TorchServe) -> ManagementClient:
+    return ManagementClient(ts.management_url, ts.keys().get("management"), timeout=600)
+
+
 def register_timed(
     ts: TorchServe,
     archive: Path,
@@ -86,47 +91,29 @@ def register_timed(
 ) -> float:
     """Register ``archive`` as ``name`` (one worker) and return seconds until its first answer."""
     started = time.perf_counter()
-    response = requests.post(
-        f"{ts.management_url}/models",
-        params={
-            "url": str(archive),
-            "model_name": name,
-            "batch_size": batch_size,
-            "max_batch_delay": max_batch_delay,
-            "initial_workers": 1,
-            "synchronous": "true",
-            "response_timeout": 300,
-        },
-        headers=ts.headers("management"),
-        timeout=600,
+    _management(ts).register(
+        str(archive),
+        model_name=name,
+        batch_size=batch_size,
+        max_batch_delay=max_batch_delay,
+        response_timeout=300,
     )
-    if response.status_code != 200:
-        raise ServerError(f"registering {name} failed: {response.status_code} {response.text}")
-    answer = requests.post(
-        f"{ts.inference_url}/predictions/{name}",
-        data=payload,
-        headers=ts.headers("inference"),
-        timeout=300,
-    )
-    if answer.status_code != 200:
-        raise ServerError(f"first request to {name} failed: {answer.status_code} {answer.text}")
+    answer = InferenceClient(ts.inference_url, ts.keys().get("inference"), timeout=300)
+    result = answer.predict_raw(name, payload)
+    if not result.ok:
+        raise ServerError(f"first request to {name} failed: {result.status} {result.body}")
     return time.perf_counter() - started
 
 
 def unregister(ts: TorchServe, name: str) -> None:
-    """Remove every version of ``name`` (its workers stop)."""
-    requests.delete(
-        f"{ts.management_url}/models/{name}", headers=ts.headers("management"), timeout=120
-    )
+    """Remove ``name`` (registered once, so with one version); its workers stop."""
+    _management(ts).unregister_model(name)
 
 
 def worker_peak_rss_mb(ts: TorchServe, name: str) -> float:
     """The largest peak resident set (``VmHWM``) among ``name``'s worker processes, in MiB."""
-    described = requests.get(
-        f"{ts.management_url}/models/{name}", headers=ts.headers("management"), timeout=30
-    ).json()
     peaks = []
-    for version in described:
+    for version in _management(ts).describe(name):
         for worker in version.get("workers", []):
             try:
                 status = Path(f"/proc/{worker['pid']}/status").read_text()
@@ -154,11 +141,8 @@ def builtin_archive(model_pt: Path, index_to_name: Path, name: str, store: Path)
             export_path=str(staging),
             force=True,
         )
-        previous, tempfile.tempdir = tempfile.tempdir, str(staging)
-        try:
+        with archiver_tempdir(staging):
             ModelArchiver.generate_model_archive(config)
-        finally:
-            tempfile.tempdir = previous
         target = store / f"{name}.mar"
         (staging / f"{name}.mar").replace(target)
     finally:

@@ -14,7 +14,6 @@ interleaved over several rounds, so they compare fairly with each other.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from handlers.classification import thread_count
 from students.errors import RecipeError
 from students.export import load_torchscript
 from students.measure import latency_ms, threads
@@ -246,9 +246,7 @@ def run_compare(
         candidates += _rows(path, recipe, result, with_teacher=not candidates)
         test_samples = result.metrics["student"]["test_samples"]
     first = recipes[0][1]
-    count = first.archive.threads or max(
-        1, len(os.sched_getaffinity(0)) // first.archive.max_workers
-    )
+    count = thread_count(first.archive.threads, first.archive.max_workers)
     example = torch.zeros(1, first.data.channels, *first.data.image_size)
     log(f"measuring batch-1 latency of {len(candidates)} models, {ROUNDS} interleaved rounds")
     for row, value in zip(

@@ -77,6 +77,10 @@ class ManagementClient:
     def unregister(self, model: str, version: str) -> dict:
         return self._call("DELETE", f"/models/{model}/{version}")
 
+    def unregister_model(self, model: str) -> dict:
+        """Remove a model with a single version (TorchServe refuses while others remain)."""
+        return self._call("DELETE", f"/models/{model}")
+
     def describe(self, model: str, version: str | None = "all") -> list[dict]:
         return self._call("GET", f"/models/{model}" + (f"/{version}" if version else ""))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 from torch import nn
+
+from handlers.classification import thread_count
 
 from . import __version__, teacher_cache
 from .data import Splits, labelled_fraction, load_splits, make_loader, preprocess_spec
@@ -403,9 +404,7 @@ def build(
             log(f"export: {role} -> model.pt, test accuracy {accuracy[role]:.4f}")
         stage("export")
 
-        worker_threads = recipe.archive.threads or max(
-            1, len(os.sched_getaffinity(0)) // recipe.archive.max_workers
-        )
+        worker_threads = thread_count(recipe.archive.threads, recipe.archive.max_workers)
         metrics = {}
         for role, art in artifacts.items():
             model = load_torchscript(dirs[role] / "model.pt")
