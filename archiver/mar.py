@@ -44,7 +44,7 @@ __all__ = [
 ARTIFACT_FILES = ("model.pt", "index_to_name.json", "handler.yaml", "metrics.json", "recipe.yaml")
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handlers"
 HANDLER_MODULE = "distill_classifier.py"
-HELPER_MODULES = ("classification.py", "imageprep.py")
+HELPER_MODULES = ("classification.py", "imageprep.py", "kserve_v2.py", "payloads.py")
 
 # torch-model-archiver stages files in tempfile.gettempdir()/<model name>: point that at a
 # private directory per build, one build at a time within this process.

@@ -31,11 +31,13 @@ def handler_context(model_dir: Path, batch_size: int = 4, name: str = "digits-st
     )
 
 
-def handle(handler, ctx, requests: list[dict]) -> list:
-    """One batch through ``handler.handle`` with a fresh per-request status record each."""
+def handle(handler, ctx, requests: list[dict], headers: list[dict] | None = None) -> list:
+    """One batch through ``handler.handle`` with a fresh per-request status record each;
+    ``headers`` are the requests' headers as TorchServe passes them (none by default)."""
     from ts.context import RequestProcessor
 
-    ctx.request_processor = [RequestProcessor({}) for _ in requests]
+    headers = headers or [{} for _ in requests]
+    ctx.request_processor = [RequestProcessor(h) for h in headers]
     return handler.handle(requests, ctx)
 
 

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import yaml
 
+from handlers.classification import QUANTIZED_ENGINES
+
 from .errors import RecipeError
 
 __all__ = [
@@ -40,7 +42,6 @@ TEACHER_COMBINE = ("logits", "soft_targets")
 FEATURE_LOSSES = ("mse", "cosine")
 PRUNE_METHODS = ("none", "channel", "l1_unstructured")
 PRUNE_CRITERIA = ("bn_gamma", "l1")
-QUANT_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
 EXPORT_METHODS = ("trace", "script")
 
 
@@ -335,7 +336,7 @@ class QuantizeConfig(_Section):
         _between("quantize.accuracy_budget", self.accuracy_budget, 0.0, 1.0)
         _at_least("quantize.qat_epochs", self.qat_epochs, 1)
         _at_least("quantize.qat_lr", self.qat_lr, 0.0)
-        _choice("quantize.engine", self.engine, QUANT_ENGINES)
+        _choice("quantize.engine", self.engine, QUANTIZED_ENGINES)
         _at_least("quantize.calibration_batches", self.calibration_batches, 1)
 
 

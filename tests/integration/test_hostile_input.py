@@ -4,6 +4,7 @@ its own 4xx with a JSON body, a bad request never spoils its batch, and the work
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import zipfile
 
@@ -200,3 +201,77 @@ def test_altered_archive_is_refused_at_load(server, model_store):
         assert "the archive was altered or corrupted" in log
     finally:
         tampered.unlink()
+
+
+def _hostile_json_bodies() -> list[tuple[bytes, str]]:
+    """JSON that is hostile in structure, not in content: each must be its request's 4xx."""
+    deep = 200_000
+    png = base64.b64encode(format_variants(np.zeros((8, 8), np.uint8))["png-gray8"]).decode()
+
+    def v2(tensor: dict, **extra) -> bytes:
+        return json.dumps({"inputs": [tensor], **extra}).encode()
+
+    return [
+        (b"[" * deep + b"]" * deep, "application/json"),  # beyond any recursion limit
+        (b'{"data":' + b"[" * 500 + b'"x"' + b"]" * 500 + b"}", "application/json"),
+        (
+            v2({"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [10**400] * 64}),
+            "application/json",
+        ),
+        (v2({"name": "x", "shape": [1], "datatype": "BYTES", "data": [png]}, id=[[[[]]]]), ""),
+        (v2({"name": "x", "shape": [True], "datatype": "BYTES", "data": [[png]]}), "text/plain"),
+        (b'{"inputs":' + b"[" * deep + b"]" * deep + b"}", "application/octet-stream"),
+        (json.dumps({"b64": {"data": png}}).encode(), "application/json; charset=utf-8"),
+        (json.dumps([{"data": png}] * 3).encode(), "application/json"),
+    ]
+
+
+@pytest.mark.parametrize("endpoint", ["predictions", "v2"])
+def test_hostile_json_structures_share_a_batch_with_good_images(
+    server, student, digits_splits, endpoint
+):
+    """Eight hostile JSON structures and eight good images in two full batches: every good image
+    is answered like in process, every hostile body gets its own precise 4xx JSON."""
+    name = f"structures-{endpoint}"
+    worker = _register(server, name, batch_size=8, delay_ms=3000)
+    goods = [format_variants(_digit(digits_splits, i))["png-gray8"] for i in range(8)]
+    bodies = [
+        item
+        for pair in zip([(g, "image/png") for g in goods], _hostile_json_bodies())
+        for item in pair
+    ]
+    path = f"predictions/{name}" if endpoint == "predictions" else f"v2/models/{name}/infer"
+    barrier = threading.Barrier(len(bodies))
+    answers: list = [None] * len(bodies)
+
+    def send(i: int) -> None:
+        body, content_type = bodies[i]
+        headers = {**server.headers(), **({"Content-Type": content_type} if content_type else {})}
+        barrier.wait()
+        answers[i] = requests.post(
+            f"{server.inference_url}/{path}", data=body, headers=headers, timeout=60
+        )
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    for i, answer in enumerate(answers):
+        if i % 2 == 0:
+            assert answer.status_code == 200, (i, answer.text)
+            assert next(iter(answer.json())) == _expected_label(student, bodies[i][0])
+        else:
+            assert 400 <= answer.status_code < 500, (i, answer.status_code, answer.text[:300])
+            error = answer.json()
+            assert error["code"] == answer.status_code and error["message"]
+            assert error["type"] != "UnreadableRequest", error  # a precise guard refused it
+    after = _worker(server, name)
+    assert (after["pid"], after["status"]) == (worker["pid"], "READY")
+    log = (server.log_dir / "model_metrics.log").read_text()
+    sizes = [
+        int(float(line.split("BatchSize.Count:")[1].split("|")[0]))
+        for line in log.splitlines()
+        if "BatchSize.Count:" in line and f"ModelName:{name}," in line
+    ]
+    assert sum(sizes) == 16 and max(sizes) > 2, sizes  # good and hostile shared batches

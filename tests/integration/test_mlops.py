@@ -216,6 +216,29 @@ def test_rest_and_grpc_clients_match_in_process(served, digits_splits, expected)
     )
 
 
+def test_grpc_keeps_hostile_bodies_to_their_own_request(served, digits_splits, expected):
+    """Over gRPC (which drops per-request HTTP codes) a hostile body sharing a batch with good
+    images is answered with its own error object; the good images get their predictions."""
+    from tests.integration.test_hostile_input import _hostile_json_bodies
+
+    hostile = [body for body, _ in _hostile_json_bodies()]
+    good = [encode_png(digits_splits.test[i][0]) for i in range(len(hostile))]
+    bodies = [b for pair in zip(good, hostile) for b in pair]
+    props = read_properties(served.config_file)
+    with (
+        GrpcClient(
+            f"127.0.0.1:{props['grpc_inference_port']}", None, served.keys()["inference"]
+        ) as client,
+        ThreadPoolExecutor(max_workers=len(bodies)) as pool,
+    ):
+        answers = list(pool.map(lambda body: client.predict("digits-v2", body), bodies))
+    for i, answer in enumerate(answers):
+        if i % 2 == 0:
+            assert next(iter(answer)) == expected[i // 2], answer
+        else:
+            assert 400 <= answer["code"] < 500 and answer["type"] != "UnreadableRequest", answer
+
+
 def _text(value) -> str:
     """A BYTES element as tritonclient returns it from a JSON response (str) or binary (bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from handlers.classification import request_bytes
 from handlers.imageprep import ImageLimits, InputError, PreprocessSpec, decode_image, preprocess
+from handlers.payloads import request_bytes
 
 SPEC = PreprocessSpec(image_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,))
 
