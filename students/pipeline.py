@@ -394,11 +394,12 @@ def build(
                 min_agreement=recipe.export.min_int8_agreement,
             )
             parity[role] = {
-                "max_abs_diff": report.max_abs_diff,
-                "top1_agreement": report.top1_agreement,
-                "against": "fp32 model it was converted from"
-                if reference is not None
-                else "eager model",
+                **report.to_dict(),
+                "against": "eager model"
+                if reference is None
+                else "fake-quantized QAT model it was converted from"
+                if recipe.quantize.mode == "qat"
+                else "fp32 model it was converted from",
             }
             accuracy[role] = evaluate(load_torchscript(dirs[role] / "model.pt"), test_loader)
             log(f"export: {role} -> model.pt, test accuracy {accuracy[role]:.4f}")

@@ -16,6 +16,8 @@ EXPECTED_FILES = {
     "distill_classifier.py",
     "classification.py",
     "imageprep.py",
+    "kserve_v2.py",
+    "payloads.py",
     "index_to_name.json",
     "model-config.yaml",
     "build-info.json",

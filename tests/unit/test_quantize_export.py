@@ -6,10 +6,18 @@ from torch import nn
 
 from students.data import make_loader, preprocess_spec
 from students.errors import ExportError, QuantizationError
-from students.export import export_torchscript, load_torchscript, top1_agreement
+from students.export import (
+    compare_top1,
+    export_torchscript,
+    load_torchscript,
+    output_step,
+    top1_agreement,
+)
 from students.quantize import check_engine, is_quantized, quantize_dynamic, quantize_static
 from students.recipe import DataConfig, QuantizeConfig
 from students.zoo import CifarResNet, TinyCNN
+
+pytestmark = pytest.mark.int8  # int8 results differ by CPU: also run under AVX2 kernels
 
 SPEC = preprocess_spec(DataConfig())
 
@@ -90,3 +98,28 @@ def test_export_refuses_a_model_that_disagrees_with_its_reference(tmp_path, digi
     with pytest.raises(ExportError, match="agreement"):
         export_torchscript(unrelated, path, torch.zeros(1, 1, 8, 8), loader, reference=reference)
     assert not path.exists()
+
+
+def test_output_step_is_the_int8_logit_resolution(digits_splits):
+    model = TinyCNN(num_classes=10).eval()
+    loader = make_loader(digits_splits.train, SPEC, 64)
+    int8 = quantize_static(model, loader, QuantizeConfig(calibration_batches=2))
+    x = next(iter(loader))[0][:4]
+    step = output_step(int8, x)
+    assert step > 0 and output_step(model, x) == 0.0
+    logits = int8(x)
+    gaps = (logits.flatten()[:, None] - logits.flatten()[None, :]) / step
+    assert torch.allclose(gaps, gaps.round(), atol=1e-3)  # logits sit on a grid of that step
+
+
+def test_near_ties_are_reported_not_judged_and_decisive_flips_count():
+    reference = torch.tensor([[2.0, 1.95, 0.0], [3.0, 0.0, 0.0], [0.0, 5.0, 1.0], [1.0, 1.0, 0.0]])
+    flipped_at_ties = torch.tensor([[1.9, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 5.0, 1.0], [0, 1.1, 0]])
+    batches = [(torch.zeros(4, 1), None)]
+    near = compare_top1(lambda _: flipped_at_ties, lambda _: reference, batches, tie_margin=0.25)
+    assert near.top1_agreement == 0.5 and near.decisive_samples == 2
+    assert near.decisive_agreement == 1.0
+    flipped_decisive = reference.clone()
+    flipped_decisive[2] = torch.tensor([0.0, 1.0, 5.0])
+    far = compare_top1(lambda _: flipped_decisive, lambda _: reference, batches, tie_margin=0.25)
+    assert far.decisive_agreement == 0.5 and far.top1_agreement == 0.75
