@@ -40,6 +40,7 @@ def run_ab(
         report["versions"][version] = {
             "accuracy": correct / len(items),
             "failures": run["failures"],
+            "retries": run["retries"],
             "p50_ms": round(run["p50_ms"], 3),
             "p99_ms": round(run["p99_ms"], 3),
             "throughput_rps": round(run["throughput_rps"], 2),
@@ -51,12 +52,14 @@ def run_ab(
 
 def format_ab(report: dict) -> str:
     header = (
-        f"{'version':<12}{'accuracy':>10}{'failures':>10}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}"
+        f"{'version':<12}{'accuracy':>10}{'failures':>10}{'retries':>9}{'p50 ms':>10}"
+        f"{'p99 ms':>10}{'req/s':>10}"
     )
     lines = [f"{report['model']}: {report['images']} labelled images", header, "-" * len(header)]
     for version, r in report["versions"].items():
         lines.append(
-            f"{version:<12}{r['accuracy']:>10.2%}{r['failures']:>10}{r['p50_ms']:>10.1f}"
+            f"{version:<12}{r['accuracy']:>10.2%}{r['failures']:>10}{r['retries']:>9}"
+            f"{r['p50_ms']:>10.1f}"
             f"{r['p99_ms']:>10.1f}{r['throughput_rps']:>10.1f}"
         )
     lines.append(f"agreement between versions: {report['agreement']:.2%}")

@@ -100,7 +100,6 @@ def _predict(args: argparse.Namespace) -> int:
     from scripts.rest import InferenceClient, read_key
     from scripts.server import read_properties
 
-    url = args.url or read_properties(args.config).get("inference_address", "http://127.0.0.1:8080")
     paths = []
     for item in args.images:
         path = Path(item)
@@ -116,18 +115,27 @@ def _predict(args: argparse.Namespace) -> int:
     token = None if args.no_token else read_key(key_file, "inference")
     images = [p.read_bytes() for p in paths]
     if args.grpc:
-        results = _predict_grpc(args, token, images)
+        results, stats = _predict_grpc(args, token, images)
     else:
+        url = args.url or read_properties(args.config).get(
+            "inference_address", "http://127.0.0.1:8080"
+        )
         client = InferenceClient(url, token, timeout=args.timeout)
         results = client.predict_many(args.model, images, args.concurrency, args.version)
+        stats = client.retry_stats
     failed = 0
     for path, result in zip(paths, results):
         print(json.dumps({"file": str(path), "status": result.status, "result": result.body}))
         failed += not result.ok
+    print(
+        f"{len(results)} images, {failed} failed; {stats.retries} retries "
+        f"({stats.retried_calls} requests retried)",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
-def _predict_grpc(args: argparse.Namespace, token: str | None, images: list[bytes]) -> list:
+def _predict_grpc(args: argparse.Namespace, token: str | None, images: list[bytes]) -> tuple:
     """gRPC Predictions; TorchServe drops per-request HTTP codes over gRPC, so a handler error
     object in the answer (it has ``code`` and ``message``) is reported as that status."""
     from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +144,11 @@ def _predict_grpc(args: argparse.Namespace, token: str | None, images: list[byte
     from scripts.rest import Prediction
     from scripts.server import read_properties
 
+    if not Path(args.config).is_file():
+        raise DistillServeError(
+            f"--grpc takes the gRPC address from the server's config, and {args.config} does "
+            "not exist: pass --config CONFIG.properties"
+        )
     props = read_properties(args.config)
     host = props.get("grpc_inference_address", "127.0.0.1")
     address = f"{host}:{props.get('grpc_inference_port', '7070')}"
@@ -149,11 +162,11 @@ def _predict_grpc(args: argparse.Namespace, token: str | None, images: list[byte
         GrpcClient(address, inference_token=token, timeout=args.timeout) as client,
         ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool,
     ):
-        return list(pool.map(lambda image: one(client, image), images))
+        return list(pool.map(lambda image: one(client, image), images)), client.retrier.stats
 
 
 def _load(args: argparse.Namespace) -> int:
-    from scripts.load import format_report, run_load
+    from scripts.load import NO_RETRY, format_report, run_load
     from scripts.rest import read_key
     from scripts.server import read_properties
 
@@ -186,9 +199,10 @@ def _load(args: argparse.Namespace) -> int:
         kill_worker_after_s=args.kill_worker_after,
         management_url=management,
         management_token=management_token,
+        retry=NO_RETRY if args.no_retry else None,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
-    return 1 if report.errors and args.kill_worker_after is None else 0
+    return 1 if report.errors and not args.no_retry else 0
 
 
 def _load_payloads(images: str | None) -> list[bytes]:
@@ -518,6 +532,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", help="path of key_file.json (overrides --run-dir)")
     p.add_argument("--management-url", help="management address (default: from --config)")
     p.add_argument("--no-token", action="store_true", help="send no Authorization header")
+    p.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="do not retry requests whose worker died (503/507) or whose connection broke",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_load)
 

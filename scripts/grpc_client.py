@@ -9,12 +9,17 @@ import grpc
 from students.errors import ServerError
 
 from .grpc_stubs import load_stubs
+from .retry import Retrier, RetryPolicy
 
 __all__ = ["GrpcClient"]
 
 
 class GrpcClient:
-    """Inference and management stubs on ``host:port`` addresses; tokens go in the metadata."""
+    """Inference and management stubs on ``host:port`` addresses; tokens go in the metadata.
+
+    ``predict`` is retried under ``retry`` when the server is UNAVAILABLE (TorchServe's 503)
+    or says "Worker died." (its 507, which reaches gRPC as INTERNAL); management calls are not.
+    """
 
     def __init__(
         self,
@@ -23,8 +28,10 @@ class GrpcClient:
         inference_token: str | None = None,
         management_token: str | None = None,
         timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.pb = load_stubs()
+        self.retrier = Retrier(retry or RetryPolicy())
         self.timeout = timeout
         self._channels = [grpc.insecure_channel(inference_address)]
         self.inference = self.pb.inference_pb2_grpc.InferenceAPIsServiceStub(self._channels[0])
@@ -51,7 +58,8 @@ class GrpcClient:
         try:
             return method(request, metadata=metadata, timeout=self.timeout)
         except grpc.RpcError as err:
-            raise ServerError(f"gRPC {err.code().name}: {err.details()}") from None
+            code = err.code().name
+            raise ServerError(f"gRPC {code}: {err.details()}", code=code) from None
 
     def ping(self) -> str:
         from google.protobuf import empty_pb2
@@ -63,7 +71,10 @@ class GrpcClient:
         request = self.pb.inference_pb2.PredictionsRequest(
             model_name=model, model_version=version or "", input={"data": image}
         )
-        response = self._rpc(self.inference.Predictions, request, self._inference_meta)
+        response = self.retrier.call(
+            lambda: self._rpc(self.inference.Predictions, request, self._inference_meta),
+            lambda _result, error: _worth_retrying(error),
+        )
         return json.loads(response.prediction)
 
     def _manage(self, name: str, **fields) -> dict | list | str:
@@ -100,6 +111,13 @@ class GrpcClient:
 
     def unregister(self, model: str, version: str) -> dict:
         return self._manage("UnregisterModel", model_name=model, model_version=version)
+
+
+def _worth_retrying(error: Exception | None) -> bool:
+    """UNAVAILABLE (503, or no connection), or INTERNAL from a worker that died (507)."""
+    if not isinstance(error, ServerError):
+        return False
+    return error.code == "UNAVAILABLE" or (error.code == "INTERNAL" and "Worker died" in str(error))
 
 
 def _metadata(token: str | None) -> tuple:

@@ -1,9 +1,11 @@
 """Bounded load and fault checks against a TorchServe on this machine (loopback only).
 
 ``run_load`` sends a fixed number of requests at a fixed concurrency and stops by itself at a time
-limit; it reports throughput, latency percentiles and errors by status. With ``kill_worker_after``
-it also kills one model worker process mid-run (a local process found through the management API)
-and reports how many requests failed and how long the model took to answer again.
+limit; it reports throughput, latency percentiles, errors by status as the client saw them after
+its retries (``InferenceClient``'s policy), and the retries made. With ``kill_worker_after`` it
+also kills one model worker process mid-run (a local process found through the management API)
+and reports how many requests failed after retries, how long the model took to answer again,
+and what the kill cost in p99/max latency.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import requests
 from students.errors import ServerError
 
 from .rest import InferenceClient
+from .retry import NO_RETRY, RetryPolicy
 
-__all__ = ["FaultReport", "LoadReport", "check_loopback", "format_report", "run_load"]
+__all__ = ["NO_RETRY", "FaultReport", "LoadReport", "check_loopback", "format_report", "run_load"]
 
 MAX_REQUESTS = 1_000_000
 
@@ -45,7 +48,7 @@ def check_loopback(url: str) -> None:
 
 @dataclass
 class FaultReport:
-    """What killing one worker mid-load cost."""
+    """What killing one worker mid-load cost, as the client saw it after its retries."""
 
     killed_pid: int
     killed_at_s: float
@@ -53,6 +56,8 @@ class FaultReport:
     failed_by_status: dict[str, int]
     recovery_s: float | None  # kill -> the model's first successful answer after it
     worker_ready_s: float | None  # kill -> the management API shows a READY worker again
+    latency_before_ms: dict[str, float] = field(default_factory=dict)  # answered before the kill
+    latency_affected_ms: dict[str, float] = field(default_factory=dict)  # in flight kill..ready
 
 
 @dataclass
@@ -69,6 +74,7 @@ class LoadReport:
     errors_by_status: dict[str, int]
     stopped_by_time_limit: bool
     fault: FaultReport | None = None
+    retries: dict = field(default_factory=dict)  # RetryStats of the run's client
     extra: dict = field(default_factory=dict)
 
     @property
@@ -110,8 +116,10 @@ def run_load(
     kill_worker_after_s: float | None = None,
     management_url: str | None = None,
     management_token: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> LoadReport:
-    """Send ``total`` requests (cycling through ``payloads``) with ``concurrency`` in flight."""
+    """Send ``total`` requests (cycling through ``payloads``) with ``concurrency`` in flight;
+    ``retry`` is the client's policy (its default retries; ``NO_RETRY`` shows every failure)."""
     check_loopback(url)
     if not payloads:
         raise ServerError("no payloads to send")
@@ -119,7 +127,9 @@ def run_load(
         raise ServerError(f"--requests must be between 1 and {MAX_REQUESTS}")
     if not 1 <= concurrency <= 256:
         raise ServerError("--concurrency must be between 1 and 256")
-    client = InferenceClient(url, token, timeout=min(60.0, time_limit_s), pool_size=concurrency)
+    client = InferenceClient(
+        url, token, timeout=min(60.0, time_limit_s), pool_size=concurrency, retry=retry
+    )
     deadline = time.monotonic() + time_limit_s
     counter = iter(range(total))
     lock = threading.Lock()
@@ -136,7 +146,7 @@ def run_load(
             try:
                 status = client.predict_raw(model, payloads[index % len(payloads)]).status
             except ServerError:
-                status = 0  # connection refused or reset
+                status = 0  # no answer: connection refused or reset, retries included
             done = time.monotonic()
             with lock:
                 results.append((sent - start, (done - sent) * 1000.0, status))
@@ -180,6 +190,7 @@ def run_load(
         errors_by_status=dict(errors),
         stopped_by_time_limit=len(results) < total,
         fault=fault,
+        retries={**client.retry_stats.to_dict(), "enabled": client.retrier.policy.attempts > 1},
     )
 
 
@@ -212,8 +223,18 @@ def _kill_one_worker(
         time.sleep(0.1)
 
 
+def _latency_summary(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "requests": len(ordered),
+        "p99": round(_percentile(ordered, 99), 3),
+        "max": round(ordered[-1], 3) if ordered else 0.0,
+    }
+
+
 def _fault_report(state: dict, results: list[tuple[float, float, int]]) -> FaultReport:
     killed_at = state["at"]
+    ready_at = state.get("ready", max((sent for sent, _, _ in results), default=killed_at))
     failed = Counter(
         str(status)
         for sent, ms, status in results
@@ -222,6 +243,10 @@ def _fault_report(state: dict, results: list[tuple[float, float, int]]) -> Fault
     answered_after = [
         sent + ms / 1000.0 for sent, ms, status in results if status == 200 and sent >= killed_at
     ]
+    before = [ms for sent, ms, _ in results if sent + ms / 1000.0 < killed_at]
+    affected = [
+        ms for sent, ms, _ in results if sent <= ready_at and sent + ms / 1000.0 >= killed_at
+    ]
     return FaultReport(
         killed_pid=state["pid"],
         killed_at_s=round(killed_at, 3),
@@ -229,6 +254,8 @@ def _fault_report(state: dict, results: list[tuple[float, float, int]]) -> Fault
         failed_by_status=dict(failed),
         recovery_s=round(min(answered_after) - killed_at, 3) if answered_after else None,
         worker_ready_s=round(state["ready"] - killed_at, 3) if "ready" in state else None,
+        latency_before_ms=_latency_summary(before),
+        latency_affected_ms=_latency_summary(affected),
     )
 
 
@@ -244,13 +271,35 @@ def format_report(report: LoadReport) -> str:
         f"p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f}",
         f"errors by status: {errors}",
     ]
+    retries = report.retries or {}
+    if retries.get("retries"):
+        lines.append(
+            f"retries: {retries['retries']} for {retries['retried_calls']} requests "
+            f"({retries['recovered_calls']} answered on a retry"
+            + (
+                f", {retries['budget_refusals']} refused by the retry budget"
+                if retries.get("budget_refusals")
+                else ""
+            )
+            + ")"
+        )
+    elif retries:
+        lines.append("retries: none needed" if retries.get("enabled") else "retries: off")
     if report.fault:
         f = report.fault
         recovery = "never" if f.recovery_s is None else f"{f.recovery_s:.2f} s"
         ready = "never" if f.worker_ready_s is None else f"{f.worker_ready_s:.2f} s"
+        before, hit = f.latency_before_ms, f.latency_affected_ms
         lines.append(
             f"fault: killed worker pid {f.killed_pid} at {f.killed_at_s:.2f} s; "
-            f"{f.failed_requests} requests failed {f.failed_by_status or ''}; "
-            f"first answer after {recovery}, new worker ready after {ready}"
+            f"{f.failed_requests} requests failed"
+            + (" after retries" if retries.get("enabled") else "")
+            + (f" {f.failed_by_status}" if f.failed_by_status else "")
+            + f"; first answer after {recovery}, new worker ready after {ready}"
+        )
+        lines.append(
+            f"fault cost: latency ms p99 {before['p99']:.1f} / max {before['max']:.1f} before "
+            f"the kill; p99 {hit['p99']:.1f} / max {hit['max']:.1f} for the {hit['requests']} "
+            f"requests in flight from the kill until the new worker was ready"
         )
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from pathlib import Path
 import requests
 import requests.adapters
 
-from students.errors import ServerError
+from students.errors import ConnectionFailed, ServerError
+
+from .retry import Retrier, RetryPolicy
 
 __all__ = ["InferenceClient", "Prediction", "read_key", "send", "timed_predictions"]
 
@@ -22,11 +25,14 @@ def send(
     session: requests.Session, method: str, url: str, base_url: str, **kwargs
 ) -> tuple[int, dict | list]:
     """One HTTP call: ``(status, decoded JSON body)``; a non-JSON body becomes
-    ``{"message": text}``, and an unreachable server a ``ServerError``."""
+    ``{"message": text}``, a server that cannot be reached or drops the connection a
+    ``ConnectionFailed``, any other transport failure (a timeout) a ``ServerError``."""
     try:
         response = session.request(method, url, **kwargs)
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+        raise ConnectionFailed(f"cannot reach {base_url}: {err}") from None
     except requests.RequestException as err:
-        raise ServerError(f"cannot reach {base_url}: {err}") from None
+        raise ServerError(f"{base_url}: {err}") from None
     try:
         return response.status_code, response.json()
     except ValueError:
@@ -63,10 +69,20 @@ class Prediction:
 
 
 class InferenceClient:
-    """``POST /predictions/{model}[/{version}]`` with raw image bytes."""
+    """``POST /predictions/{model}[/{version}]`` with raw image bytes.
+
+    A request whose worker died (503/507) or whose connection broke is sent again under
+    ``retry`` (bounded exponential backoff with jitter, within a retry budget); ``retry_stats``
+    says how often that happened. Pass ``NO_RETRY`` to see every failure.
+    """
 
     def __init__(
-        self, base_url: str, token: str | None = None, timeout: float = 60.0, pool_size: int = 64
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        pool_size: int = 64,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -76,22 +92,39 @@ class InferenceClient:
         self.session.mount("https://", adapter)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        self.retrier = Retrier(retry or RetryPolicy())
+
+    @property
+    def retry_stats(self):
+        return self.retrier.stats
 
     def _url(self, model: str, version: str | None) -> str:
         return f"{self.base_url}/predictions/{model}" + (f"/{version}" if version else "")
 
     def predict_raw(self, model: str, image: bytes, version: str | None = None) -> Prediction:
-        """Send one image; returns the status and JSON body whatever the status."""
-        status, body = send(
-            self.session,
-            "POST",
-            self._url(model, version),
-            self.base_url,
-            data=image,
-            headers={"Content-Type": "application/octet-stream"},
-            timeout=self.timeout,
-        )
-        return Prediction(status, body if isinstance(body, dict) else {"value": body})
+        """Send one image (retrying as the policy allows); the last status and JSON body,
+        whatever the status. Raises ``ServerError`` when no answer came at all."""
+        url = self._url(model, version)
+        retry_statuses = self.retrier.policy.retry_statuses
+
+        def attempt() -> Prediction:
+            status, body = send(
+                self.session,
+                "POST",
+                url,
+                self.base_url,
+                data=image,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=self.timeout,
+            )
+            return Prediction(status, body if isinstance(body, dict) else {"value": body})
+
+        def failed(result: Prediction | None, error: Exception | None) -> bool:
+            if error is not None:
+                return isinstance(error, ConnectionFailed)
+            return result.status in retry_statuses
+
+        return self.retrier.call(attempt, failed)
 
     def predict(self, model: str, image: bytes, version: str | None = None) -> dict[str, float]:
         """Send one image; returns ``{label: probability}`` or raises ``ServerError``."""
@@ -129,13 +162,19 @@ def timed_predictions(
     version: str | None = None,
 ) -> dict:
     """Send every payload with ``concurrency`` in flight; top-1 labels (``None`` for a failed
-    request) in input order, the failure count, latency percentiles and throughput."""
+    request) in input order, the failure count (after retries), the retries made, latency
+    percentiles and throughput."""
 
     def one(payload: bytes) -> tuple[float, str | None, int]:
         start = time.perf_counter()
-        result = client.predict_raw(model, payload, version)
-        return (time.perf_counter() - start) * 1000.0, result.top1, result.status
+        try:
+            result = client.predict_raw(model, payload, version)
+            top1, status = result.top1, result.status
+        except ServerError:
+            top1, status = None, 0  # no answer at all, retries included
+        return (time.perf_counter() - start) * 1000.0, top1, status
 
+    retries_before = client.retry_stats.retries
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         answers = list(pool.map(one, payloads))
@@ -144,6 +183,8 @@ def timed_predictions(
     return {
         "labels": [label for _, label, _ in answers],
         "failures": sum(status != 200 for _, _, status in answers),
+        "statuses": dict(Counter(str(status) for _, _, status in answers if status != 200)),
+        "retries": client.retry_stats.retries - retries_before,
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "throughput_rps": len(payloads) / wall,

@@ -68,7 +68,7 @@ def read_properties(path: str | Path) -> dict[str, str]:
     """A Java-style ``key=value`` properties file as a dict (comments and blanks skipped)."""
     path = Path(path)
     if not path.is_file():
-        raise ServerError(f"config file not found: {path}")
+        raise ServerError(f"config file not found: {path} (pass --config PATH)")
     props, pending = {}, ""
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -233,6 +233,24 @@ class TorchServe:
         """The Authorization header for ``role``; none when token authorization is off."""
         return {"Authorization": f"Bearer {self.keys()[role]}"} if self.token_auth else {}
 
+    def startup_archives(self) -> list[str]:
+        """The archive files ``load_models`` and ``models=`` name (``all`` names none: it loads
+        whatever the store holds)."""
+        names: list[str] = []
+        for entry in self.props.get("load_models", "").split(","):
+            entry = entry.strip()
+            if entry and entry not in ("all", "ALL", "standalone"):
+                names.append(entry.split("=", 1)[-1])  # NAME=FILE.mar or FILE.mar
+        try:
+            models = json.loads(self.props.get("models") or "{}")
+        except ValueError:
+            raise ServerError(f"{self.config_file.name}: models= is not valid JSON") from None
+        for versions in models.values() if isinstance(models, dict) else []:
+            for spec in versions.values() if isinstance(versions, dict) else []:
+                if isinstance(spec, dict) and spec.get("marName"):
+                    names.append(spec["marName"])
+        return list(dict.fromkeys(n for n in names if "://" not in n))
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 180.0, models: list[str] | None = None) -> None:
         """Start TorchServe and wait until it is healthy and every model has a ready worker."""
@@ -245,6 +263,15 @@ class TorchServe:
             )
         if not self.model_store.is_dir():
             raise ServerError(f"model store not found: {self.model_store}")
+        missing = [
+            name for name in self.startup_archives() if not (self.model_store / name).exists()
+        ]
+        if missing:
+            raise ServerError(
+                f"{self.config_file.name} loads {', '.join(missing)} at start, but "
+                f"{self.model_store} has no such archive: build it (distillserve archive) or "
+                "remove it from load_models/models="
+            )
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise ServerError("java not found: TorchServe needs Java 17 on PATH or JAVA_HOME")
         for directory in (self.run_dir, self.tmp_dir, self.log_dir):

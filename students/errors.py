@@ -7,12 +7,14 @@ DistillServeError
  ├── ExportError        TorchScript export or its parity check failed
  ├── ArchiveError       an artifact directory or archive is incomplete or inconsistent
  └── ServerError        TorchServe could not be started, stopped or reached, or refused a call
+      └── ConnectionFailed   the server could not be reached, or dropped the connection
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ArchiveError",
+    "ConnectionFailed",
     "DataError",
     "DistillServeError",
     "ExportError",
@@ -52,8 +54,14 @@ class ArchiveError(DistillServeError):
 
 
 class ServerError(DistillServeError):
-    """TorchServe failed to start or stop, or answered a request with an error."""
+    """TorchServe failed to start or stop, or answered a request with an error: ``status`` is
+    the HTTP status, ``code`` the gRPC status name, when there was one."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
         self.status = status
+        self.code = code
         super().__init__(message)
+
+
+class ConnectionFailed(ServerError):
+    """The server could not be reached, or the connection broke before an answer arrived."""

@@ -56,3 +56,30 @@ def test_bad_recipe_key_from_the_command_line(tmp_path):
         f"distillserve build: error: recipe key 'quantize.engine': 'fbgemmm' is not one of: "
         f"x86, fbgemm, qnnpack, onednn (in {recipe})"
     ]
+
+
+def test_serve_start_refuses_a_startup_archive_the_store_lacks(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "present.mar").write_bytes(b"")
+    config = tmp_path / "c.properties"
+    config.write_text(
+        f"model_store={store}\nload_models=present.mar,absent.mar\n"
+        'models={"m": {"1.0": {"marName": "gone.mar"}}}\n'
+    )
+    result = _run("serve", "start", "--config", str(config), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "absent.mar, gone.mar" in line and "no such archive" in line
+    assert "present.mar" not in line
+
+
+def test_predict_over_grpc_without_a_config_names_the_flag(tmp_path):
+    image = tmp_path / "x.png"
+    image.write_bytes(b"x")
+    result = _run(
+        "predict", "m", str(image), "--grpc", "--no-token", "--config", str(tmp_path / "no.conf")
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--config" in line and "gRPC" in line
