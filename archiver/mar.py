@@ -24,11 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from handlers.classification import HandlerSettings, sha256_file
-from students.errors import ArchiveError, RecipeError
-from students.recipe import ArchiveConfig
-
-from .registry import Registry
+from distillserve.archiver.registry import Registry
+from distillserve.errors import ArchiveError, RecipeError
+from distillserve.handlers.classification import HandlerSettings, sha256_file
+from distillserve.students.recipe import ArchiveConfig
 
 __all__ = [
     "ARTIFACT_FILES",

@@ -27,9 +27,19 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 try:  # inside this repository
-    from .classification import HandlerSettings, thread_count, topk_answers, verify_checksum
+    from .classification import (
+        HandlerSettings,
+        thread_count,
+        topk_answers,
+        verify_checksum,
+    )
     from .imageprep import InputError, decode_image, preprocess
-    from .kserve_v2 import parse_v2_inputs, v2_payload, v2_request_id, v2_response
+    from .kserve_v2 import (
+        parse_v2_inputs,
+        v2_payload,
+        v2_request_id,
+        v2_response,
+    )
     from .payloads import body_of, content_type_of, request_bytes
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     from classification import HandlerSettings, thread_count, topk_answers, verify_checksum

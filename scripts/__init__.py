@@ -1,2 +1,1 @@
-"""Command-line entry points (``distillserve``) and the small libraries they front:
-server control, the REST client, and the demo."""
+"""The ``distillserve`` command line (one thin front end per verb) and the demo."""

@@ -16,14 +16,14 @@ warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
 
-from students.errors import DistillServeError  # noqa: E402
+from distillserve.errors import DistillServeError  # noqa: E402
 
 __all__ = ["get_parser", "main"]
 
 
 def _build(args: argparse.Namespace) -> int:
-    from students.pipeline import build
-    from students.recipe import load_recipe
+    from distillserve.students.pipeline import build
+    from distillserve.students.recipe import load_recipe
 
     cache = None if args.no_teacher_cache else args.teacher_cache
     result = build(load_recipe(args.recipe), args.out, teacher_cache_dir=cache)
@@ -34,7 +34,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from scripts.compare import run_compare
+    from distillserve.bench.compare import run_compare
 
     cache = None if args.no_teacher_cache else args.teacher_cache
     report = run_compare(args.recipes, args.out, teacher_cache_dir=cache)
@@ -47,8 +47,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from scripts.bench import run_bench
-    from scripts.bench_report import update_readme
+    from distillserve.bench.report import update_readme
+    from distillserve.bench.run import run_bench
 
     path = run_bench(quick=args.quick, out=args.out, recipe_path=args.recipe, work=args.work)
     summary = path.with_suffix(".md").read_text()
@@ -60,7 +60,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    from archiver import build_archive
+    from distillserve.archiver import build_archive
 
     result = build_archive(
         args.artifact_dir,
@@ -74,7 +74,7 @@ def _archive(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from scripts.server import TorchServe
+    from distillserve.serving.server import TorchServe
 
     server = TorchServe(args.config, args.run_dir, args.model_store)
     if args.action == "start":
@@ -97,8 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from scripts.rest import InferenceClient, read_key
-    from scripts.server import read_properties
+    from distillserve.serving.rest import InferenceClient, read_key
+    from distillserve.serving.server import read_properties
 
     paths = []
     for item in args.images:
@@ -140,9 +140,9 @@ def _predict_grpc(args: argparse.Namespace, token: str | None, images: list[byte
     object in the answer (it has ``code`` and ``message``) is reported as that status."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from scripts.grpc_client import GrpcClient
-    from scripts.rest import Prediction
-    from scripts.server import read_properties
+    from distillserve.serving.grpc_client import GrpcClient
+    from distillserve.serving.rest import Prediction
+    from distillserve.serving.server import read_properties
 
     if not Path(args.config).is_file():
         raise DistillServeError(
@@ -166,9 +166,9 @@ def _predict_grpc(args: argparse.Namespace, token: str | None, images: list[byte
 
 
 def _load(args: argparse.Namespace) -> int:
-    from scripts.load import NO_RETRY, format_report, run_load
-    from scripts.rest import read_key
-    from scripts.server import read_properties
+    from distillserve.serving.load import NO_RETRY, format_report, run_load
+    from distillserve.serving.rest import read_key
+    from distillserve.serving.server import read_properties
 
     if args.target.startswith(("http://", "https://")):
         base, _, model = args.target.rstrip("/").partition("/predictions/")
@@ -213,9 +213,9 @@ def _load_payloads(images: str | None) -> list[bytes]:
         if not files:
             raise DistillServeError(f"no image files in {folder}")
         return [p.read_bytes() for p in files]
-    from scripts.demo import encode_png
-    from students.data import load_splits
-    from students.recipe import DataConfig
+    from distillserve.scripts.demo import encode_png
+    from distillserve.students.data import load_splits
+    from distillserve.students.recipe import DataConfig
 
     test = load_splits(DataConfig(), seed=0).test
     return [encode_png(test[i][0]) for i in range(len(test))]
@@ -230,9 +230,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 
 
 def _management(args: argparse.Namespace):
-    from scripts.management import ManagementClient
-    from scripts.rest import read_key
-    from scripts.server import read_properties
+    from distillserve.serving.management import ManagementClient
+    from distillserve.serving.rest import read_key
+    from distillserve.serving.server import read_properties
 
     props = read_properties(args.config)
     key_file = args.key_file or Path(args.run_dir) / "key_file.json"
@@ -246,7 +246,7 @@ def _management(args: argparse.Namespace):
 
 
 def _register(args: argparse.Namespace) -> int:
-    from scripts.versions import register_archive
+    from distillserve.serving.versions import register_archive
 
     client, store = _management(args)
     result = register_archive(
@@ -264,7 +264,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _set_default(args: argparse.Namespace) -> int:
-    from scripts.versions import set_default
+    from distillserve.serving.versions import set_default
 
     client, store = _management(args)
     set_default(client, store, args.model, args.version)
@@ -280,7 +280,7 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def _unregister(args: argparse.Namespace) -> int:
-    from scripts.versions import unregister
+    from distillserve.serving.versions import unregister
 
     client, store = _management(args)
     unregister(client, store, args.model, args.version)
@@ -289,7 +289,7 @@ def _unregister(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from scripts.versions import rollback
+    from distillserve.serving.versions import rollback
 
     client, store = _management(args)
     retired, restored = rollback(client, store, args.model)
@@ -319,16 +319,16 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from archiver import Registry
+    from distillserve.archiver import Registry
 
     print(Registry(args.model_store).table())
     return 0
 
 
 def _ab(args: argparse.Namespace) -> int:
-    from scripts.ab import format_ab, run_ab
-    from scripts.rest import InferenceClient, read_key
-    from scripts.server import read_properties
+    from distillserve.serving.ab import format_ab, run_ab
+    from distillserve.serving.rest import InferenceClient, read_key
+    from distillserve.serving.server import read_properties
 
     url = args.url or read_properties(args.config).get("inference_address", "http://127.0.0.1:8080")
     key_file = args.key_file or Path(args.run_dir) / "key_file.json"
@@ -339,7 +339,7 @@ def _ab(args: argparse.Namespace) -> int:
 
 
 def _export_kserve(args: argparse.Namespace) -> int:
-    from scripts.kserve import export_kserve
+    from distillserve.archiver.kserve import export_kserve
 
     out = export_kserve(
         [Path(m) for m in args.mars],
@@ -354,7 +354,7 @@ def _export_kserve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from scripts.demo import run_demo
+    from distillserve.scripts.demo import run_demo
 
     run_demo(args.recipe, args.config, args.out, args.model_store, args.concurrency)
     return 0

@@ -13,15 +13,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from archiver import build_archive
-from students.data import load_splits, make_loader, preprocess_spec
-from students.distill import predict
-from students.export import load_torchscript
-from students.pipeline import build
-from students.recipe import load_recipe
-
-from .rest import InferenceClient, timed_predictions
-from .server import TorchServe
+from distillserve.archiver import build_archive
+from distillserve.serving.rest import InferenceClient, timed_predictions
+from distillserve.serving.server import TorchServe
+from distillserve.students.data import load_splits, make_loader, preprocess_spec
+from distillserve.students.distill import predict
+from distillserve.students.export import load_torchscript
+from distillserve.students.pipeline import build
+from distillserve.students.recipe import load_recipe
 
 __all__ = ["encode_png", "format_table", "run_demo"]
 

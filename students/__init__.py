@@ -1,7 +1,5 @@
-"""Turn a big image model into a small, fast student: data, zoo, distill, quantize, export.
+"""Turn a big image model into a small, fast student: data, zoo, distill, prune, quantize, export.
 
 Pure PyTorch: nothing here imports TorchServe. Submodules are imported on demand so that
-``import students`` stays cheap.
+``import distillserve.students`` stays cheap.
 """
-
-__version__ = "0.1.0"

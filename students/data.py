@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from handlers.imageprep import InputError, PreprocessSpec, decode_image, preprocess
-
-from .errors import DataError
-from .recipe import DataConfig
+from distillserve.errors import DataError
+from distillserve.handlers.imageprep import InputError, PreprocessSpec, decode_image, preprocess
+from distillserve.students.recipe import DataConfig
 
 __all__ = [
     "ImageFiles",

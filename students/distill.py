@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import augment_affine
+from distillserve.students.data import augment_affine
 
 __all__ = ["TrainResult", "evaluate", "kd_loss", "predict", "soft_targets", "train"]
 

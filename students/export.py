@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ExportError
-from .quantize import is_quantized
+from distillserve.errors import ExportError
+from distillserve.students.quantize import is_quantized
 
 __all__ = [
     "ParityReport",

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import RecipeError
+from distillserve.errors import RecipeError
 
 __all__ = ["FeatureHooks", "FeatureKD"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .errors import RecipeError
+from distillserve.errors import RecipeError
 
 __all__ = ["FINETUNE_MODES", "blocks_from_top", "make_trainable"]
 

@@ -21,10 +21,15 @@ from torch import nn
 from torch.ao.nn.intrinsic import _FusedModule
 from torch.ao.quantization import DeQuantStub, QuantStub
 
-from .distill import evaluate
-from .errors import QuantizationError
-from .quantize import calibrate_and_convert, check_engine, fused_copy, require_quant_stub
-from .recipe import QuantizeConfig
+from distillserve.errors import QuantizationError
+from distillserve.students.distill import evaluate
+from distillserve.students.quantize import (
+    calibrate_and_convert,
+    check_engine,
+    fused_copy,
+    require_quant_stub,
+)
+from distillserve.students.recipe import QuantizeConfig
 
 __all__ = ["MixedPrecisionReport", "quantizable_layers", "quantize_mixed", "quantize_with_fp32"]
 

@@ -26,22 +26,34 @@ import torch
 import yaml
 from torch import nn
 
-from handlers.classification import thread_count
-
-from . import __version__, teacher_cache
-from .data import Splits, labelled_fraction, load_splits, make_loader, preprocess_spec
-from .distill import evaluate, train
-from .errors import RecipeError
-from .export import export_torchscript, load_torchscript
-from .features import FeatureKD
-from .finetune import make_trainable
-from .measure import latency_ms, threads
-from .mixed_precision import quantize_mixed
-from .prune import channel_prune, channel_widths, l1_unstructured, make_permanent, sparsity
-from .quantize import check_engine, quantize, quantize_qat
-from .recipe import Recipe, TeacherConfig
-from .schedules import make_schedule
-from .zoo import Ensemble, build_model, count_parameters
+from distillserve import __version__
+from distillserve.errors import RecipeError
+from distillserve.handlers.classification import thread_count
+from distillserve.students import teacher_cache
+from distillserve.students.data import (
+    Splits,
+    labelled_fraction,
+    load_splits,
+    make_loader,
+    preprocess_spec,
+)
+from distillserve.students.distill import evaluate, train
+from distillserve.students.export import export_torchscript, load_torchscript
+from distillserve.students.features import FeatureKD
+from distillserve.students.finetune import make_trainable
+from distillserve.students.measure import latency_ms, threads
+from distillserve.students.mixed_precision import quantize_mixed
+from distillserve.students.prune import (
+    channel_prune,
+    channel_widths,
+    l1_unstructured,
+    make_permanent,
+    sparsity,
+)
+from distillserve.students.quantize import check_engine, quantize, quantize_qat
+from distillserve.students.recipe import Recipe, TeacherConfig
+from distillserve.students.schedules import make_schedule
+from distillserve.students.zoo import Ensemble, build_model, count_parameters
 
 __all__ = ["Artifact", "BuildResult", "build", "load_teacher"]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .errors import RecipeError
+from distillserve.errors import RecipeError
 
 __all__ = [
     "CRITERIA",

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import QuantizationError
-from .recipe import QuantizeConfig
+from distillserve.errors import QuantizationError
+from distillserve.students.recipe import QuantizeConfig
 
 __all__ = [
     "calibrate_and_convert",
@@ -150,7 +150,7 @@ def quantize_qat(
     one) at a small learning rate, freezes BatchNorm statistics and observers for the last epoch
     (when ``epochs`` > 1), and converts. Needs a quantization-ready model, like static PTQ.
     """
-    from .distill import train
+    from distillserve.students.distill import train
 
     check_engine(config.engine)
     require_quant_stub(model, "QAT")

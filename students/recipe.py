@@ -16,9 +16,8 @@ from typing import Any, ClassVar
 
 import yaml
 
-from handlers.classification import QUANTIZED_ENGINES
-
-from .errors import RecipeError
+from distillserve.errors import RecipeError
+from distillserve.handlers.classification import QUANTIZED_ENGINES
 
 __all__ = [
     "ArchiveConfig",
@@ -188,7 +187,7 @@ class ModelConfig(_Section):
     def __post_init__(self) -> None:
         if self.checkpoint and not Path(self.checkpoint).is_file():
             raise RecipeError(f"{self.SECTION}.checkpoint", f"file not found: {self.checkpoint}")
-        from .zoo import MODELS  # local import: zoo imports torch
+        from distillserve.students.zoo import MODELS  # local import: zoo imports torch
 
         if self.arch not in MODELS:
             raise RecipeError(
@@ -261,7 +260,7 @@ class StageConfig(_Section):
     epochs: int | None = None
 
     def __post_init__(self) -> None:
-        from .zoo import MODELS
+        from distillserve.students.zoo import MODELS
 
         if self.arch not in MODELS:
             raise RecipeError(
@@ -293,8 +292,8 @@ class DistillConfig(_Section):
     label_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        from .finetune import FINETUNE_MODES
-        from .schedules import make_schedule
+        from distillserve.students.finetune import FINETUNE_MODES
+        from distillserve.students.schedules import make_schedule
 
         _at_least("distill.patience", self.patience, 0)
         make_schedule(self.alpha_schedule, self.alpha, "distill.alpha_schedule")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .errors import RecipeError
+from distillserve.errors import RecipeError
 
 __all__ = ["SCHEDULES", "make_schedule"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
-from .recipe import Recipe
+from distillserve import __version__
+from distillserve.students.recipe import Recipe
 
 __all__ = ["cache_key", "load_members", "save_members"]
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
 
-from .errors import RecipeError
+from distillserve.errors import RecipeError
 
 __all__ = ["MODELS", "CifarResNet", "Ensemble", "TinyCNN", "build_model", "count_parameters"]
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from scripts.bench_report import BEGIN, END
-from scripts.cli import main
+from distillserve.bench.report import BEGIN, END
+from distillserve.scripts.cli import main
 
 pytestmark = pytest.mark.slow
 

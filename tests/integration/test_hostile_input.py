@@ -14,12 +14,12 @@ import requests
 import torch
 from PIL import Image
 
-from handlers.imageprep import decode_image, preprocess
-from scripts.server import ServerConfig, TorchServe
-from students.data import preprocess_spec
-from students.export import load_torchscript
-from students.recipe import DataConfig
-from tests.conftest import register
+from distillserve.handlers.imageprep import decode_image, preprocess
+from distillserve.serving.server import ServerConfig, TorchServe
+from distillserve.students.data import preprocess_spec
+from distillserve.students.export import load_torchscript
+from distillserve.students.recipe import DataConfig
+from tests.helpers import register
 from tests.images import format_variants, pixel_bomb_png, save
 
 pytestmark = pytest.mark.slow

@@ -17,16 +17,16 @@ import pytest
 import requests
 import yaml
 
-from archiver import build_archive
-from scripts.demo import encode_png
-from scripts.grpc_client import GrpcClient
-from scripts.rest import InferenceClient
-from scripts.server import TorchServe, free_port, read_properties, write_properties
-from students.data import make_loader, preprocess_spec
-from students.distill import predict
-from students.export import load_torchscript
-from students.recipe import DataConfig
-from tests.conftest import ROOT, register, shipped_profile
+from distillserve.archiver import build_archive
+from distillserve.scripts.demo import encode_png
+from distillserve.serving.grpc_client import GrpcClient
+from distillserve.serving.rest import InferenceClient
+from distillserve.serving.server import TorchServe, free_port, read_properties, write_properties
+from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.distill import predict
+from distillserve.students.export import load_torchscript
+from distillserve.students.recipe import DataConfig
+from tests.helpers import ROOT, register, shipped_profile
 
 pytestmark = pytest.mark.slow
 SPEC = preprocess_spec(DataConfig())
@@ -69,7 +69,7 @@ def _cli(ts: TorchServe, *args: str) -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "scripts.cli",
+            "distillserve.scripts.cli",
             *args,
             "--config",
             str(ts.config_file),
@@ -145,7 +145,7 @@ def test_versions_register_switch_rollback_scale_unregister(server, store, tmp_p
     assert described["minWorkers"] == 2 and len(described["workers"]) == 2
 
     models = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", "models", "--model-store", str(store)],
+        [sys.executable, "-m", "distillserve.scripts.cli", "models", "--model-store", str(store)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -303,7 +303,7 @@ def test_export_kserve_layout_manifests_and_real_start(store, tmp_path, digits_s
         [
             sys.executable,
             "-m",
-            "scripts.cli",
+            "distillserve.scripts.cli",
             "export-kserve",
             str(store / "digits-student.mar"),
             str(store / "digits-student-2.0.mar"),

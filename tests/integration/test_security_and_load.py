@@ -12,9 +12,9 @@ import psutil
 import pytest
 import requests
 
-from scripts.load import run_load
-from scripts.server import read_properties
-from tests.conftest import ROOT, register, shipped_profile
+from distillserve.serving.load import run_load
+from distillserve.serving.server import read_properties
+from tests.helpers import ROOT, register, shipped_profile
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_load_command_reports_zero_errors(loaded_server):
         [
             sys.executable,
             "-m",
-            "scripts.cli",
+            "distillserve.scripts.cli",
             "load",
             "digits-student",
             "--requests",
@@ -134,7 +134,7 @@ def test_load_command_reports_zero_errors(loaded_server):
 
 
 def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_splits):
-    from scripts.demo import encode_png
+    from distillserve.scripts.demo import encode_png
 
     ts = loaded_server
     payloads = [encode_png(digits_splits.test[i][0]) for i in range(50)]
@@ -170,7 +170,7 @@ def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_
 
 
 def test_load_refuses_non_loopback_targets():
-    from students.errors import ServerError
+    from distillserve.errors import ServerError
 
     with pytest.raises(ServerError, match="loopback"):
         run_load("http://192.0.2.1:8080", "m", [b"x"], total=1, concurrency=1)

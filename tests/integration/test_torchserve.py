@@ -9,13 +9,13 @@ import time
 import pytest
 import requests
 
-from scripts.demo import encode_png
-from scripts.rest import InferenceClient
-from scripts.server import ServerConfig, TorchServe
-from students.data import make_loader, preprocess_spec
-from students.export import load_torchscript
-from students.recipe import DataConfig
-from tests.conftest import register
+from distillserve.scripts.demo import encode_png
+from distillserve.serving.rest import InferenceClient
+from distillserve.serving.server import ServerConfig, TorchServe
+from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.export import load_torchscript
+from distillserve.students.recipe import DataConfig
+from tests.helpers import register
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import yaml
 
-from archiver import build_archive
-from students.errors import ArchiveError
+from distillserve.archiver import build_archive
+from distillserve.errors import ArchiveError
 
 EXPECTED_FILES = {
     "model.pt",

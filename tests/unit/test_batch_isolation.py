@@ -20,12 +20,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers.distill_classifier import DistillClassifierHandler
-from scripts.demo import encode_png
-from students.data import make_loader, preprocess_spec
-from students.export import load_torchscript
-from students.recipe import DataConfig
-from tests.conftest import handle, handler_context
+from distillserve.handlers.distill_classifier import DistillClassifierHandler
+from distillserve.scripts.demo import encode_png
+from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.export import load_torchscript
+from distillserve.students.recipe import DataConfig
+from tests.helpers import handle, handler_context
 
 BATCH = 8
 CONTENT_TYPES = [
@@ -280,7 +280,7 @@ def test_a_batch_of_good_and_arbitrary_requests_answers_each_on_its_own(
 def test_the_safety_net_keeps_an_unforeseen_error_to_its_request(served, good, monkeypatch, caplog):
     """A decoding step that raises something unexpected fails its request (400, logged with the
     traceback), never its neighbours."""
-    import handlers.distill_classifier as module
+    import distillserve.handlers.distill_classifier as module
 
     handler, ctx = served
     real = module.decode_image

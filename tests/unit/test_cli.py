@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 VERBS = ["build", "archive", "serve", "predict", "demo"]
 
 
 def _run(*args):
     return subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args],
+        [sys.executable, "-m", "distillserve.scripts.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

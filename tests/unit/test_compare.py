@@ -5,11 +5,11 @@ import json
 import pytest
 import yaml
 
-from scripts.cli import main
-from scripts.compare import pareto_front
-from students.errors import RecipeError
-from students.recipe import load_recipe
-from tests.conftest import DIGITS_RECIPE, small_recipe_dict
+from distillserve.bench.compare import pareto_front
+from distillserve.errors import RecipeError
+from distillserve.scripts.cli import main
+from distillserve.students.recipe import load_recipe
+from tests.helpers import DIGITS_RECIPE, small_recipe_dict
 
 
 def _tiny(tmp_path, name: str, **sections) -> str:
@@ -84,7 +84,7 @@ def test_pareto_front_keeps_only_undominated_rows():
 
 
 def test_teacher_cache_is_reused_only_when_the_teacher_would_train_the_same(tmp_path):
-    from students.pipeline import build
+    from distillserve.students.pipeline import build
 
     first, cache = load_recipe(_tiny(tmp_path, "one")), tmp_path / "cache"
     logs: list[str] = []

@@ -7,18 +7,18 @@ import shutil
 import pytest
 import torch
 
-from archiver import build_archive
-from scripts.demo import encode_png
-from students.data import make_loader, preprocess_spec
-from students.distill import evaluate
-from students.errors import QuantizationError, RecipeError
-from students.export import export_torchscript
-from students.mixed_precision import quantize_mixed
-from students.prune import channel_prune, l1_unstructured, sparsity
-from students.quantize import quantize_qat, quantize_static
-from students.recipe import DataConfig, QuantizeConfig
-from students.zoo import CifarResNet, count_parameters
-from tests.conftest import handle, load_handler
+from distillserve.archiver import build_archive
+from distillserve.errors import QuantizationError, RecipeError
+from distillserve.scripts.demo import encode_png
+from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.distill import evaluate
+from distillserve.students.export import export_torchscript
+from distillserve.students.mixed_precision import quantize_mixed
+from distillserve.students.prune import channel_prune, l1_unstructured, sparsity
+from distillserve.students.quantize import quantize_qat, quantize_static
+from distillserve.students.recipe import DataConfig, QuantizeConfig
+from distillserve.students.zoo import CifarResNet, count_parameters
+from tests.helpers import handle, load_handler
 
 SPEC = preprocess_spec(DataConfig())
 pytestmark = pytest.mark.int8  # int8 results differ by CPU: also run under AVX2 kernels

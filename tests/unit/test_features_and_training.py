@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from students.data import make_loader, preprocess_spec
-from students.distill import train
-from students.errors import RecipeError
-from students.features import FeatureKD
-from students.recipe import DataConfig
-from students.zoo import CifarResNet, TinyCNN
+from distillserve.errors import RecipeError
+from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.distill import train
+from distillserve.students.features import FeatureKD
+from distillserve.students.recipe import DataConfig
+from distillserve.students.zoo import CifarResNet, TinyCNN
 
 SPEC = preprocess_spec(DataConfig())
 

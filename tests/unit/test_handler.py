@@ -1,4 +1,4 @@
-"""The handler in process, with TorchServe's own Context and a mock metrics cache."""
+"""The handler in process, with TorchServe's own Context and metrics recorded in memory."""
 
 import io
 import json
@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.distill_classifier import DistillClassifierHandler
-from scripts.demo import encode_png
-from students.data import make_loader, preprocess_spec
-from students.export import load_torchscript
-from students.recipe import DataConfig
-from tests.conftest import handle, handler_context
+from distillserve.handlers.distill_classifier import DistillClassifierHandler
+from distillserve.scripts.demo import encode_png
+from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.export import load_torchscript
+from distillserve.students.recipe import DataConfig
+from tests.helpers import handle, handler_context
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -50,8 +50,7 @@ def test_batch_of_four_gives_four_labelled_answers(loaded, digits_splits, build_
         assert sum(answer.values()) <= 1.0 + 1e-6
         assert list(answer.values()) == sorted(answer.values(), reverse=True)
     assert all(p.get_response_status_code() == 200 for p in ctx.request_processor)
-    recorded = {c.args[0]: c.args[1] for c in ctx.metrics.add_metric.call_args_list}
-    assert recorded["BatchSize"] == 4
+    assert ctx.metrics.last("BatchSize") == 4
 
 
 def test_bad_item_gets_its_own_4xx_and_the_rest_are_answered(loaded, digits_splits):
@@ -88,7 +87,7 @@ def test_altered_model_is_refused_at_load(extracted_student):
 
 
 def test_ties_rank_the_lower_class_first_like_argmax():
-    from handlers.classification import topk_answers
+    from distillserve.handlers.classification import topk_answers
 
     logits = torch.tensor([[0.0, 3.5, 1.0, 3.5], [2.0, 2.0, 2.0, 2.0]])
     answers = topk_answers(logits, {str(i): f"c{i}" for i in range(4)}, 3)

@@ -9,8 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from handlers.imageprep import ImageLimits, InputError, PreprocessSpec, decode_image, preprocess
-from handlers.payloads import request_bytes
+from distillserve.handlers.imageprep import (
+    ImageLimits,
+    InputError,
+    PreprocessSpec,
+    decode_image,
+    preprocess,
+)
+from distillserve.handlers.payloads import request_bytes
 
 SPEC = PreprocessSpec(image_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,))
 
@@ -99,8 +105,8 @@ def test_preprocess_resizes_normalises_and_is_batch_independent(gray):
 
 def test_training_loader_and_handler_path_give_the_same_tensor(digits_splits):
     """One preprocessing definition: the evaluation loader and decode(PNG)+preprocess agree."""
-    from scripts.demo import encode_png
-    from students.data import make_loader
+    from distillserve.scripts.demo import encode_png
+    from distillserve.students.data import make_loader
 
     loader = make_loader(digits_splits.test, SPEC, batch_size=16)
     evaluated, _ = next(iter(loader))
@@ -166,7 +172,7 @@ def test_request_payloads_never_raise_anything_else(payload, content_type):
 
 
 def test_large_jpegs_decode_at_reduced_scale_for_the_target_size():
-    from scripts.bench_models import photo_jpegs
+    from distillserve.bench.models import photo_jpegs
 
     photo = photo_jpegs(1, (640, 480))[0]
     spec = PreprocessSpec((224, 224), 3, (0.5,) * 3, (0.5,) * 3)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from students.distill import kd_loss
+from distillserve.students.distill import kd_loss
 
 
 def _softmax(xs):
@@ -52,7 +52,7 @@ def test_kd_loss_gradient_flows_to_student_only():
 
 
 def test_multi_teacher_soft_targets_are_the_weighted_mean():
-    from students.distill import soft_targets
+    from distillserve.students.distill import soft_targets
 
     a = torch.tensor([[2.0, 0.0, -1.0]])
     b = torch.tensor([[-1.0, 1.0, 3.0]])

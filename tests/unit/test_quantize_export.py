@@ -4,18 +4,23 @@ import pytest
 import torch
 from torch import nn
 
-from students.data import make_loader, preprocess_spec
-from students.errors import ExportError, QuantizationError
-from students.export import (
+from distillserve.errors import ExportError, QuantizationError
+from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.export import (
     compare_top1,
     export_torchscript,
     load_torchscript,
     output_step,
     top1_agreement,
 )
-from students.quantize import check_engine, is_quantized, quantize_dynamic, quantize_static
-from students.recipe import DataConfig, QuantizeConfig
-from students.zoo import CifarResNet, TinyCNN
+from distillserve.students.quantize import (
+    check_engine,
+    is_quantized,
+    quantize_dynamic,
+    quantize_static,
+)
+from distillserve.students.recipe import DataConfig, QuantizeConfig
+from distillserve.students.zoo import CifarResNet, TinyCNN
 
 pytestmark = pytest.mark.int8  # int8 results differ by CPU: also run under AVX2 kernels
 

@@ -3,9 +3,9 @@
 import pytest
 import yaml
 
-from students.errors import RecipeError
-from students.recipe import Recipe, load_recipe
-from tests.conftest import DIGITS_RECIPE
+from distillserve.errors import RecipeError
+from distillserve.students.recipe import Recipe, load_recipe
+from tests.helpers import DIGITS_RECIPE
 
 
 def test_digits_recipe_loads_and_round_trips():

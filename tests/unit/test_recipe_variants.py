@@ -4,11 +4,11 @@ early stopping, iterative channel pruning and QAT in one small build, archived a
 import pytest
 import torch
 
-from archiver import build_archive
-from scripts.demo import encode_png
-from students.pipeline import build
-from students.recipe import Recipe
-from tests.conftest import handle, load_handler, small_recipe_dict
+from distillserve.archiver import build_archive
+from distillserve.scripts.demo import encode_png
+from distillserve.students.pipeline import build
+from distillserve.students.recipe import Recipe
+from tests.helpers import handle, load_handler, small_recipe_dict
 
 pytestmark = pytest.mark.int8  # int8 results differ by CPU: also run under AVX2 kernels
 

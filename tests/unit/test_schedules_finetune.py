@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from students.data import labelled_fraction, make_loader, preprocess_spec
-from students.distill import evaluate, train
-from students.errors import RecipeError
-from students.finetune import blocks_from_top, make_trainable
-from students.pipeline import AUGMENT
-from students.recipe import DataConfig
-from students.schedules import make_schedule
-from students.zoo import TinyCNN
+from distillserve.errors import RecipeError
+from distillserve.students.data import labelled_fraction, make_loader, preprocess_spec
+from distillserve.students.distill import evaluate, train
+from distillserve.students.finetune import blocks_from_top, make_trainable
+from distillserve.students.pipeline import AUGMENT
+from distillserve.students.recipe import DataConfig
+from distillserve.students.schedules import make_schedule
+from distillserve.students.zoo import TinyCNN
 
 SPEC = preprocess_spec(DataConfig())
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from handlers.classification import thread_count
-from students.errors import RecipeError
-from students.export import load_torchscript
-from students.measure import latency_ms, threads
-from students.pipeline import BuildResult, build
-from students.recipe import Recipe, load_recipe
+from distillserve.errors import RecipeError
+from distillserve.handlers.classification import thread_count
+from distillserve.students.export import load_torchscript
+from distillserve.students.measure import latency_ms, threads
+from distillserve.students.pipeline import BuildResult, build
+from distillserve.students.recipe import Recipe, load_recipe
 
 __all__ = ["describe", "pareto_front", "run_compare", "write_markdown", "write_plot"]
 

@@ -25,10 +25,9 @@ from urllib.parse import urlparse
 
 import requests
 
-from students.errors import ServerError
-
-from .rest import InferenceClient
-from .retry import NO_RETRY, RetryPolicy
+from distillserve.errors import ServerError
+from distillserve.serving.rest import InferenceClient
+from distillserve.serving.retry import NO_RETRY, RetryPolicy
 
 __all__ = ["NO_RETRY", "FaultReport", "LoadReport", "check_loopback", "format_report", "run_load"]
 

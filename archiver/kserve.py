@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from archiver import inspect_archive
-from students.errors import ArchiveError
+from distillserve.archiver import inspect_archive
+from distillserve.errors import ArchiveError
 
 __all__ = ["export_kserve"]
 

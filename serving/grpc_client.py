@@ -6,10 +6,9 @@ import json
 
 import grpc
 
-from students.errors import ServerError
-
-from .grpc_stubs import load_stubs
-from .retry import Retrier, RetryPolicy
+from distillserve.errors import ServerError
+from distillserve.serving.grpc_stubs import load_stubs
+from distillserve.serving.retry import Retrier, RetryPolicy
 
 __all__ = ["GrpcClient"]
 

@@ -22,12 +22,12 @@ import torch
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from scripts.inprocess import handle, load_handler
-from students.export import export_torchscript, load_torchscript
-from students.measure import threads
-from students.quantize import quantize_static
-from students.recipe import QuantizeConfig
-from students.zoo import build_model, count_parameters
+from distillserve.bench.inprocess import handle, load_handler
+from distillserve.students.export import export_torchscript, load_torchscript
+from distillserve.students.measure import threads
+from distillserve.students.quantize import quantize_static
+from distillserve.students.recipe import QuantizeConfig
+from distillserve.students.zoo import build_model, count_parameters
 
 __all__ = [
     "VISION_MODELS",

@@ -18,12 +18,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from archiver.mar import archiver_tempdir
-from scripts.load import run_load
-from scripts.management import ManagementClient
-from scripts.rest import InferenceClient
-from scripts.server import TorchServe
-from students.errors import ServerError
+from distillserve.archiver.mar import archiver_tempdir
+from distillserve.errors import ServerError
+from distillserve.serving.load import run_load
+from distillserve.serving.management import ManagementClient
+from distillserve.serving.rest import InferenceClient
+from distillserve.serving.server import TorchServe
 
 __all__ = [
     "batch_sizes",

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from students.errors import ServerError
+from distillserve.errors import ServerError
 
 __all__ = [
     "ServerConfig",

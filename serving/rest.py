@@ -14,9 +14,8 @@ from pathlib import Path
 import requests
 import requests.adapters
 
-from students.errors import ConnectionFailed, ServerError
-
-from .retry import Retrier, RetryPolicy
+from distillserve.errors import ConnectionFailed, ServerError
+from distillserve.serving.retry import Retrier, RetryPolicy
 
 __all__ = ["InferenceClient", "Prediction", "read_key", "send", "timed_predictions"]
 

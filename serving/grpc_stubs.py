@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
-from students.errors import ServerError
+from distillserve.errors import ServerError
 
 __all__ = ["PACKAGE", "load_stubs", "stubs_dir"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from students.errors import DistillServeError
-
-from .rest import InferenceClient, timed_predictions
+from distillserve.errors import DistillServeError
+from distillserve.serving.rest import InferenceClient, timed_predictions
 
 __all__ = ["format_ab", "labelled_images", "run_ab"]
 

@@ -21,29 +21,29 @@ from pathlib import Path
 
 import yaml
 
-from archiver import build_archive
-from archiver.mar import package_versions
-from scripts import bench_report
-from scripts.bench_models import (
+from distillserve.archiver import build_archive
+from distillserve.archiver.mar import package_versions
+from distillserve.bench import report as bench_report
+from distillserve.bench.models import (
     VISION_MODELS,
     handler_ceiling,
     model_ceiling,
     photo_jpegs,
     vision_artifact,
 )
-from scripts.bench_served import (
+from distillserve.bench.served import (
     builtin_archive,
     register_timed,
     served_point,
     unregister,
     worker_peak_rss_mb,
 )
-from scripts.demo import encode_png
-from scripts.rest import InferenceClient, timed_predictions
-from scripts.server import ServerConfig, TorchServe
-from students.data import load_splits
-from students.pipeline import build
-from students.recipe import Recipe, merge
+from distillserve.scripts.demo import encode_png
+from distillserve.serving.rest import InferenceClient, timed_predictions
+from distillserve.serving.server import ServerConfig, TorchServe
+from distillserve.students.data import load_splits
+from distillserve.students.pipeline import build
+from distillserve.students.recipe import Recipe, merge
 
 __all__ = ["Plan", "run_bench"]
 

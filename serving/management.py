@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import requests
 
-from students.errors import ServerError
-
-from .rest import send
+from distillserve.errors import ServerError
+from distillserve.serving.rest import send
 
 __all__ = ["ManagementClient"]
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from archiver import Registry, inspect_archive
-from students.errors import ServerError
-
-from .management import ManagementClient
+from distillserve.archiver import Registry, inspect_archive
+from distillserve.errors import ServerError
+from distillserve.serving.management import ManagementClient
 
 __all__ = ["register_archive", "rollback", "set_default", "unregister"]
 

@@ -1,0 +1,62 @@
+"""Helpers shared by the tests (fixtures live in conftest.py): the CI recipe, the shipped
+profiles on free ports, registration, and the handler in process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from distillserve.bench.inprocess import handle, handler_context, load_handler
+
+__all__ = [
+    "DIGITS_RECIPE",
+    "ROOT",
+    "handle",
+    "handler_context",
+    "load_handler",
+    "register",
+    "shipped_profile",
+    "small_recipe_dict",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS_RECIPE = ROOT / "recipes" / "digits.yaml"
+
+
+def small_recipe_dict() -> dict:
+    """The digits recipe shortened for CI: one teacher, few epochs, same everything else."""
+    raw = yaml.safe_load(DIGITS_RECIPE.read_text())
+    raw["teacher"].update(members=1, epochs=8, kwargs={"widths": [16, 32, 64], "blocks": 1})
+    raw["distill"]["epochs"] = 20
+    return raw
+
+
+def shipped_profile(name: str, model_store: Path, run_dir: Path, keep_models: bool = False):
+    """A shipped config profile as it is, but on free loopback ports with the test's model
+    store (and, unless ``keep_models``, no models loaded at start)."""
+    from distillserve.serving.server import TorchServe, free_port, read_properties, write_properties
+
+    props = read_properties(ROOT / name)
+    for key in ("inference", "management", "metrics"):
+        props[f"{key}_address"] = f"http://127.0.0.1:{free_port()}"
+    props["grpc_inference_port"] = str(free_port())
+    props["grpc_management_port"] = str(free_port())
+    props["model_store"] = str(model_store)
+    if "metrics_config" in props:
+        props["metrics_config"] = str(ROOT / props["metrics_config"])
+    if not keep_models:
+        props.pop("load_models", None)
+        props.pop("models", None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return TorchServe(write_properties(props, run_dir / name), run_dir / "serve", model_store)
+
+
+def register(ts, url: str, **params):
+    """``POST /models`` on a running server with the management token; returns the response."""
+    import requests
+
+    params = {"url": url, "initial_workers": 1, "synchronous": "true", **params}
+    return requests.post(
+        f"{ts.management_url}/models", params=params, headers=ts.headers("management"), timeout=120
+    )
