@@ -19,31 +19,30 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 import yaml
 
 from distillserve.archiver.registry import Registry
 from distillserve.errors import ArchiveError, RecipeError
-from distillserve.handlers.classification import HandlerSettings, sha256_file
+from distillserve.handlers.classification import sha256_file
+from distillserve.students.artifact import MODEL_FILE, Artifact
 from distillserve.students.recipe import ArchiveConfig
 
 __all__ = [
-    "ARTIFACT_FILES",
+    "HANDLER_FILES",
     "ArchiveResult",
     "archiver_tempdir",
     "build_archive",
     "inspect_archive",
     "package_versions",
-    "read_archive_config",
-    "sha256_file",
 ]
 
-ARTIFACT_FILES = ("model.pt", "index_to_name.json", "handler.yaml", "metrics.json", "recipe.yaml")
-HANDLER_DIR = Path(__file__).resolve().parent.parent / "handlers"
+# The handler and its helpers, shipped flat at the root of every .mar (from the installed package).
+HANDLER_PACKAGE = "distillserve.handlers"
 HANDLER_MODULE = "distill_classifier.py"
-HELPER_MODULES = ("classification.py", "imageprep.py", "kserve_v2.py", "payloads.py")
+HANDLER_FILES = (HANDLER_MODULE, "classification.py", "imageprep.py", "kserve_v2.py", "payloads.py")
 
 # torch-model-archiver stages files in tempfile.gettempdir()/<model name>: point that at a
 # private directory per build, one build at a time within this process.
@@ -72,18 +71,6 @@ def archiver_tempdir(directory: Path) -> Iterator[None]:
             tempfile.tempdir = previous
 
 
-def read_archive_config(artifact_dir: Path) -> tuple[ArchiveConfig, dict]:
-    """The ``archive`` section of the artifact's recipe.yaml, validated, and the whole recipe."""
-    try:
-        recipe = yaml.safe_load((artifact_dir / "recipe.yaml").read_text()) or {}
-    except yaml.YAMLError:
-        raise ArchiveError(f"{artifact_dir / 'recipe.yaml'} is not valid YAML") from None
-    try:
-        return ArchiveConfig.parse(recipe.get("archive")), recipe
-    except RecipeError as err:
-        raise ArchiveError(f"{artifact_dir / 'recipe.yaml'}: {err}") from None
-
-
 def package_versions(
     names: tuple[str, ...] = (
         "torch",
@@ -103,6 +90,22 @@ def package_versions(
     return out
 
 
+def _archive_config(artifact: Artifact, model_name: str | None, version: str | None):
+    """The artifact's ``archive`` section, with the name and version given on the command line."""
+    if not (model_name or version):
+        return artifact.archive
+    try:
+        return ArchiveConfig.parse(
+            {
+                **artifact.archive.to_dict(),
+                "model_name": model_name or artifact.archive.model_name,
+                "version": version or artifact.archive.version,
+            }
+        )
+    except RecipeError as err:
+        raise ArchiveError(str(err)) from None
+
+
 def build_archive(
     artifact_dir: str | Path,
     model_store: str | Path = "model_store",
@@ -118,49 +121,24 @@ def build_archive(
     from model_archiver.model_archiver import ModelArchiver
     from model_archiver.model_archiver_config import ModelArchiverConfig
 
-    artifact_dir = Path(artifact_dir)
-    if not artifact_dir.is_dir():
-        raise ArchiveError(f"artifact directory not found: {artifact_dir}")
-    missing = [f for f in ARTIFACT_FILES if not (artifact_dir / f).is_file()]
-    if missing:
-        raise ArchiveError(
-            f"{artifact_dir} is not a student artifact: missing {', '.join(missing)}"
-        )
-    config, recipe = read_archive_config(artifact_dir)
-    if model_name or version:
-        try:
-            config = ArchiveConfig.parse(
-                {
-                    **config.to_dict(),
-                    "model_name": model_name or config.model_name,
-                    "version": version or config.version,
-                }
-            )
-        except RecipeError as err:
-            raise ArchiveError(str(err)) from None
-    handler_settings = yaml.safe_load((artifact_dir / "handler.yaml").read_text()) or {}
-    try:
-        HandlerSettings.from_dict(handler_settings)
-    except (ValueError, TypeError, KeyError) as err:
-        raise ArchiveError(f"{artifact_dir / 'handler.yaml'}: {err}") from None
-    metrics = json.loads((artifact_dir / "metrics.json").read_text())
-
+    artifact = Artifact.read(artifact_dir)
+    config = _archive_config(artifact, model_name, version)
     model_config = {
         "minWorkers": config.min_workers,
         "maxWorkers": config.max_workers,
         "batchSize": config.batch_size,
         "maxBatchDelay": config.max_batch_delay,
         "responseTimeout": config.response_timeout,
-        "handler": handler_settings,
+        "handler": artifact.handler_dict,
     }
     build_info = {
         "model_name": config.model_name,
         "version": config.version,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "sha256": {"model.pt": sha256_file(artifact_dir / "model.pt")},
+        "sha256": {MODEL_FILE: sha256_file(artifact.model_path)},
         "versions": package_versions(),
-        "metrics": metrics,
-        "recipe": recipe,
+        "metrics": artifact.metrics,
+        "recipe": artifact.recipe,
     }
 
     store = Path(model_store)
@@ -170,21 +148,21 @@ def build_archive(
     try:
         files = staging / "files"
         files.mkdir()
-        for name in (HANDLER_MODULE, *HELPER_MODULES):
-            shutil.copy2(HANDLER_DIR / name, files / name)
-        shutil.copy2(artifact_dir / "index_to_name.json", files / "index_to_name.json")
+        handlers = resources.files(HANDLER_PACKAGE)
+        for name in HANDLER_FILES:
+            (files / name).write_bytes(handlers.joinpath(name).read_bytes())
+        (files / "index_to_name.json").write_text(json.dumps(artifact.index_to_name, indent=2))
         (files / "build-info.json").write_text(json.dumps(build_info, indent=2) + "\n")
         (files / "model-config.yaml").write_text(yaml.safe_dump(model_config, sort_keys=False))
         out = staging / "out"
         out.mkdir()
+        extra = (*HANDLER_FILES[1:], "index_to_name.json", "build-info.json")
         archiver_config = ModelArchiverConfig(
             model_name=config.model_name,
             handler=str(files / HANDLER_MODULE),
             version=config.version,
-            serialized_file=str(artifact_dir / "model.pt"),
-            extra_files=",".join(
-                str(files / n) for n in (*HELPER_MODULES, "index_to_name.json", "build-info.json")
-            ),
+            serialized_file=str(artifact.model_path),
+            extra_files=",".join(str(files / name) for name in extra),
             export_path=str(out),
             config_file=str(files / "model-config.yaml"),
             force=True,

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from distillserve.bench.inprocess import handle, load_handler
+from distillserve.handlers.classification import HandlerSettings
+from distillserve.handlers.imageprep import PreprocessSpec
+from distillserve.students.artifact import write_artifact
 from distillserve.students.export import export_torchscript, load_torchscript
 from distillserve.students.measure import threads
 from distillserve.students.quantize import quantize_static
@@ -62,21 +63,7 @@ def vision_artifact(name: str, out: Path, batch_size: int = 8, max_batch_delay: 
         calibration = [(torch.randn(4, 3, 224, 224), None) for _ in range(2)]
         model = quantize_static(model, calibration, QuantizeConfig(calibration_batches=2))
     export_torchscript(model, directory / "model.pt", example, [], atol=1e9)
-    labels = {str(i): f"class_{i:03d}" for i in range(1000)}
-    (directory / "index_to_name.json").write_text(json.dumps(labels))
-    handler = {
-        "image_size": [224, 224],
-        "channels": 3,
-        **IMAGENET,
-        "topk": 5,
-        "quantized": int8,
-        "engine": "x86",
-        "threads": 0,
-        "warmup_iterations": 2,
-    }
-    (directory / "handler.yaml").write_text(yaml.safe_dump(handler, sort_keys=False))
-    metrics = {"role": "benchmark", "params": params, "random_weights": True}
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    spec = PreprocessSpec((224, 224), 3, tuple(IMAGENET["mean"]), tuple(IMAGENET["std"]))
     recipe = {
         "name": name,
         "archive": {
@@ -86,7 +73,13 @@ def vision_artifact(name: str, out: Path, batch_size: int = 8, max_batch_delay: 
             "max_batch_delay": max_batch_delay,
         },
     }
-    (directory / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    write_artifact(
+        directory,
+        classes=[f"class_{i:03d}" for i in range(1000)],
+        handler=HandlerSettings(spec=spec, topk=5, quantized=int8),
+        metrics={"role": "benchmark", "params": params, "random_weights": True},
+        recipe=recipe,
+    )
     return directory
 
 

@@ -34,7 +34,8 @@ QUANTIZED_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
 
 @dataclass(frozen=True)
 class HandlerSettings:
-    """The ``handler:`` section of ``model-config.yaml`` (from handler.yaml)."""
+    """The ``handler:`` section of ``model-config.yaml``: an artifact's ``handler.yaml``, read
+    with ``from_dict`` and written with ``to_dict`` (the one definition of that file)."""
 
     spec: PreprocessSpec
     topk: int = 3
@@ -73,6 +74,20 @@ class HandlerSettings:
             warmup_iterations=int(settings.get("warmup_iterations", 2)),
             limits=limits,
         )
+
+    def to_dict(self) -> dict:
+        """The settings as ``handler.yaml`` / the ``handler:`` section holds them."""
+        return {
+            **self.spec.to_dict(),
+            "topk": self.topk,
+            "quantized": self.quantized,
+            "engine": self.engine,
+            "threads": self.threads,
+            "warmup_iterations": self.warmup_iterations,
+            "max_bytes": self.limits.max_bytes,
+            "max_pixels": self.limits.max_pixels,
+            "max_side_ratio": self.limits.max_side_ratio,
+        }
 
 
 def thread_count(configured: int, workers: int, cores: int | None = None) -> int:

@@ -21,7 +21,7 @@ from distillserve.students.recipe import Recipe
 
 __all__ = ["cache_key", "load_members", "save_members"]
 
-_SOURCES = ("data.py", "distill.py", "zoo.py", "schedules.py", "pipeline.py")
+_SOURCES = ("data.py", "distill.py", "zoo.py", "schedules.py", "stages.py")
 
 
 def cache_key(recipe: Recipe) -> str:

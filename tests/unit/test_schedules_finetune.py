@@ -7,9 +7,9 @@ from distillserve.errors import RecipeError
 from distillserve.students.data import labelled_fraction, make_loader, preprocess_spec
 from distillserve.students.distill import evaluate, train
 from distillserve.students.finetune import blocks_from_top, make_trainable
-from distillserve.students.pipeline import AUGMENT
 from distillserve.students.recipe import DataConfig
 from distillserve.students.schedules import make_schedule
+from distillserve.students.stages import AUGMENT
 from distillserve.students.zoo import TinyCNN
 
 SPEC = preprocess_spec(DataConfig())

@@ -1,0 +1,377 @@
+"""The stages of a build, each a function with a typed result: data -> teacher -> distilled
+student -> pruned student -> quantized student. ``students.pipeline.build`` runs them in order,
+then exports and writes the artifacts.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from distillserve.errors import RecipeError
+from distillserve.handlers.imageprep import PreprocessSpec
+from distillserve.students import teacher_cache
+from distillserve.students.data import (
+    Splits,
+    labelled_fraction,
+    load_splits,
+    make_loader,
+    preprocess_spec,
+)
+from distillserve.students.distill import train
+from distillserve.students.export import load_torchscript
+from distillserve.students.features import FeatureKD
+from distillserve.students.finetune import make_trainable
+from distillserve.students.mixed_precision import MixedPrecisionReport, quantize_mixed
+from distillserve.students.prune import (
+    channel_prune,
+    channel_widths,
+    l1_unstructured,
+    make_permanent,
+    sparsity,
+)
+from distillserve.students.quantize import quantize, quantize_qat
+from distillserve.students.recipe import Recipe, TeacherConfig
+from distillserve.students.zoo import Ensemble, build_model, count_parameters
+
+__all__ = [
+    "DataStage",
+    "DistilledStudent",
+    "QuantizedStudent",
+    "TeacherStage",
+    "distill_student",
+    "load_data",
+    "load_teacher",
+    "make_teacher",
+    "prune_student",
+    "quantize_student",
+]
+
+Log = Callable[[str], None]
+AUGMENT = {"degrees": 10.0, "translate": 0.1, "scale": 0.1}
+
+
+@dataclass
+class DataStage:
+    """The splits and the loaders every later stage reads."""
+
+    splits: Splits
+    spec: PreprocessSpec
+    train: DataLoader  # shuffled, for the teacher
+    students: DataLoader  # shuffled, the (possibly reduced) labelled share the students see
+    calibration: DataLoader
+    val: DataLoader
+    test: DataLoader
+
+    @property
+    def classes(self) -> int:
+        return len(self.splits.classes)
+
+
+@dataclass
+class TeacherStage:
+    """The teacher, and what the student learns from: one (ensemble) teacher, or several with
+    weighted soft targets."""
+
+    teacher: nn.Module
+    members: list[nn.Module]
+    kd_teachers: list[nn.Module]
+    kd_weights: list[float] | None
+
+
+@dataclass
+class DistilledStudent:
+    """The student after distillation, the models it learnt from last, and how it went."""
+
+    model: nn.Module
+    kd_teachers: list[nn.Module]
+    kd_weights: list[float] | None
+    fit: Callable  # ``train`` with the recipe's distillation settings bound, for fine-tuning
+    stages_run: list[dict] = field(default_factory=list)
+    epochs_run: int = 0
+
+
+@dataclass
+class QuantizedStudent:
+    """The int8 student (``None`` with ``quantize.mode: none``), the model its parity is checked
+    against, and the mixed-precision choice when there was one."""
+
+    int8: nn.Module | None
+    reference: nn.Module
+    mixed: MixedPrecisionReport | None = None
+
+
+def load_data(recipe: Recipe, log: Log) -> DataStage:
+    """Split the recipe's dataset and make the loaders (preprocessed as the handler does)."""
+    data, seed = recipe.data, recipe.seed
+    splits = load_splits(data, seed)
+    spec = preprocess_spec(data)
+    labelled = labelled_fraction(splits.train, recipe.distill.label_fraction, seed)
+    log(
+        f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
+        f"{len(splits.classes)} classes, input {data.channels}x{data.image_size[0]}x"
+        f"{data.image_size[1]}"
+    )
+    if recipe.distill.label_fraction < 1.0:
+        log(
+            f"students learn from {len(labelled)} labelled images "
+            f"({recipe.distill.label_fraction:.0%})"
+        )
+    return DataStage(
+        splits=splits,
+        spec=spec,
+        train=make_loader(splits.train, spec, data.batch_size, shuffle=True, seed=seed),
+        students=make_loader(labelled, spec, data.batch_size, shuffle=True, seed=seed),
+        calibration=make_loader(splits.train, spec, data.batch_size),
+        val=make_loader(splits.val, spec, 256),
+        test=make_loader(splits.test, spec, 256),
+    )
+
+
+def load_state(model: nn.Module, path: str | Path, key: str) -> None:
+    """Load a state dict (or a checkpoint dict with ``state_dict``) into ``model``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, KeyError...
+        text = str(err).strip()
+        first_line = text.splitlines()[0] if text else type(err).__name__
+        raise RecipeError(
+            key, f"{path} is not a state dict for {type(model).__name__}: {first_line}"
+        ) from None
+
+
+def load_teacher(config: TeacherConfig, num_classes: int, channels: int) -> nn.Module:
+    """A teacher from a TorchScript file, or the recipe's architecture plus a state-dict file."""
+    path = Path(config.checkpoint or "")
+    try:
+        return load_torchscript(path)
+    except RuntimeError:
+        pass  # not TorchScript: try a state dict
+    model = build_model(config.arch, num_classes, channels, config.kwargs)
+    load_state(model, path, "teacher.checkpoint")
+    return model.eval()
+
+
+def _train_members(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) -> list:
+    """Train ``teacher.members`` independently seeded models, or reuse them from ``cache``."""
+    config, channels = recipe.teacher, recipe.data.channels
+    if cache is not None:
+        fresh = [
+            build_model(config.arch, data.classes, channels, config.kwargs)
+            for _ in range(config.members)
+        ]
+        entry = teacher_cache.load_members(cache, recipe, fresh)
+        if entry is not None:
+            log(f"teacher: reused {config.members} trained {config.arch} from {entry}")
+            return fresh
+    members = []
+    for index in range(config.members):
+        seed = recipe.seed + index
+        log(
+            f"teacher: training {config.arch} {index + 1}/{config.members} "
+            f"for {config.epochs} epochs"
+        )
+        torch.manual_seed(seed)
+        member = build_model(config.arch, data.classes, channels, config.kwargs)
+        train(
+            member,
+            data.train,
+            data.val,
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing,
+            augment=AUGMENT,
+            seed=seed,
+            desc=f"teacher {index + 1}/{config.members}",
+        )
+        members.append(member.eval())
+    if cache is not None:
+        teacher_cache.save_members(cache, recipe, members)
+    return members
+
+
+def make_teacher(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) -> TeacherStage:
+    """Load the recipe's teacher checkpoint, or train its members (reusing cached ones)."""
+    if recipe.teacher.checkpoint:
+        members = [load_teacher(recipe.teacher, data.classes, recipe.data.channels)]
+        log(f"teacher: loaded {recipe.teacher.checkpoint}")
+    else:
+        members = _train_members(recipe, data, log, cache)
+    teacher = (members[0] if len(members) == 1 else Ensemble(members)).eval()
+    if recipe.teacher.combine == "soft_targets" and len(members) > 1:
+        log(f"teacher: multi-teacher KD over {len(members)} members' soft targets")
+        return TeacherStage(teacher, members, members, recipe.teacher.weights)
+    return TeacherStage(teacher, members, [teacher], None)
+
+
+def distill_student(
+    recipe: Recipe, data: DataStage, teacher: TeacherStage, log: Log
+) -> DistilledStudent:
+    """Progressive stages (each distilled from the one before), then the student itself."""
+    kd, channels = recipe.distill, recipe.data.channels
+    fit = functools.partial(
+        train,
+        train_loader=data.students,
+        val_loader=data.val,
+        lr=kd.lr,
+        weight_decay=kd.weight_decay,
+        temperature=kd.temperature_at,
+        alpha=kd.alpha_at,
+        patience=kd.patience or None,
+        augment=AUGMENT,
+        seed=recipe.seed,
+    )
+    kd_teachers, kd_weights = teacher.kd_teachers, teacher.kd_weights
+    stages_run = []
+    for index, stage in enumerate(kd.stages):
+        torch.manual_seed(recipe.seed + 100 + index)
+        middle = build_model(stage.arch, data.classes, channels, stage.kwargs)
+        epochs = stage.epochs or kd.epochs
+        log(
+            f"stage {index + 1}/{len(kd.stages)}: distilling {stage.arch} "
+            f"({count_parameters(middle)} params) for {epochs} epochs"
+        )
+        result = fit(
+            middle,
+            epochs=epochs,
+            teacher=kd_teachers,
+            teacher_weights=kd_weights,
+            desc=f"stage {index + 1}",
+        )
+        stages_run.append(
+            {
+                "arch": stage.arch,
+                "params": count_parameters(middle),
+                "val_accuracy": result.best_val_accuracy,
+            }
+        )
+        kd_teachers, kd_weights = [middle.eval()], None
+
+    torch.manual_seed(recipe.seed)
+    config = recipe.student
+    student = build_model(config.arch, data.classes, channels, config.kwargs)
+    if config.checkpoint:
+        load_state(student, config.checkpoint, "student.checkpoint")
+        log(f"student: initialised from {config.checkpoint}")
+    params = count_parameters(student)
+    if config.max_params and params > config.max_params:
+        raise RecipeError(
+            "student.max_params",
+            f"{config.arch} with {config.kwargs} has {params} parameters "
+            f"> {config.max_params}; make it smaller or raise the limit",
+        )
+    feature_kd = None
+    if kd.feature:
+        example = torch.zeros(2, channels, *recipe.data.image_size)
+        pairs = [(pair[0], pair[1]) for pair in kd.feature.pairs]
+        feature_kd = FeatureKD(
+            kd_teachers[0], student, pairs, example, kd.feature.loss, kd.feature.weight
+        )
+    log(
+        f"student: distilling {config.arch} ({params} params) for {kd.epochs} epochs, "
+        f"T={kd.temperature:g}, alpha={kd.alpha:g}"
+        + (f", feature KD on {len(kd.feature.pairs)} layer pair(s)" if kd.feature else "")
+    )
+    distilled = fit(
+        student,
+        epochs=kd.epochs,
+        teacher=kd_teachers,
+        teacher_weights=kd_weights,
+        feature_kd=feature_kd,
+        trainable=make_trainable(kd.finetune, kd.unfreeze_every),
+        desc="student",
+    )
+    if feature_kd is not None:
+        feature_kd.remove()
+    if distilled.stopped_early:
+        log(f"student: early stop after {len(distilled.history)} epochs")
+    return DistilledStudent(
+        student, kd_teachers, kd_weights, fit, stages_run, len(distilled.history)
+    )
+
+
+def prune_student(recipe: Recipe, distilled: DistilledStudent, log: Log) -> nn.Module:
+    """``prune.rounds`` rounds of pruning, each followed by ``finetune_epochs`` of KD."""
+    config, student = recipe.prune, distilled.model
+    if config.method == "none":
+        return student
+    keep_per_round = (1.0 - config.amount) ** (1.0 / config.rounds)
+    original = channel_widths(student) if config.method == "channel" else []
+    for round_index in range(config.rounds):
+        keep = keep_per_round ** (round_index + 1)
+        if config.method == "channel":  # targets from the original widths: no drift from rounding
+            widths = [max(1, math.ceil(w * keep - 1e-9)) for w in original]
+            student = channel_prune(student, config.amount, config.criterion, widths)
+        else:  # masks stay on through fine-tuning, then are made permanent
+            student = l1_unstructured(
+                student, 1.0 - keep, config.scope == "global", permanent=False
+            )
+        log(
+            f"prune: round {round_index + 1}/{config.rounds}, {config.method} -> "
+            f"{count_parameters(student)} params, sparsity {sparsity(student):.2f}"
+        )
+        if config.finetune_epochs:
+            distilled.fit(
+                student,
+                epochs=config.finetune_epochs,
+                teacher=distilled.kd_teachers,
+                teacher_weights=distilled.kd_weights,
+                lr=recipe.distill.lr / 10,
+                desc=f"prune {round_index + 1}",
+            )
+        if config.method == "l1_unstructured":
+            student = make_permanent(student)
+    return student.eval()
+
+
+def quantize_student(
+    recipe: Recipe,
+    student: nn.Module,
+    data: DataStage,
+    distilled: DistilledStudent,
+    log: Log,
+) -> QuantizedStudent:
+    """int8 by ``quantize.mode``: static/dynamic post-training, QAT with the KD loss, or mixed
+    precision within the accuracy budget; ``none`` keeps the fp32 student."""
+    q, kd = recipe.quantize, recipe.distill
+    if q.mode == "mixed":
+        int8, report = quantize_mixed(student, data.calibration, data.val, q)
+        log(
+            f"quantize: mixed precision within {q.accuracy_budget:g} of fp32 on validation: "
+            f"{len(report.int8_layers)} layer(s) int8, fp32 kept for "
+            f"{', '.join(report.fp32_layers) or 'none'}"
+        )
+        quantized = QuantizedStudent(int8, student, report)
+    elif q.mode == "qat":
+        log(f"quantize: QAT with KD for {q.qat_epochs} epochs, engine {q.engine}")
+        int8, fake_quantized = quantize_qat(
+            student,
+            data.students,
+            data.val,
+            q,
+            teacher=distilled.kd_teachers,
+            teacher_weights=distilled.kd_weights,
+            epochs=q.qat_epochs,
+            lr=q.qat_lr,
+            temperature=kd.temperature,
+            alpha=kd.alpha,
+            seed=recipe.seed,
+            return_reference=True,
+        )
+        quantized = QuantizedStudent(int8, fake_quantized)
+    else:
+        quantized = QuantizedStudent(quantize(student, data.calibration, q), student)
+    if quantized.int8 is not None:
+        log(f"quantize: {q.mode} int8, engine {q.engine}")
+    return quantized
