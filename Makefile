@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-fast bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(AVX2_KERNELS) $(BIN)/python -m pytest -m int8
+
+# The tests that neither train a model nor start a TorchServe (seconds, not minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 # Full benchmark (about 25 min on 2 cores): bench/results/<date>.json, plots, README section.
 bench: $(STAMP)

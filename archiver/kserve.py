@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from distillserve.archiver import inspect_archive
+from distillserve.archiver.mar import inspect_archive
+from distillserve.archiver.properties import ServerConfig
 from distillserve.errors import ArchiveError
 
 __all__ = ["export_kserve"]
@@ -74,26 +75,22 @@ def _snapshot(mars: list[Path]) -> dict:
     return {"name": "startup.cfg", "modelCount": count, "models": models}
 
 
-def _properties(snapshot: dict) -> dict[str, str]:
-    return {
-        "inference_address": f"http://0.0.0.0:{INFERENCE_PORT}",
-        "management_address": "http://127.0.0.1:8081",
-        "metrics_address": f"http://0.0.0.0:{METRICS_PORT}",
-        "grpc_inference_port": "7070",
-        "grpc_management_address": "127.0.0.1",
-        "grpc_management_port": "7071",
-        "enable_envvars_config": "true",
-        "install_py_dep_per_model": "false",
-        "disable_token_authorization": "true",
-        "enable_model_api": "false",
-        "allowed_urls": "^$",
-        "max_request_size": str(12 * 1024 * 1024),
-        "metrics_mode": "prometheus",
-        "model_metrics_auto_detect": "true",
-        "model_store": f"{MOUNT}/model-store",
-        "load_models": "all",
-        "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
-    }
+def _server_config(snapshot: dict) -> ServerConfig:
+    """The pod's TorchServe: inference and metrics on all interfaces, no tokens (see above),
+    every archive of the snapshot loaded at start."""
+    return ServerConfig(
+        model_store=f"{MOUNT}/model-store",
+        host="0.0.0.0",
+        inference_port=INFERENCE_PORT,
+        metrics_port=METRICS_PORT,
+        token_auth=False,
+        metrics_mode="prometheus",
+        load_models="all",
+        extra={
+            "enable_envvars_config": "true",
+            "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
+        },
+    )
 
 
 def _kserve_manifests(name: str, image: str, storage_uri: str) -> list[dict]:
@@ -234,9 +231,10 @@ def export_kserve(
     (out / "manifests").mkdir(exist_ok=True)
     for mar in mars:
         shutil.copy2(mar, out / "model-store" / mar.name)
-    lines = ["# written by distillserve export-kserve; see scripts/kserve.py for the choices"]
-    lines += [f"{k}={v}" for k, v in _properties(snapshot).items()]
-    (out / "config" / "config.properties").write_text("\n".join(lines) + "\n")
+    _server_config(snapshot).write(
+        out / "config" / "config.properties",
+        "Written by distillserve export-kserve; archiver/kserve.py explains the choices.",
+    )
     (out / "manifests" / "kserve.yaml").write_text(
         yaml.dump_all(
             _kserve_manifests(name, image, storage_uri), Dumper=_PlainDumper, sort_keys=False

@@ -23,6 +23,7 @@ import yaml
 
 from distillserve.archiver import build_archive
 from distillserve.archiver.mar import package_versions
+from distillserve.archiver.properties import ServerConfig
 from distillserve.bench import report as bench_report
 from distillserve.bench.models import (
     VISION_MODELS,
@@ -38,10 +39,9 @@ from distillserve.bench.served import (
     unregister,
     worker_peak_rss_mb,
 )
-from distillserve.scripts.demo import encode_png
 from distillserve.serving.rest import InferenceClient, timed_predictions
-from distillserve.serving.server import ServerConfig, TorchServe
-from distillserve.students.data import load_splits
+from distillserve.serving.server import TorchServe
+from distillserve.students.data import encode_png, load_splits
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, merge
 

@@ -3,7 +3,6 @@ REST with the whole test split, and report size, speed and accuracy in process a
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -11,32 +10,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from distillserve.archiver import build_archive
 from distillserve.serving.rest import InferenceClient, timed_predictions
 from distillserve.serving.server import TorchServe
-from distillserve.students.data import load_splits, make_loader, preprocess_spec
+from distillserve.students.data import encode_png, load_splits, make_loader, preprocess_spec
 from distillserve.students.distill import predict
 from distillserve.students.export import load_torchscript
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import load_recipe
 
-__all__ = ["encode_png", "format_table", "run_demo"]
+__all__ = ["format_table", "run_demo"]
 
 ROLES = (("teacher", "teacher fp32"), ("student-fp32", "student fp32"), ("student", "student int8"))
 
 
 def _log(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
-
-
-def encode_png(image: torch.Tensor) -> bytes:
-    """A ``uint8`` (C, H, W) image as lossless PNG bytes, as a client would send it."""
-    array = image.permute(1, 2, 0).squeeze(-1).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def format_table(rows: list[dict]) -> str:

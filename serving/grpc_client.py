@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from distillserve.errors import ServerError
 from distillserve.serving.grpc_stubs import load_stubs
+from distillserve.serving.rest import Prediction
 from distillserve.serving.retry import Retrier, RetryPolicy
 
 __all__ = ["GrpcClient"]
@@ -75,6 +77,21 @@ class GrpcClient:
             lambda _result, error: _worth_retrying(error),
         )
         return json.loads(response.prediction)
+
+    def predict_result(self, model: str, image: bytes, version: str | None = None) -> Prediction:
+        """One image as a ``Prediction``. TorchServe drops per-request HTTP codes over gRPC, so a
+        handler error object in the answer (it has ``code`` and ``message``) gives the status."""
+        body = self.predict(model, image, version)
+        if isinstance(body, dict) and {"code", "message"} <= set(body):
+            return Prediction(int(body["code"]), body)
+        return Prediction(200, body if isinstance(body, dict) else {"value": body})
+
+    def predict_many(
+        self, model: str, images: list[bytes], concurrency: int = 8, version: str | None = None
+    ) -> list[Prediction]:
+        """Many images concurrently (so TorchServe can batch them); answers in input order."""
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            return list(pool.map(lambda image: self.predict_result(model, image, version), images))
 
     def _manage(self, name: str, **fields) -> dict | list | str:
         if self.management is None:

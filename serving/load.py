@@ -29,7 +29,15 @@ from distillserve.errors import ServerError
 from distillserve.serving.rest import InferenceClient
 from distillserve.serving.retry import NO_RETRY, RetryPolicy
 
-__all__ = ["NO_RETRY", "FaultReport", "LoadReport", "check_loopback", "format_report", "run_load"]
+__all__ = [
+    "NO_RETRY",
+    "FaultReport",
+    "LoadReport",
+    "check_loopback",
+    "format_report",
+    "parse_target",
+    "run_load",
+]
 
 MAX_REQUESTS = 1_000_000
 
@@ -43,6 +51,17 @@ def check_loopback(url: str) -> None:
         raise ServerError(f"cannot resolve {host!r} in {url}") from None
     if not addresses or not all(ipaddress.ip_address(a).is_loopback for a in addresses):
         raise ServerError(f"load is sent only to loopback addresses; {url} is not one")
+
+
+def parse_target(target: str) -> tuple[str | None, str]:
+    """``(base URL, model)`` of a load target: a model name (``(None, name)``: the base comes
+    from the server's config) or ``http://HOST:PORT/predictions/MODEL``."""
+    if not target.startswith(("http://", "https://")):
+        return None, target
+    base, _, model = target.rstrip("/").partition("/predictions/")
+    if not model:
+        raise ServerError("a URL target must look like http://HOST:PORT/predictions/MODEL")
+    return base, model
 
 
 @dataclass

@@ -4,7 +4,8 @@ Each server gets a *run directory* holding its private ``TMPDIR`` (TorchServe ke
 in ``tempfile.gettempdir()``, so one directory = one server), its logs, and the ``key_file.json``
 that token authorization writes into the launch directory. Readiness is polled, never slept for.
 
-``ServerConfig`` renders a ``config.properties``; tests use it with free loopback ports.
+``archiver.properties.ServerConfig`` renders a ``config.properties``; tests use it with free
+loopback ports.
 """
 
 from __future__ import annotations
@@ -12,137 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import requests
 
+from distillserve.archiver.properties import PATH_KEYS, read_properties, write_properties
 from distillserve.errors import ServerError
 
-__all__ = [
-    "ServerConfig",
-    "TorchServe",
-    "free_port",
-    "read_properties",
-    "write_properties",
-]
-
-
-# A pattern that matches no URL: only archives already in the model store can be registered.
-LOCAL_STORE_ONLY = "^$"
-# Admits the handler's default 8 MiB image limit sent as base64 JSON (4/3 larger) with headroom.
-MAX_REQUEST_SIZE = 12 * 1024 * 1024
-
-
-# config.properties keys that hold file paths.
-PATH_KEYS = (
-    "model_store",
-    "workflow_store",
-    "metrics_config",
-    "certificate_file",
-    "private_key_file",
-    "model_snapshot_dir",
-)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def write_properties(props: dict[str, str], path: str | Path) -> Path:
-    """Write ``key=value`` lines (values on one line) that TorchServe reads back."""
-    path = Path(path)
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return path
-
-
-def read_properties(path: str | Path) -> dict[str, str]:
-    """A Java-style ``key=value`` properties file as a dict (comments and blanks skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ServerError(f"config file not found: {path} (pass --config PATH)")
-    props, pending = {}, ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith(("#", "!"))):
-            continue
-        if line.endswith("\\"):  # a continued line, as java.util.Properties reads it
-            pending += line[:-1]
-            continue
-        line, pending = pending + line, ""
-        if "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
-
-
-@dataclass
-class ServerConfig:
-    """The settings of one TorchServe, rendered as ``config.properties``.
-
-    ``models`` is TorchServe's ``models=`` JSON: ``{name: {version: {marName, batchSize, ...}}}``.
-    """
-
-    model_store: Path
-    inference_port: int = 8080
-    management_port: int = 8081
-    metrics_port: int = 8082
-    grpc_inference_port: int = 7070
-    grpc_management_port: int = 7071
-    models: dict = field(default_factory=dict)
-    enable_model_api: bool = False
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def with_free_ports(cls, model_store: Path, **kwargs) -> ServerConfig:
-        ports = {
-            name: free_port()
-            for name in (
-                "inference_port",
-                "management_port",
-                "metrics_port",
-                "grpc_inference_port",
-                "grpc_management_port",
-            )
-        }
-        return cls(model_store=model_store, **ports, **kwargs)
-
-    def properties(self) -> dict[str, str]:
-        props = {
-            "inference_address": f"http://127.0.0.1:{self.inference_port}",
-            "management_address": f"http://127.0.0.1:{self.management_port}",
-            "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
-            "grpc_inference_address": "127.0.0.1",
-            "grpc_management_address": "127.0.0.1",
-            "grpc_inference_port": str(self.grpc_inference_port),
-            "grpc_management_port": str(self.grpc_management_port),
-            "model_store": str(self.model_store),
-            "disable_token_authorization": "false",
-            "enable_model_api": str(self.enable_model_api).lower(),
-            "allowed_urls": LOCAL_STORE_ONLY,
-            "max_request_size": str(MAX_REQUEST_SIZE),
-            "install_py_dep_per_model": "false",
-            "model_metrics_auto_detect": "true",
-            "default_workers_per_model": "1",
-        }
-        if self.models:
-            props["load_models"] = ",".join(
-                spec["marName"] for versions in self.models.values() for spec in versions.values()
-            )
-            props["models"] = json.dumps(self.models, separators=(",", ":"))
-        props.update({k: str(v) for k, v in self.extra.items()})
-        return props
-
-    def write(self, path: Path) -> Path:
-        return write_properties(self.properties(), path)
+__all__ = ["TorchServe"]
 
 
 class TorchServe:

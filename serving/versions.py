@@ -10,7 +10,7 @@ from distillserve.archiver import Registry, inspect_archive
 from distillserve.errors import ServerError
 from distillserve.serving.management import ManagementClient
 
-__all__ = ["register_archive", "rollback", "set_default", "unregister"]
+__all__ = ["register_archive", "rollback", "set_default", "unregister", "versions_table"]
 
 
 def register_archive(
@@ -98,3 +98,18 @@ def _highest_below(versions: list[str], current: str) -> str | None:
 
     earlier = [v for v in versions if key(v) < key(current)]
     return max(earlier, key=key) if earlier else None
+
+
+def versions_table(client: ManagementClient) -> str:
+    """The server's models and versions, the default marked ``*``, one line each."""
+    lines = []
+    for model in client.list_models():
+        default = client.default_version(model["modelName"])
+        for v in client.describe(model["modelName"], "all"):
+            workers = ",".join(w.get("status", "?") for w in v.get("workers", []))
+            mark = "*" if v["modelVersion"] == default else " "
+            lines.append(
+                f"{model['modelName']:<24}{v['modelVersion']:<10}{mark} batch {v['batchSize']:<3}"
+                f" delay {v['maxBatchDelay']:<5} workers [{workers}]"
+            )
+    return "\n".join(lines)

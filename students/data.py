@@ -27,6 +27,8 @@ __all__ = [
     "ImageList",
     "Splits",
     "augment_affine",
+    "digits_test_pngs",
+    "encode_png",
     "labelled_fraction",
     "load_splits",
     "make_loader",
@@ -102,6 +104,24 @@ def preprocess_spec(config: DataConfig) -> PreprocessSpec:
         mean=tuple(config.mean),
         std=tuple(config.std),
     )
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """A ``uint8`` (C, H, W) image as lossless PNG bytes, as a client would send it."""
+    import io
+
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).squeeze(-1).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digits_test_pngs(seed: int = 0) -> list[bytes]:
+    """The bundled digits test split (the demo recipe's split) as PNG files."""
+    test = load_splits(DataConfig(), seed=seed).test
+    return [encode_png(test[i][0]) for i in range(len(test))]
 
 
 def stratified_split(

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import yaml
 
 from distillserve.errors import RecipeError
-from distillserve.students.recipe_sections import (
+from distillserve.students import recipe_sections
+from distillserve.students.recipe_sections import (  # noqa: F401 - re-exported
     ArchiveConfig,
     DataConfig,
     DistillConfig,
@@ -30,21 +31,7 @@ from distillserve.students.recipe_sections import (
     _Section,
 )
 
-__all__ = [
-    "ArchiveConfig",
-    "DataConfig",
-    "DistillConfig",
-    "ExportConfig",
-    "FeatureConfig",
-    "ModelConfig",
-    "PruneConfig",
-    "QuantizeConfig",
-    "Recipe",
-    "StageConfig",
-    "TeacherConfig",
-    "load_recipe",
-    "merge",
-]
+__all__ = [*recipe_sections.__all__, "Recipe", "load_recipe", "merge"]
 
 
 @dataclass

@@ -9,6 +9,15 @@ import pytest
 
 from tests.helpers import small_recipe_dict
 
+# Fixtures that train the CI build: every test that uses one is slow (`make test-fast` skips it).
+TRAINING_FIXTURES = {"build_result", "model_store", "extracted_student"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def build_result(tmp_path_factory):

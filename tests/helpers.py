@@ -35,7 +35,8 @@ def small_recipe_dict() -> dict:
 def shipped_profile(name: str, model_store: Path, run_dir: Path, keep_models: bool = False):
     """A shipped config profile as it is, but on free loopback ports with the test's model
     store (and, unless ``keep_models``, no models loaded at start)."""
-    from distillserve.serving.server import TorchServe, free_port, read_properties, write_properties
+    from distillserve.archiver.properties import free_port, read_properties, write_properties
+    from distillserve.serving.server import TorchServe
 
     props = read_properties(ROOT / name)
     for key in ("inference", "management", "metrics"):

@@ -14,8 +14,9 @@ import requests
 import torch
 from PIL import Image
 
+from distillserve.archiver.properties import ServerConfig
 from distillserve.handlers.imageprep import decode_image, preprocess
-from distillserve.serving.server import ServerConfig, TorchServe
+from distillserve.serving.server import TorchServe
 from distillserve.students.data import preprocess_spec
 from distillserve.students.export import load_torchscript
 from distillserve.students.recipe import DataConfig

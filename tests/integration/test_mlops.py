@@ -18,11 +18,11 @@ import requests
 import yaml
 
 from distillserve.archiver import build_archive
-from distillserve.scripts.demo import encode_png
+from distillserve.archiver.properties import free_port, read_properties, write_properties
 from distillserve.serving.grpc_client import GrpcClient
 from distillserve.serving.rest import InferenceClient
-from distillserve.serving.server import TorchServe, free_port, read_properties, write_properties
-from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.serving.server import TorchServe
+from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.distill import predict
 from distillserve.students.export import load_torchscript
 from distillserve.students.recipe import DataConfig

@@ -12,8 +12,8 @@ import psutil
 import pytest
 import requests
 
+from distillserve.archiver.properties import read_properties
 from distillserve.serving.load import run_load
-from distillserve.serving.server import read_properties
 from tests.helpers import ROOT, register, shipped_profile
 
 pytestmark = pytest.mark.slow
@@ -134,7 +134,7 @@ def test_load_command_reports_zero_errors(loaded_server):
 
 
 def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_splits):
-    from distillserve.scripts.demo import encode_png
+    from distillserve.students.data import encode_png
 
     ts = loaded_server
     payloads = [encode_png(digits_splits.test[i][0]) for i in range(50)]

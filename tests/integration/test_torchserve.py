@@ -9,10 +9,10 @@ import time
 import pytest
 import requests
 
-from distillserve.scripts.demo import encode_png
+from distillserve.archiver.properties import ServerConfig
 from distillserve.serving.rest import InferenceClient
-from distillserve.serving.server import ServerConfig, TorchServe
-from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.serving.server import TorchServe
+from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.export import load_torchscript
 from distillserve.students.recipe import DataConfig
 from tests.helpers import register

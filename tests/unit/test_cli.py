@@ -7,7 +7,15 @@ import pytest
 
 from tests.helpers import ROOT
 
-VERBS = ["build", "archive", "serve", "predict", "demo"]
+
+def _verbs() -> list[str]:
+    """Every verb the parser knows, read from the parser itself."""
+    import argparse
+
+    from distillserve.scripts.cli import get_parser
+
+    (subparsers,) = [a for a in get_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(subparsers.choices)
 
 
 def _run(*args):
@@ -20,10 +28,26 @@ def _run(*args):
     )
 
 
-@pytest.mark.parametrize("verb", VERBS)
+def test_the_parser_has_every_verb_the_readme_lists():
+    readme = (ROOT / "README.md").read_text()
+    verbs = _verbs()
+    assert len(verbs) >= 18
+    for verb in verbs:
+        assert f"`distillserve {verb}" in readme, f"{verb} is not in the README's verb table"
+
+
+@pytest.mark.parametrize("verb", _verbs())
 def test_every_verb_has_help(verb):
-    result = _run(verb, "--help")
-    assert result.returncode == 0 and "usage: distillserve" in result.stdout
+    from distillserve.scripts.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([verb, "--help"])
+    assert done.value.code == 0
+
+
+def test_help_runs_as_a_command():
+    result = _run("predict", "--help")
+    assert result.returncode == 0 and "usage: distillserve predict" in result.stdout
 
 
 @pytest.mark.parametrize(

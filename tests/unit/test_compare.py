@@ -11,6 +11,8 @@ from distillserve.scripts.cli import main
 from distillserve.students.recipe import load_recipe
 from tests.helpers import DIGITS_RECIPE, small_recipe_dict
 
+pytestmark = pytest.mark.slow  # trains models
+
 
 def _tiny(tmp_path, name: str, **sections) -> str:
     raw = small_recipe_dict()

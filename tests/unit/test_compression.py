@@ -9,8 +9,7 @@ import torch
 
 from distillserve.archiver import build_archive
 from distillserve.errors import QuantizationError, RecipeError
-from distillserve.scripts.demo import encode_png
-from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.distill import evaluate
 from distillserve.students.export import export_torchscript
 from distillserve.students.mixed_precision import quantize_mixed
@@ -21,7 +20,7 @@ from distillserve.students.zoo import CifarResNet, count_parameters
 from tests.helpers import handle, load_handler
 
 SPEC = preprocess_spec(DataConfig())
-pytestmark = pytest.mark.int8  # int8 results differ by CPU: also run under AVX2 kernels
+pytestmark = [pytest.mark.int8, pytest.mark.slow]  # trains; int8 results differ by CPU
 
 
 @pytest.fixture(scope="module")

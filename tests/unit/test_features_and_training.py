@@ -10,6 +10,8 @@ from distillserve.students.features import FeatureKD
 from distillserve.students.recipe import DataConfig
 from distillserve.students.zoo import CifarResNet, TinyCNN
 
+pytestmark = pytest.mark.slow  # trains models
+
 SPEC = preprocess_spec(DataConfig())
 
 

@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 
 from distillserve.handlers.distill_classifier import DistillClassifierHandler
-from distillserve.scripts.demo import encode_png
-from distillserve.students.data import make_loader, preprocess_spec
+from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.export import load_torchscript
 from distillserve.students.recipe import DataConfig
 from tests.helpers import handle, handler_context

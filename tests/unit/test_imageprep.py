@@ -105,8 +105,7 @@ def test_preprocess_resizes_normalises_and_is_batch_independent(gray):
 
 def test_training_loader_and_handler_path_give_the_same_tensor(digits_splits):
     """One preprocessing definition: the evaluation loader and decode(PNG)+preprocess agree."""
-    from distillserve.scripts.demo import encode_png
-    from distillserve.students.data import make_loader
+    from distillserve.students.data import encode_png, make_loader
 
     loader = make_loader(digits_splits.test, SPEC, batch_size=16)
     evaluated, _ = next(iter(loader))

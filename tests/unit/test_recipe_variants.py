@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from distillserve.archiver import build_archive
-from distillserve.scripts.demo import encode_png
+from distillserve.students.data import encode_png
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe
 from tests.helpers import handle, load_handler, small_recipe_dict
 
-pytestmark = pytest.mark.int8  # int8 results differ by CPU: also run under AVX2 kernels
+pytestmark = [pytest.mark.int8, pytest.mark.slow]  # trains; int8 results differ by CPU
 
 
 def test_variant_recipe_runs_its_stages_in_order_and_serves(tmp_path, digits_splits):

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from distillserve.archiver.properties import free_port
 from distillserve.errors import ConnectionFailed, ServerError
 from distillserve.serving.grpc_client import _worth_retrying
 from distillserve.serving.rest import InferenceClient
 from distillserve.serving.retry import NO_RETRY, Retrier, RetryPolicy
-from distillserve.serving.server import free_port
 
 FAST = RetryPolicy(attempts=4, base_s=0.001, max_backoff_s=0.002)
 

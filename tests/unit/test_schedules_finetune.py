@@ -12,6 +12,8 @@ from distillserve.students.schedules import make_schedule
 from distillserve.students.stages import AUGMENT
 from distillserve.students.zoo import TinyCNN
 
+pytestmark = pytest.mark.slow  # trains models
+
 SPEC = preprocess_spec(DataConfig())
 
 

@@ -1,0 +1,58 @@
+"""The command-line options every verb that talks to a server shares, and the one way to make a
+``Connection`` (and so its clients) from them."""
+
+from __future__ import annotations
+
+import argparse
+
+from distillserve.serving.connect import Connection
+
+__all__ = ["add_server_options", "connection", "teacher_cache_options"]
+
+
+def add_server_options(p: argparse.ArgumentParser, auth: bool = True, url: bool = False) -> None:
+    """Where the server is (config, run directory, model store) and, with ``auth``, how to
+    authenticate; ``url`` adds ``--url`` for the inference verbs."""
+    group = p.add_argument_group("server")
+    group.add_argument(
+        "--config",
+        default="config.properties",
+        help="the server's config.properties: addresses and model_store (default: %(default)s)",
+    )
+    group.add_argument(
+        "--run-dir",
+        default="build/serve",
+        help="the server's run directory, where key_file.json is (default: %(default)s)",
+    )
+    group.add_argument("--model-store", help="override model_store from the config")
+    if auth:
+        group.add_argument("--key-file", help="path of key_file.json (overrides --run-dir)")
+        group.add_argument("--no-token", action="store_true", help="send no Authorization header")
+    if url:
+        group.add_argument("--url", help="inference address (default: from --config)")
+
+
+def connection(args: argparse.Namespace, config_optional: bool = False) -> Connection:
+    """The server named by ``add_server_options``'s options (``config_optional`` when the
+    caller was given the server's URL)."""
+    return Connection.make(
+        args.config,
+        args.run_dir,
+        key_file=args.key_file,
+        model_store=args.model_store,
+        url=getattr(args, "url", None),
+        token_auth=not args.no_token,
+        config_optional=config_optional,
+    )
+
+
+def teacher_cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher-cache",
+        default="build/teacher-cache",
+        help="reuse trained teachers from this folder when seed, data and teacher settings "
+        "match (default: build/teacher-cache)",
+    )
+    p.add_argument(
+        "--no-teacher-cache", action="store_true", help="always train the teacher afresh"
+    )

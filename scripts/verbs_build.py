@@ -1,0 +1,142 @@
+"""Verbs that build, measure and package: build, compare, bench, archive, export-kserve, demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from distillserve.scripts.options import teacher_cache_options
+
+__all__ = ["add_verbs"]
+
+
+def _build(args: argparse.Namespace) -> int:
+    from distillserve.students.pipeline import build
+    from distillserve.students.recipe import load_recipe
+
+    cache = None if args.no_teacher_cache else args.teacher_cache
+    result = build(load_recipe(args.recipe), args.out, teacher_cache_dir=cache)
+    for role, path in result.artifacts.items():
+        m = result.metrics[role]
+        print(f"{role:<14} {path}  accuracy {m['test_accuracy']:.4f}  {m['size_bytes']} bytes")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from distillserve.bench.compare import run_compare
+
+    cache = None if args.no_teacher_cache else args.teacher_cache
+    report = run_compare(args.recipes, args.out, teacher_cache_dir=cache)
+    print((Path(args.out) / "report.md").read_text(), end="")
+    print(
+        f"{len(report['rows'])} models in {report['total_seconds']:.0f} s; plot: "
+        f"{Path(args.out) / 'pareto.png'}"
+    )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from distillserve.bench.report import update_readme
+    from distillserve.bench.run import run_bench
+
+    path = run_bench(quick=args.quick, out=args.out, recipe_path=args.recipe, work=args.work)
+    summary = path.with_suffix(".md").read_text()
+    print(summary, end="")
+    if args.readme:
+        update_readme(Path(args.readme), summary)
+        print(f"updated the Performance section of {args.readme}")
+    return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from distillserve.archiver import build_archive
+
+    result = build_archive(
+        args.artifact_dir,
+        args.model_store,
+        model_name=args.model_name,
+        version=args.version,
+        file_name=args.file_name,
+    )
+    print(result.path)
+    return 0
+
+
+def _export_kserve(args: argparse.Namespace) -> int:
+    from distillserve.archiver.kserve import export_kserve
+
+    out = export_kserve(
+        [Path(m) for m in args.mars],
+        Path(args.out),
+        name=args.name,
+        image=args.image,
+        storage_uri=args.storage_uri,
+    )
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        print(path)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from distillserve.scripts.demo import run_demo
+
+    run_demo(args.recipe, args.config, args.out, args.model_store, args.concurrency)
+    return 0
+
+
+def add_verbs(verbs) -> None:
+    p = verbs.add_parser(
+        "build", help="train/distill/quantize/export a recipe into build/NAME/VERSION/"
+    )
+    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/digits.yaml")
+    p.add_argument("--out", default="build", help="output root (default: build)")
+    teacher_cache_options(p)
+    p.set_defaults(func=_build)
+
+    p = verbs.add_parser(
+        "compare", help="build several recipes; table, JSON and Pareto plot of their students"
+    )
+    p.add_argument("recipes", nargs="+", help="recipe files, e.g. recipes/digits*.yaml")
+    p.add_argument("--out", default="build/compare", help="output folder (default: build/compare)")
+    teacher_cache_options(p)
+    p.set_defaults(func=_compare)
+
+    p = verbs.add_parser(
+        "bench", help="measure models, handler and served throughput; JSON, plots, summary"
+    )
+    p.add_argument("--quick", action="store_true", help="a few-minute smoke run (CI)")
+    p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
+    p.add_argument("--recipe", default="recipes/digits.yaml", help="the digits pipeline to time")
+    p.add_argument("--work", default="build/bench", help="scratch folder (default: build/bench)")
+    p.add_argument("--readme", help="write the summary into this README's Performance section")
+    p.set_defaults(func=_bench)
+
+    p = verbs.add_parser("archive", help="package a student artifact directory as a .mar")
+    p.add_argument("artifact_dir", help="e.g. build/digits/1.0 or build/digits/1.0/teacher")
+    p.add_argument("--model-store", default="model_store", help="where the .mar goes")
+    p.add_argument("--model-name", help="override the recipe's archive.model_name")
+    p.add_argument("--version", help="override the recipe's archive.version")
+    p.add_argument("--file-name", help="archive file name (default: MODEL_NAME.mar)")
+    p.set_defaults(func=_archive)
+
+    p = verbs.add_parser(
+        "export-kserve", help="write the KServe / Kubernetes layout and manifests for archives"
+    )
+    p.add_argument("mars", nargs="+", help=".mar files to deploy")
+    p.add_argument("--out", default="build/kserve", help="output directory (default build/kserve)")
+    p.add_argument("--name", default="distillserve", help="name of the service and manifests")
+    p.add_argument("--image", default="pytorch/torchserve:0.12.0-cpu")
+    p.add_argument(
+        "--storage-uri",
+        default="pvc://distillserve-models",
+        help="where config/ and model-store/ are uploaded",
+    )
+    p.set_defaults(func=_export_kserve)
+
+    p = verbs.add_parser("demo", help="build, archive, serve and query the digits models; report")
+    p.add_argument("--recipe", default="recipes/digits.yaml")
+    p.add_argument("--config", default="config.properties")
+    p.add_argument("--out", default="build")
+    p.add_argument("--model-store", default="model_store")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.set_defaults(func=_demo)

@@ -1,0 +1,177 @@
+"""Verbs that run and query a server: serve, predict, load, ab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from distillserve.errors import DistillServeError
+from distillserve.scripts.options import add_server_options, connection
+
+__all__ = ["add_verbs"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from distillserve.serving.server import TorchServe
+
+    server = TorchServe(args.config, args.run_dir, args.model_store)
+    if args.action == "start":
+        server.start(timeout=args.timeout)
+        print(
+            f"TorchServe ready: inference {server.inference_url}, "
+            f"management {server.management_url}, metrics {server.metrics_url}"
+        )
+        print(f"token file: {server.key_file}")
+        print(
+            f"logs: {server.log_dir}; stop with: distillserve serve stop --run-dir {args.run_dir}"
+        )
+    elif args.action == "stop":
+        print("stopped" if server.stop() else "not running")
+    else:
+        status = server.status()
+        print(json.dumps(status, indent=2))
+        return 0 if status["running"] else 3
+    return 0
+
+
+def _image_files(items: list[str]) -> list[Path]:
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DistillServeError(f"image not found: {path}")
+    if not paths:
+        raise DistillServeError("no image files given")
+    return paths
+
+
+def _predict(args: argparse.Namespace) -> int:
+    paths = _image_files(args.images)
+    if args.grpc and not Path(args.config).is_file():
+        raise DistillServeError(
+            f"--grpc takes the gRPC address from the server's config, and {args.config} does "
+            "not exist: pass --config CONFIG.properties"
+        )
+    server = connection(args)
+    images = [p.read_bytes() for p in paths]
+    if args.grpc:
+        with server.grpc_client(timeout=args.timeout) as client:
+            results = client.predict_many(args.model, images, args.concurrency, args.version)
+            stats = client.retrier.stats
+    else:
+        client = server.inference_client(timeout=args.timeout)
+        results = client.predict_many(args.model, images, args.concurrency, args.version)
+        stats = client.retry_stats
+    failed = 0
+    for path, result in zip(paths, results):
+        print(json.dumps({"file": str(path), "status": result.status, "result": result.body}))
+        failed += not result.ok
+    print(
+        f"{len(results)} images, {failed} failed; {stats.retries} retries "
+        f"({stats.retried_calls} requests retried)",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def _load_payloads(images: str | None) -> list[bytes]:
+    """Image files from a directory, or the bundled digits test split as PNG."""
+    if not images:
+        from distillserve.students.data import digits_test_pngs
+
+        return digits_test_pngs()
+    folder = Path(images)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        raise DistillServeError(f"no image files in {folder}")
+    return [p.read_bytes() for p in files]
+
+
+def _load(args: argparse.Namespace) -> int:
+    from distillserve.serving.load import NO_RETRY, format_report, parse_target, run_load
+
+    base, model = parse_target(args.target)
+    server = connection(args, config_optional=base is not None)
+    fault = args.kill_worker_after is not None
+    report = run_load(
+        base or server.inference_url,
+        model,
+        _load_payloads(args.images),
+        total=args.requests,
+        concurrency=args.concurrency,
+        token=server.token("inference"),
+        time_limit_s=args.time_limit,
+        kill_worker_after_s=args.kill_worker_after,
+        management_url=args.management_url or (None if base else server.management_url),
+        management_token=server.token("management") if fault else None,
+        retry=NO_RETRY if args.no_retry else None,
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 1 if report.errors and not args.no_retry else 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    from distillserve.serving.ab import format_ab, run_ab
+
+    client = connection(args).inference_client()
+    report = run_ab(client, args.model, args.v1, args.v2, Path(args.data_dir), args.concurrency)
+    print(json.dumps(report, indent=2) if args.json else format_ab(report))
+    return 0
+
+
+def add_verbs(verbs) -> None:
+    p = verbs.add_parser("serve", help="start, stop or inspect TorchServe")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    add_server_options(p, auth=False)
+    p.set_defaults(func=_serve)
+
+    p = verbs.add_parser("predict", help="classify images through TorchServe (REST or gRPC)")
+    p.add_argument("model", help="registered model name, e.g. digits-student")
+    p.add_argument("images", nargs="+", help="image files or directories")
+    p.add_argument("--version", help="model version (default: the default version)")
+    p.add_argument("--grpc", action="store_true", help="use the gRPC inference API")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=60.0)
+    add_server_options(p, url=True)
+    p.set_defaults(func=_predict)
+
+    p = verbs.add_parser(
+        "load", help="bounded load (and optional worker-kill fault check) on a loopback server"
+    )
+    p.add_argument("target", help="model name, or http://127.0.0.1:PORT/predictions/MODEL")
+    p.add_argument("--requests", type=int, default=1000, help="requests to send (default 1000)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    p.add_argument("--time-limit", type=float, default=300.0, help="stop after this many seconds")
+    p.add_argument("--images", help="directory of images to send (default: digits test split)")
+    p.add_argument(
+        "--kill-worker-after",
+        type=float,
+        metavar="SECONDS",
+        help="fault check: kill one worker of the model this long into the run",
+    )
+    p.add_argument("--management-url", help="management address (default: from --config)")
+    p.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="do not retry requests whose worker died (503/507) or whose connection broke",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_server_options(p)
+    p.set_defaults(func=_load)
+
+    p = verbs.add_parser("ab", help="compare two versions of a model on labelled images")
+    p.add_argument("model")
+    p.add_argument("v1")
+    p.add_argument("v2")
+    p.add_argument("data_dir", help="DATA_DIR/LABEL/image files")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_server_options(p, url=True)
+    p.set_defaults(func=_ab)
