@@ -2,11 +2,15 @@
 
     OUT/config/config.properties   server settings with a model_snapshot of every archive
     OUT/model-store/*.mar          the archives
+    OUT/Dockerfile                 TorchServe 0.12's CPU image + the archives' exact torch
     OUT/manifests/kserve.yaml      a custom ServingRuntime for TorchServe + an InferenceService
     OUT/manifests/kubernetes.yaml  a Deployment + Service + HorizontalPodAutoscaler
+    OUT/manifests/storage.yaml     the PersistentVolumeClaim they mount + a Pod to fill it
+    OUT/README.md                  the commands: build the image, fill the storage, apply
 
-Upload OUT/config and OUT/model-store to the storage URI (the runtime mounts it at
-/mnt/models). KServe is retiring its built-in TorchServe runtime, hence the custom one.
+The layout (config/ and model-store/) goes to the storage the pods mount at /mnt/models: the
+claim in storage.yaml, or any KServe storage URI. KServe is retiring its built-in TorchServe
+runtime, hence the custom one; /v2/health/* answer (``ts_open_inference_protocol``).
 
 Inside a pod the inference and metrics ports must listen on all interfaces. TorchServe's token
 keys are generated inside the pod at start, where neither kubelet probes nor in-cluster clients
@@ -24,26 +28,20 @@ from pathlib import Path
 
 import yaml
 
+from distillserve.archiver.image import default_image, dockerfile, runtime_versions
+from distillserve.archiver.kserve_common import (
+    INFERENCE_PORT,
+    METRICS_PORT,
+    MOUNT,
+    RESOURCES,
+    TORCHSERVE_ARGS,
+)
+from distillserve.archiver.kubernetes import kubernetes_manifests, storage_manifests
 from distillserve.archiver.mar import inspect_archive
 from distillserve.archiver.properties import ServerConfig
 from distillserve.errors import ArchiveError
 
 __all__ = ["export_kserve"]
-
-MOUNT = "/mnt/models"
-INFERENCE_PORT = 8085
-METRICS_PORT = 8082
-DEFAULT_IMAGE = "pytorch/torchserve:0.12.0-cpu"
-# The one way both manifests start TorchServe from the mounted layout, and what they ask for.
-TORCHSERVE_ARGS = [
-    "torchserve",
-    "--start",
-    "--foreground",
-    "--disable-token-auth",
-    f"--model-store={MOUNT}/model-store",
-    f"--ts-config={MOUNT}/config/config.properties",
-]
-RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 
 
 def _model_config(mar: Path) -> dict:
@@ -88,6 +86,7 @@ def _server_config(snapshot: dict) -> ServerConfig:
         load_models="all",
         extra={
             "enable_envvars_config": "true",
+            "ts_open_inference_protocol": "true",
             "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
         },
     )
@@ -132,81 +131,6 @@ def _kserve_manifests(name: str, image: str, storage_uri: str) -> list[dict]:
     ]
 
 
-def _kubernetes_manifests(name: str, image: str) -> list[dict]:
-    labels = {"app.kubernetes.io/name": name}
-    probe = {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10}
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "torchserve",
-                                "image": image,
-                                "args": TORCHSERVE_ARGS,
-                                "ports": [
-                                    {"name": "http", "containerPort": INFERENCE_PORT},
-                                    {"name": "metrics", "containerPort": METRICS_PORT},
-                                ],
-                                "readinessProbe": {**probe, "initialDelaySeconds": 10},
-                                "livenessProbe": {**probe, "initialDelaySeconds": 60},
-                                "resources": RESOURCES,
-                                "volumeMounts": [
-                                    {"name": "models", "mountPath": MOUNT, "readOnly": True}
-                                ],
-                            }
-                        ],
-                        "volumes": [
-                            {
-                                "name": "models",
-                                "persistentVolumeClaim": {"claimName": f"{name}-models"},
-                            }
-                        ],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "selector": labels,
-                "ports": [
-                    {"name": "http", "port": INFERENCE_PORT, "targetPort": "http"},
-                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
-                ],
-            },
-        },
-        {
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": name},
-            "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                "minReplicas": 1,
-                "maxReplicas": 4,
-                "metrics": [
-                    {
-                        "type": "Resource",
-                        "resource": {
-                            "name": "cpu",
-                            "target": {"type": "Utilization", "averageUtilization": 70},
-                        },
-                    }
-                ],
-            },
-        },
-    ]
-
-
 class _PlainDumper(yaml.SafeDumper):
     """Writes shared objects out in full: no ``&id`` anchors in manifests people read."""
 
@@ -214,18 +138,54 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
+def _readme(name: str, image: str, storage_uri: str) -> str:
+    claim = f"{name}-models"
+    return f"""# Deploying these archives
+
+1. The image: TorchServe 0.12's CPU image with the torch the archives were built with.
+
+       docker build -t {image} . && docker push {image}
+
+2. The storage the pods mount at {MOUNT} (config/ and model-store/ from this folder):
+
+       kubectl apply -f manifests/storage.yaml        # the claim {claim} and a fill pod
+       kubectl wait --for=condition=Ready pod/{claim}-fill
+       kubectl cp config {claim}-fill:{MOUNT}/config
+       kubectl cp model-store {claim}-fill:{MOUNT}/model-store
+       kubectl delete pod {claim}-fill
+
+   With KServe, any storage URI it can read works instead (the InferenceService reads
+   `{storage_uri}`): upload config/ and model-store/ there.
+
+3. Run it, with plain Kubernetes or with KServe:
+
+       kubectl apply -f manifests/kubernetes.yaml     # Deployment, Service, autoscaler
+       kubectl apply -f manifests/kserve.yaml         # ServingRuntime + InferenceService
+
+Inference and metrics listen on all interfaces inside the pod with token authorization off:
+authenticate at your gateway or mesh. The management API stays on the pod's loopback.
+"""
+
+
 def export_kserve(
     mars: list[Path],
     out: Path,
     *,
     name: str = "distillserve",
-    image: str = DEFAULT_IMAGE,
-    storage_uri: str = "pvc://distillserve-models",
+    image: str | None = None,
+    storage_uri: str | None = None,
 ) -> Path:
-    """Write the layout and manifests for ``mars`` under ``out``; returns ``out``."""
+    """Write the layout, the image's Dockerfile and the manifests for ``mars`` under ``out``.
+
+    ``image`` is the name the manifests run (default: a local name derived from the archives'
+    torch); ``storage_uri`` where KServe reads the layout (default: the claim in storage.yaml).
+    """
     if not mars:
         raise ArchiveError("export-kserve needs at least one .mar")
     snapshot = _snapshot(mars)
+    versions = runtime_versions(mars)
+    image = image or default_image(versions)
+    storage_uri = storage_uri or f"pvc://{name}-models"
     (out / "config").mkdir(parents=True, exist_ok=True)
     (out / "model-store").mkdir(exist_ok=True)
     (out / "manifests").mkdir(exist_ok=True)
@@ -235,12 +195,14 @@ def export_kserve(
         out / "config" / "config.properties",
         "Written by distillserve export-kserve; archiver/kserve.py explains the choices.",
     )
-    (out / "manifests" / "kserve.yaml").write_text(
-        yaml.dump_all(
-            _kserve_manifests(name, image, storage_uri), Dumper=_PlainDumper, sort_keys=False
-        )
-    )
-    (out / "manifests" / "kubernetes.yaml").write_text(
-        yaml.dump_all(_kubernetes_manifests(name, image), Dumper=_PlainDumper, sort_keys=False)
-    )
+    (out / "Dockerfile").write_text(dockerfile(versions))
+    (out / "README.md").write_text(_readme(name, image, storage_uri))
+    manifests = {
+        "kserve.yaml": _kserve_manifests(name, image, storage_uri),
+        "kubernetes.yaml": kubernetes_manifests(name, image),
+        "storage.yaml": storage_manifests(name),
+    }
+    for file, documents in manifests.items():
+        text = yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False)
+        (out / "manifests" / file).write_text(text)
     return out

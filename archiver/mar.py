@@ -33,10 +33,12 @@ from distillserve.students.recipe import ArchiveConfig
 __all__ = [
     "HANDLER_FILES",
     "ArchiveResult",
+    "archive_file_name",
     "archiver_tempdir",
     "build_archive",
     "inspect_archive",
     "package_versions",
+    "sha256_file",
 ]
 
 # The handler and its helpers, shipped flat at the root of every .mar (from the installed package).
@@ -106,6 +108,29 @@ def _archive_config(artifact: Artifact, model_name: str | None, version: str | N
         raise ArchiveError(str(err)) from None
 
 
+def archive_file_name(model_name: str, version: str, recipe_version: str) -> str:
+    """``NAME.mar`` for the version the recipe builds, ``NAME-VERSION.mar`` for any other, so
+    that archiving another version never lands on the file the serving profile loads."""
+    return f"{model_name}.mar" if version == recipe_version else f"{model_name}-{version}.mar"
+
+
+def _refuse_to_overwrite(target: Path, model_name: str, version: str) -> None:
+    """An archive of another model or version at ``target`` is a released version: keep it."""
+    try:
+        with zipfile.ZipFile(target) as mar:
+            model = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+        held = (model["modelName"], model["modelVersion"])
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+        held = None
+    if held == (model_name, version):
+        return  # a rebuild of the same version
+    what = f"{held[0]} {held[1]}" if held else "a file that is not a readable .mar"
+    raise ArchiveError(
+        f"{target} holds {what}; archiving {model_name} {version} there would replace it: "
+        f"pass --file-name {model_name}-{version}.mar, or --force to replace it"
+    )
+
+
 def build_archive(
     artifact_dir: str | Path,
     model_store: str | Path = "model_store",
@@ -113,10 +138,13 @@ def build_archive(
     model_name: str | None = None,
     version: str | None = None,
     file_name: str | None = None,
+    force: bool = False,
 ) -> ArchiveResult:
-    """Archive ``artifact_dir`` into ``model_store/<file_name or model_name>.mar``.
+    """Archive ``artifact_dir`` into ``model_store/<file_name>`` (default ``NAME.mar`` for the
+    recipe's version, ``NAME-VERSION.mar`` for another).
 
-    ``model_name`` and ``version`` default to the artifact recipe's ``archive`` section.
+    ``model_name`` and ``version`` default to the artifact recipe's ``archive`` section. An
+    existing archive of another model or version is never replaced unless ``force``.
     """
     from model_archiver.model_archiver import ModelArchiver
     from model_archiver.model_archiver_config import ModelArchiverConfig
@@ -143,7 +171,12 @@ def build_archive(
 
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)
-    target = store / (file_name or f"{config.model_name}.mar")
+    name = file_name or archive_file_name(
+        config.model_name, config.version, artifact.archive.version
+    )
+    target = store / name
+    if target.exists() and not force:
+        _refuse_to_overwrite(target, config.model_name, config.version)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
     try:
         files = staging / "files"
@@ -172,7 +205,9 @@ def build_archive(
         (out / f"{config.model_name}.mar").replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    Registry(store).record_archive(config.model_name, config.version, target.name, build_info)
+    Registry(store).record_archive(
+        config.model_name, config.version, target.name, build_info, sha256_file(target)
+    )
     return ArchiveResult(target, config.model_name, config.version, model_config, build_info)
 
 

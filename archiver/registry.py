@@ -1,12 +1,18 @@
-"""``model_store/index.json``: every archive built into a store and what the server did with it.
+"""``model_store/index.json``: what only the model store knows about its archives.
 
-    {"models": {NAME: {"default": VERSION | null,
-                       "default_history": [VERSION, ...],      # earlier defaults, oldest first
-                       "versions": {VERSION: {"file", "sha256", "built_at", "metrics",
-                                              "registered", "registered_at"}}}}}
+    {"models": {NAME: {"default_history": [VERSION, ...],   # earlier defaults, oldest first
+                       "versions": {VERSION: {
+                           "file",              # the .mar in the store
+                           "archive_sha256",    # sha256 of that .mar file
+                           "model_sha256",      # sha256 of the model.pt inside it
+                           "built_at", "metrics",
+                           "last_registered": {"at", "how"}}}}}}   # how: register | start-up
 
-Updated by ``archive`` and by ``register`` / ``set-default`` / ``unregister`` / ``rollback``
-under a file lock, and replaced atomically, so concurrent commands cannot corrupt it.
+Which versions are registered, which is the default and how many workers run is the server's
+to say: ``distillserve models`` and ``list`` ask it (``versions_table`` / ``store_table`` in
+``serving.versions``); the index never claims it. The history of defaults never holds the current
+default. Updates take a file lock and replace the file atomically, so concurrent commands keep it
+consistent.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["Registry"]
@@ -38,9 +44,17 @@ class Registry:
 
     def read(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {"models": {}}
+        for model in data.get("models", {}).values():  # indexes written by earlier versions
+            model.pop("default", None)
+            for entry in model.get("versions", {}).values():
+                if "sha256" in entry:
+                    entry.setdefault("model_sha256", entry.pop("sha256"))
+                entry.pop("registered", None)
+                entry.pop("registered_at", None)
+        return data
 
     @contextlib.contextmanager
     def _update(self) -> Iterator[dict]:
@@ -57,79 +71,55 @@ class Registry:
 
     @staticmethod
     def _model(data: dict, name: str) -> dict:
-        return data["models"].setdefault(
-            name, {"default": None, "default_history": [], "versions": {}}
-        )
+        model = data["models"].setdefault(name, {})
+        model.setdefault("default_history", [])
+        model.setdefault("versions", {})
+        return model
 
-    def record_archive(self, name: str, version: str, file: str, build_info: dict) -> None:
+    def record_archive(
+        self, name: str, version: str, file: str, build_info: dict, archive_sha256: str
+    ) -> None:
+        """An archive built (or copied) into the store."""
         metrics = build_info.get("metrics", {})
         with self._update() as data:
             versions = self._model(data, name)["versions"]
             previous = versions.get(version, {})
             versions[version] = {
                 "file": file,
-                "sha256": build_info["sha256"]["model.pt"],
+                "archive_sha256": archive_sha256,
+                "model_sha256": next(iter(build_info["sha256"].values())),
                 "built_at": build_info.get("built_at"),
                 "metrics": {k: metrics[k] for k in _SUMMARY_KEYS if k in metrics},
-                "registered": previous.get("registered", False),
-                "registered_at": previous.get("registered_at"),
+                "last_registered": previous.get("last_registered"),
             }
 
-    def record_registered(self, name: str, version: str, file: str, is_default: bool) -> None:
+    def record_registered(self, name: str, version: str, file: str, how: str) -> None:
+        """A version the server registered: by ``register``, or loaded at ``start-up``."""
+        with self._update() as data:
+            entry = self._model(data, name)["versions"].setdefault(version, {"file": file})
+            entry["last_registered"] = {"at": _now(), "how": how}
+
+    def record_default_change(self, name: str, previous: str | None, new: str) -> None:
+        """The server's default moved from ``previous`` to ``new``: ``previous`` joins the
+        history (most recent last); ``new``, now the default, leaves it."""
         with self._update() as data:
             model = self._model(data, name)
-            entry = model["versions"].setdefault(version, {"file": file})
-            entry.update(registered=True, registered_at=_now())
-            if is_default:
-                self._set_default(model, version)
-
-    def record_default(self, name: str, version: str) -> None:
-        with self._update() as data:
-            self._set_default(self._model(data, name), version)
+            history = [v for v in model["default_history"] if v not in (previous, new)]
+            model["default_history"] = history + (
+                [previous] if previous and previous != new else []
+            )
 
     def record_unregistered(self, name: str, version: str) -> None:
         with self._update() as data:
             model = self._model(data, name)
-            if version in model["versions"]:
-                model["versions"][version]["registered"] = False
-            if model["default"] == version:
-                model["default"] = None
             model["default_history"] = [v for v in model["default_history"] if v != version]
 
-    @staticmethod
-    def _set_default(model: dict, version: str) -> None:
-        current = model.get("default")
-        if current and current != version:
-            history = [v for v in model["default_history"] if v != current]
-            model["default_history"] = [*history, current]
-        model["default"] = version
+    def previous_default(self, name: str, candidates: Iterable[str]) -> str | None:
+        """The most recent earlier default among ``candidates`` (versions the server has)."""
+        candidates = set(candidates)
+        history = self.read()["models"].get(name, {}).get("default_history", [])
+        return next((v for v in reversed(history) if v in candidates), None)
 
-    def previous_default(self, name: str) -> str | None:
-        """The most recent earlier default that is still registered."""
-        model = self.read()["models"].get(name, {})
-        versions = model.get("versions", {})
-        for version in reversed(model.get("default_history", [])):
-            if versions.get(version, {}).get("registered"):
-                return version
-        return None
-
-    def table(self) -> str:
-        """All models and versions as a text table."""
-        header = (
-            f"{'model':<22}{'version':<10}{'default':<9}{'registered':<12}{'accuracy':>9}"
-            f"{'size KB':>10}  {'built':<26}{'file'}"
-        )
-        lines = [header, "-" * (len(header) + 10)]
-        for name, model in sorted(self.read()["models"].items()):
-            for version, entry in sorted(model["versions"].items()):
-                metrics = entry.get("metrics", {})
-                accuracy = metrics.get("test_accuracy")
-                size = metrics.get("size_bytes")
-                lines.append(
-                    f"{name:<22}{version:<10}{'*' if model['default'] == version else '':<9}"
-                    f"{'yes' if entry.get('registered') else 'no':<12}"
-                    f"{'' if accuracy is None else f'{accuracy:.2%}':>9}"
-                    f"{'' if size is None else f'{size / 1024:.1f}':>10}  "
-                    f"{entry.get('built_at') or '':<26}{entry.get('file', '')}"
-                )
-        return "\n".join(lines)
+    def versions(self) -> dict[str, dict[str, dict]]:
+        """``{name: {version: entry}}`` of every archive in the index."""
+        return {name: m.get("versions", {}) for name, m in self.read()["models"].items()}

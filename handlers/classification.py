@@ -21,6 +21,7 @@ except ImportError:  # inside a .mar, where the helpers sit flat at the archive 
 __all__ = [
     "QUANTIZED_ENGINES",
     "HandlerSettings",
+    "check_torch_version",
     "ranked",
     "sha256_file",
     "thread_count",
@@ -139,4 +140,32 @@ def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:
         raise RuntimeError(
             f"{model_file} does not match build-info.json (sha256 {actual} != "
             f"{expected}): the archive was altered or corrupted; rebuild it"
+        )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``2.14.1+cpu`` -> ``(2, 14, 1)``: the release numbers, local labels dropped."""
+    numbers = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if len(digits) != len(part):  # "0rc1": stop at the pre-release
+            break
+    return tuple(numbers)
+
+
+def check_torch_version(model_dir: Path, host_torch: str) -> None:
+    """Refuse to load on a torch older than the one the archive was built with: a TorchScript
+    file saved by a newer torch may not load, or load and compute differently, on an older one."""
+    info_path = model_dir / "build-info.json"
+    if not info_path.is_file():
+        return  # verify_checksum refuses such an archive first
+    built = json.loads(info_path.read_text()).get("versions", {}).get("torch", "unknown")
+    if built != "unknown" and _release(host_torch) < _release(built):
+        raise RuntimeError(
+            f"this archive was built with torch {built} but this host has torch {host_torch}: "
+            f"install torch>={built.split('+')[0]} on the inference host (or rebuild the archive "
+            "with the host's torch)"
         )

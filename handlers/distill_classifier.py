@@ -27,25 +27,12 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 try:  # inside this repository
-    from .classification import (
-        HandlerSettings,
-        thread_count,
-        topk_answers,
-        verify_checksum,
-    )
-    from .imageprep import InputError, decode_image, preprocess
-    from .kserve_v2 import (
-        parse_v2_inputs,
-        v2_payload,
-        v2_request_id,
-        v2_response,
-    )
-    from .payloads import body_of, content_type_of, request_bytes
+    from . import classification, imageprep, kserve_v2, payloads
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
-    from classification import HandlerSettings, thread_count, topk_answers, verify_checksum
-    from imageprep import InputError, decode_image, preprocess
-    from kserve_v2 import parse_v2_inputs, v2_payload, v2_request_id, v2_response
-    from payloads import body_of, content_type_of, request_bytes
+    import classification
+    import imageprep
+    import kserve_v2
+    import payloads
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +44,12 @@ class DistillClassifierHandler(BaseHandler):
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         yaml_config = getattr(context, "model_yaml_config", None) or {}
-        self.settings = HandlerSettings.from_dict(yaml_config.get("handler", {}))
+        self.settings = classification.HandlerSettings.from_dict(yaml_config.get("handler", {}))
         self.manifest = context.manifest
         serialized = self.manifest["model"].get("serializedFile", "model.pt")
-        verify_checksum(model_dir, serialized)
+        classification.verify_checksum(model_dir, serialized)
+        classification.check_torch_version(model_dir, torch.__version__)
+        self.version = str(self.manifest["model"].get("modelVersion", ""))
 
         if self.settings.quantized:
             supported = torch.backends.quantized.supported_engines
@@ -71,7 +60,7 @@ class DistillClassifierHandler(BaseHandler):
                 )
             torch.backends.quantized.engine = self.settings.engine
         workers = int(yaml_config.get("maxWorkers") or yaml_config.get("minWorkers") or 1)
-        threads = thread_count(self.settings.threads, workers)
+        threads = classification.thread_count(self.settings.threads, workers)
         torch.set_num_threads(threads)
 
         use_cuda = (
@@ -120,12 +109,12 @@ class DistillClassifierHandler(BaseHandler):
         for idx, request in enumerate(data):
             try:
                 inputs[idx] = self._request_input(request, idx, v2, images)
-            except InputError as err:
+            except imageprep.InputError as err:
                 errors[idx] = err
             except Exception as err:  # the safety net: one request, never its batch
                 errors[idx] = self._unreadable(idx, err)
         spec = self.settings.spec
-        pixels = preprocess(images, spec)
+        pixels = imageprep.preprocess(images, spec)
         parts, rows, offset = [], {}, 0
         for idx, item in inputs.items():
             part = pixels[item[0] : item[0] + item[1]] if isinstance(item, tuple) else item
@@ -142,13 +131,13 @@ class DistillClassifierHandler(BaseHandler):
             "size": len(data),
         }
 
-    def _unreadable(self, idx: int, err: BaseException) -> InputError:
+    def _unreadable(self, idx: int, err: BaseException) -> imageprep.InputError:
         """An exception no decoding step foresaw, kept to its own request: logged with its
         traceback (it marks a missing guard) and answered 400, or 413 for memory."""
         logger.error("request %d of the batch could not be read", idx, exc_info=err)
         if isinstance(err, MemoryError):
-            return InputError("request is too large to read", 413, "TooLarge")
-        return InputError(
+            return imageprep.InputError("request is too large to read", 413, "TooLarge")
+        return imageprep.InputError(
             f"request could not be read ({type(err).__name__})", 400, "UnreadableRequest"
         )
 
@@ -158,21 +147,23 @@ class DistillClassifierHandler(BaseHandler):
         """Decode one request (raises ``InputError``): its images are appended to ``images`` and
         their ``(start, count)`` there returned; a v2 FP32 request returns its input tensor."""
         channels, limits = self.settings.spec.channels, self.settings.limits
-        body = v2_payload(request)
-        if body is None:
-            key, _ = body_of(request)
-            encoded = [request_bytes(request, self._content_type(idx, key))]
+        headers = self._headers(idx)
+        request_v2 = kserve_v2.v2_payload(request, headers)
+        if request_v2 is None:
+            key, _ = payloads.body_of(request)
+            encoded = [payloads.request_bytes(request, payloads.content_type_of(headers, key))]
         else:
-            request_id = v2_request_id(body)
-            kind, value = parse_v2_inputs(body, self.settings.spec)
+            answer_as = (kserve_v2.v2_request_id(request_v2.body), request_v2.binary_output)
+            kind, value = kserve_v2.parse_v2_inputs(request_v2, self.settings.spec)
             if kind == "tensor":
-                v2[idx] = request_id or self._request_id(idx)
+                v2[idx] = answer_as
                 return value
             encoded = value
         size = self.settings.spec.image_size
-        decoded = [decode_image(b, channels, limits, size) for b in encoded]  # all, or none
-        if body is not None:
-            v2[idx] = request_id or self._request_id(idx)
+        # all of the request's images, or none
+        decoded = [imageprep.decode_image(b, channels, limits, size) for b in encoded]
+        if request_v2 is not None:
+            v2[idx] = answer_as
         images.extend(decoded)
         return (len(images) - len(decoded), len(decoded))
 
@@ -182,11 +173,12 @@ class DistillClassifierHandler(BaseHandler):
         except (AttributeError, IndexError, KeyError, TypeError):
             return ""
 
-    def _content_type(self, idx: int, key: str | None) -> str | None:
+    def _headers(self, idx: int) -> dict:
         try:
-            return content_type_of(self.context.get_all_request_header(idx), key)
+            headers = self.context.get_all_request_header(idx)
         except (AttributeError, IndexError, KeyError, TypeError):
-            return None
+            return {}
+        return headers if isinstance(headers, dict) else {}
 
     def inference(self, prepared: dict) -> dict:
         """One forward pass over every usable image of the batch. A failure here is the model's,
@@ -211,22 +203,55 @@ class DistillClassifierHandler(BaseHandler):
         name = getattr(self.context, "model_name", None) or model.get("modelName", "")
         for idx, (start, stop) in predicted["rows"].items():
             logits = predicted["logits"][start:stop]
-            if idx in predicted["v2"]:
-                answers[idx] = v2_response(
-                    predicted["v2"][idx],
-                    name,
-                    model.get("modelVersion", ""),
-                    logits,
-                    self.mapping,
-                    self.settings.topk,
-                )
-            else:
-                answers[idx] = topk_answers(logits, self.mapping, self.settings.topk)[0]
+            if idx not in predicted["v2"]:
+                top = classification.topk_answers(logits, self.mapping, self.settings.topk)
+                answers[idx] = top[0]
+                continue
+            request_id, binary = predicted["v2"][idx]
+            answers[idx] = kserve_v2.v2_response(
+                request_id or self._request_id(idx),
+                name,
+                self.version,
+                logits,
+                self.mapping,
+                self.settings.topk,
+                binary=binary,
+            )
+            if binary:  # the JSON header, then the raw outputs
+                answers[idx], header_length = answers[idx]
+                self.context.set_response_content_type(idx, "application/octet-stream")
+                self.context.set_response_header(idx, kserve_v2.HEADER_LENGTH, str(header_length))
         for idx, err in predicted["errors"].items():
             self.context.set_response_status(err.status, str(err), idx)
             self._add_metric("RejectedInputs", 1, "count", "counter", Reason=err.kind)
             answers[idx] = err.to_body()
         return answers
+
+    def describe_handle(self) -> dict:
+        """What ``GET /models/{name}?customized=true`` shows as ``customizedMetadata``: the
+        model's KServe v2 inputs and outputs, with the normalisation an FP32 input must have."""
+        spec = self.settings.spec
+        return {
+            "platform": "pytorch_torchscript",
+            "inputs": [
+                {"name": "images", "datatype": "BYTES", "shape": [-1]},
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [-1, spec.channels, *spec.image_size],
+                    "parameters": {
+                        "normalisation": "(pixel / 255 - mean) / std, per channel",
+                        "mean": list(spec.mean),
+                        "std": list(spec.std),
+                    },
+                },
+            ],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, self.settings.topk]},
+                {"name": "labels", "datatype": "BYTES", "shape": [-1, self.settings.topk]},
+            ],
+            "labels": len(self.mapping),
+        }
 
     def _add_metric(
         self, name: str, value: float, unit: str, kind: str = "gauge", **dimensions: str
@@ -239,6 +264,8 @@ class DistillClassifierHandler(BaseHandler):
             name,
             round(value, 3),
             unit=unit,
-            dimensions=[Dimension(k, v) for k, v in dimensions.items()],  # a fresh list each call
+            # a fresh list each call, in metrics.yaml's order (ModelName and Level are appended)
+            dimensions=[Dimension(k, v) for k, v in dimensions.items()]
+            + [Dimension("ModelVersion", self.version)],
             metric_type=MetricTypes(kind),
         )

@@ -42,8 +42,9 @@ class InputError(ValueError):
         super().__init__(message)
 
     def to_body(self) -> dict:
-        """The JSON body sent back for this request alone."""
-        return {"code": self.status, "type": self.kind, "message": str(self)}
+        """The JSON body sent back for this request alone: ``code``, ``type`` and ``message``,
+        and the same message as ``error``, the field KServe v2 clients (tritonclient) read."""
+        return {"code": self.status, "type": self.kind, "message": str(self), "error": str(self)}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from distillserve.archiver import build_archive
 from distillserve.serving.rest import InferenceClient, timed_predictions
 from distillserve.serving.server import TorchServe
+from distillserve.serving.versions import record_startup
 from distillserve.students.data import encode_png, load_splits, make_loader, preprocess_spec
 from distillserve.students.distill import predict
 from distillserve.students.export import load_torchscript
@@ -90,6 +91,7 @@ def run_demo(
     _log(f"starting TorchServe with {config} (logs in {server.log_dir})")
     with server:
         server.start(models=list(names.values()))
+        record_startup(server.management_client(), server.model_store)
         _log(f"ready; token file {server.key_file}")
         stage("serve start")
         client = InferenceClient(server.inference_url, server.keys()["inference"])

@@ -57,6 +57,7 @@ def _archive(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         version=args.version,
         file_name=args.file_name,
+        force=args.force,
     )
     print(result.path)
     return 0
@@ -116,7 +117,16 @@ def add_verbs(verbs) -> None:
     p.add_argument("--model-store", default="model_store", help="where the .mar goes")
     p.add_argument("--model-name", help="override the recipe's archive.model_name")
     p.add_argument("--version", help="override the recipe's archive.version")
-    p.add_argument("--file-name", help="archive file name (default: MODEL_NAME.mar)")
+    p.add_argument(
+        "--file-name",
+        help="archive file name (default: MODEL_NAME.mar for the recipe's version, "
+        "MODEL_NAME-VERSION.mar for another)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing archive of another model or version (default: refuse)",
+    )
     p.set_defaults(func=_archive)
 
     p = verbs.add_parser(
@@ -125,11 +135,15 @@ def add_verbs(verbs) -> None:
     p.add_argument("mars", nargs="+", help=".mar files to deploy")
     p.add_argument("--out", default="build/kserve", help="output directory (default build/kserve)")
     p.add_argument("--name", default="distillserve", help="name of the service and manifests")
-    p.add_argument("--image", default="pytorch/torchserve:0.12.0-cpu")
+    p.add_argument(
+        "--image",
+        help="the image the manifests run, as your registry names it (build it from the "
+        "written Dockerfile; default: distillserve-torchserve:0.12.0-torchVERSION)",
+    )
     p.add_argument(
         "--storage-uri",
-        default="pvc://distillserve-models",
-        help="where config/ and model-store/ are uploaded",
+        help="where KServe reads config/ and model-store/ (default: pvc://NAME-models, the "
+        "claim in manifests/storage.yaml)",
     )
     p.set_defaults(func=_export_kserve)
 

@@ -18,7 +18,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     server = TorchServe(args.config, args.run_dir, args.model_store)
     if args.action == "start":
+        from distillserve.serving.versions import record_startup
+
         server.start(timeout=args.timeout)
+        record_startup(server.management_client(), server.model_store)
         print(
             f"TorchServe ready: inference {server.inference_url}, "
             f"management {server.management_url}, metrics {server.metrics_url}"
@@ -118,8 +121,13 @@ def _load(args: argparse.Namespace) -> int:
 
 def _ab(args: argparse.Namespace) -> int:
     from distillserve.serving.ab import format_ab, run_ab
+    from distillserve.serving.versions import require_version
 
-    client = connection(args).inference_client()
+    server = connection(args)
+    management = server.management_client()
+    for version in (args.v1, args.v2):
+        require_version(management, args.model, version)
+    client = server.inference_client()
     report = run_ab(client, args.model, args.v1, args.v2, Path(args.data_dir), args.concurrency)
     print(json.dumps(report, indent=2) if args.json else format_ab(report))
     return 0

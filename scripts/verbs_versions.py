@@ -40,7 +40,10 @@ def _set_default(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
+    from distillserve.serving.versions import require_version
+
     client = connection(args).management_client()
+    require_version(client, args.model, args.version)
     client.scale(args.model, args.version, min_worker=args.min, max_worker=args.max)
     print(f"{args.model}: workers scaled to min {args.min}, max {args.max or args.min}")
     return 0
@@ -65,22 +68,35 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from distillserve.serving.versions import versions_table
+    from distillserve.serving.versions import server_state, versions_table
 
-    print(versions_table(connection(args).management_client()))
+    print(versions_table(server_state(connection(args).management_client())))
     return 0
 
 
 def _describe(args: argparse.Namespace) -> int:
+    from distillserve.serving.versions import require_version
+
     client = connection(args).management_client()
+    require_version(client, args.model, None if args.version == "all" else args.version)
     print(json.dumps(client.describe(args.model, args.version), indent=2))
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
     from distillserve.archiver import Registry
+    from distillserve.errors import ServerError
+    from distillserve.serving.versions import server_state, store_table
 
-    print(Registry(args.model_store).table())
+    server = connection(args, config_optional=True)
+    try:
+        state = server_state(server.management_client()) if server.props else None
+        note = None
+    except ServerError as err:
+        state, note = None, f"server state unknown (? below): {err}"
+    print(store_table(Registry(server.model_store), state))
+    if note:
+        print(note)
     return 0
 
 
@@ -130,6 +146,8 @@ def add_verbs(verbs) -> None:
     add_server_options(p)
     p.set_defaults(func=_describe)
 
-    p = verbs.add_parser("models", help="the model store's index (model_store/index.json)")
-    p.add_argument("--model-store", default="model_store")
+    p = verbs.add_parser(
+        "models", help="the model store's archives and what the server says of each"
+    )
+    add_server_options(p)
     p.set_defaults(func=_models)

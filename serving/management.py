@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 
 from distillserve.errors import ServerError
-from distillserve.serving.rest import send
+from distillserve.serving.rest import explain, send
 
 __all__ = ["ManagementClient"]
 
@@ -31,8 +31,7 @@ class ManagementClient:
             timeout=self.timeout,
         )
         if not 200 <= status < 300:
-            message = body.get("message", body) if isinstance(body, dict) else body
-            raise ServerError(f"{method} {path}: HTTP {status}: {message}", status)
+            raise ServerError(f"{method} {path}: {explain(status, body)}", status)
         return body
 
     def register(

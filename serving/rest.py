@@ -17,7 +17,7 @@ import requests.adapters
 from distillserve.errors import ConnectionFailed, ServerError
 from distillserve.serving.retry import Retrier, RetryPolicy
 
-__all__ = ["InferenceClient", "Prediction", "read_key", "send", "timed_predictions"]
+__all__ = ["InferenceClient", "Prediction", "explain", "read_key", "send", "timed_predictions"]
 
 
 def send(
@@ -36,6 +36,26 @@ def send(
         return response.status_code, response.json()
     except ValueError:
         return response.status_code, {"message": response.text.strip()}
+
+
+def explain(status: int, body: dict | list | str, role: str = "management") -> str:
+    """TorchServe's error answer as what to do about it: a refused token, a registration API
+    that the server's profile turns off, or TorchServe's own message."""
+    kind = body.get("type", "") if isinstance(body, dict) else ""
+    message = body.get("message", body) if isinstance(body, dict) else body
+    if kind == "InvalidKeyException":
+        return (
+            f"the server refused the {role} key (missing, wrong, or expired: keys last "
+            "token_expiration_min, 60 min by default): pass the running server's key_file.json "
+            "with --run-dir or --key-file; a restart writes fresh keys"
+        )
+    if status == 405 and kind == "MethodNotAllowedException":
+        return (
+            "this server's registration API is off (enable_model_api=false, the serving "
+            "profile): start it with --config config.mlops.properties to register or "
+            "unregister models"
+        )
+    return f"HTTP {status}: {message}"
 
 
 def read_key(key_file: str | Path, role: str = "inference") -> str:
@@ -129,8 +149,8 @@ class InferenceClient:
         """Send one image; returns ``{label: probability}`` or raises ``ServerError``."""
         result = self.predict_raw(model, image, version)
         if not result.ok:
-            message = result.body.get("message", result.body)
-            raise ServerError(f"{model}: HTTP {result.status}: {message}", result.status)
+            message = explain(result.status, result.body, "inference")
+            raise ServerError(f"{model}: {message}", result.status)
         return result.body
 
     def predict_many(

@@ -111,6 +111,14 @@ class TorchServe:
             role: data[role]["key"] for role in ("inference", "management", "API") if role in data
         }
 
+    def management_client(self):
+        """A management API client with this server's management key."""
+        from distillserve.serving.management import ManagementClient
+
+        return ManagementClient(
+            self.management_url, self.keys()["management"] if self.token_auth else None
+        )
+
     def headers(self, role: str = "inference") -> dict[str, str]:
         """The Authorization header for ``role``; none when token authorization is off."""
         return {"Authorization": f"Bearer {self.keys()[role]}"} if self.token_auth else {}

@@ -1,5 +1,6 @@
-"""Model versions on a running server: register (after verifying the archive), set the default,
-roll back, and keep ``model_store/index.json`` in step."""
+"""Model versions on a running server: what it has, register (after verifying the archive), set
+the default, scale, roll back, unregister; ``model_store/index.json`` keeps what only the store
+knows (archives, their hashes, the history of defaults) and the server says the rest."""
 
 from __future__ import annotations
 
@@ -7,10 +8,61 @@ import shutil
 from pathlib import Path
 
 from distillserve.archiver import Registry, inspect_archive
-from distillserve.errors import ServerError
+from distillserve.archiver.mar import sha256_file
+from distillserve.errors import DistillServeError, ServerError
 from distillserve.serving.management import ManagementClient
 
-__all__ = ["register_archive", "rollback", "set_default", "unregister", "versions_table"]
+__all__ = [
+    "record_startup",
+    "register_archive",
+    "require_version",
+    "rollback",
+    "server_state",
+    "set_default",
+    "store_table",
+    "unregister",
+    "versions_table",
+]
+
+# {model: {version: {"default": bool, "workers": [status], "batch_size", "max_batch_delay",
+#                    "file"}}}: what the server says.
+State = dict[str, dict[str, dict]]
+
+
+def server_state(client: ManagementClient) -> State:
+    """Every model and version the server has, its default and its workers."""
+    state: State = {}
+    for model in client.list_models():
+        name = model["modelName"]
+        default = client.default_version(name)
+        state[name] = {
+            v["modelVersion"]: {
+                "default": v["modelVersion"] == default,
+                "workers": [w.get("status", "?") for w in v.get("workers", [])],
+                "batch_size": v.get("batchSize"),
+                "max_batch_delay": v.get("maxBatchDelay"),
+                "file": v.get("modelUrl"),
+            }
+            for v in client.describe(name, "all")
+        }
+    return state
+
+
+def require_version(client: ManagementClient, name: str, version: str | None) -> list[str]:
+    """The versions the server has of ``name``; a one-line ``DistillServeError`` when it has no
+    such model, or not ``version``."""
+    try:
+        described = client.describe(name, "all")
+    except ServerError as err:
+        if err.status == 404:
+            raise DistillServeError(f"the server has no model {name!r}") from None
+        raise
+    versions = [v["modelVersion"] for v in described]
+    if version is not None and version not in versions:
+        raise DistillServeError(
+            f"the server has no version {version!r} of {name} (it has {', '.join(versions)})"
+        )
+    return versions
 
 
 def register_archive(
@@ -35,6 +87,7 @@ def register_archive(
             raise ServerError(f"{target} exists and holds a different build; remove it first")
         shutil.copy2(mar, target)
         mar = target
+    previous = _default_or_none(client, name)
     client.register(
         mar.name,
         model_name=name,
@@ -43,25 +96,33 @@ def register_archive(
         initial_workers=initial_workers,
     )
     registry = Registry(store)
-    registry.record_archive(name, version, mar.name, info["build_info"])
+    registry.record_archive(name, version, mar.name, info["build_info"], sha256_file(mar))
+    registry.record_registered(name, version, mar.name, "register")
     if make_default:
         client.set_default(name, version)
-    registry.record_registered(
-        name, version, mar.name, make_default or _is_default(client, name, version)
-    )
+        registry.record_default_change(name, previous, version)
     return {"model_name": name, "version": version, "file": mar.name}
 
 
-def _is_default(client: ManagementClient, name: str, version: str) -> bool:
-    return client.default_version(name) == version
+def _default_or_none(client: ManagementClient, name: str) -> str | None:
+    try:
+        return client.default_version(name)
+    except ServerError as err:
+        if err.status == 404:
+            return None
+        raise
 
 
 def set_default(client: ManagementClient, model_store: Path, name: str, version: str) -> None:
+    """Make ``version`` the default; the one it replaces joins the index's history."""
+    require_version(client, name, version)
+    previous = client.default_version(name)
     client.set_default(name, version)
-    Registry(model_store).record_default(name, version)
+    Registry(model_store).record_default_change(name, previous, version)
 
 
 def unregister(client: ManagementClient, model_store: Path, name: str, version: str) -> None:
+    require_version(client, name, version)
     client.unregister(name, version)
     Registry(model_store).record_unregistered(name, version)
 
@@ -69,25 +130,44 @@ def unregister(client: ManagementClient, model_store: Path, name: str, version: 
 def rollback(client: ManagementClient, model_store: Path, name: str) -> tuple[str, str]:
     """Make the previous default version the default again, then retire the current one.
 
-    The previous default comes from the index's history; without one, the highest registered
-    version below the current default is used. Returns ``(retired, restored)``.
+    The previous default is the most recent earlier default in the index that the server still
+    has; without one (a model loaded at start-up never switched), the highest registered version
+    below the current one. Returns ``(retired, restored)``.
     """
+    registered = require_version(client, name, None)
     current = client.default_version(name)
-    if current is None:
-        raise ServerError(f"model {name!r} is not registered")
-    registry = Registry(model_store)
-    previous = registry.previous_default(name)
-    registered = [entry["modelVersion"] for entry in client.describe(name, "all")]
-    if previous not in registered or previous == current:
-        previous = _highest_below(registered, current)
+    others = [v for v in registered if v != current]
+    previous = Registry(model_store).previous_default(name, others) or _highest_below(
+        others, current
+    )
     if previous is None:
-        raise ServerError(f"{name} has no earlier registered version to roll back to")
+        raise DistillServeError(f"{name} has no earlier registered version to roll back to")
     set_default(client, model_store, name, previous)
     unregister(client, model_store, name, current)
     return current, previous
 
 
-def _highest_below(versions: list[str], current: str) -> str | None:
+def record_startup(client: ManagementClient, model_store: Path) -> int:
+    """Record in the index every version the server loaded at start (from ``load_models``),
+    with the archive it came from; returns how many."""
+    registry = Registry(model_store)
+    count = 0
+    for name, versions in server_state(client).items():
+        for version, state in versions.items():
+            file = state.get("file") or ""
+            path = model_store / file
+            if file and path.is_file():
+                try:
+                    info = inspect_archive(path)
+                except DistillServeError:
+                    continue
+                registry.record_archive(name, version, file, info["build_info"], sha256_file(path))
+            registry.record_registered(name, version, file, "start-up")
+            count += 1
+    return count
+
+
+def _highest_below(versions: list[str], current: str | None) -> str | None:
     from packaging.version import InvalidVersion, Version
 
     def key(v: str):
@@ -96,20 +176,45 @@ def _highest_below(versions: list[str], current: str) -> str | None:
         except InvalidVersion:
             return (1, v)
 
-    earlier = [v for v in versions if key(v) < key(current)]
+    earlier = [v for v in versions if current is None or key(v) < key(current)]
     return max(earlier, key=key) if earlier else None
 
 
-def versions_table(client: ManagementClient) -> str:
+def versions_table(state: State) -> str:
     """The server's models and versions, the default marked ``*``, one line each."""
     lines = []
-    for model in client.list_models():
-        default = client.default_version(model["modelName"])
-        for v in client.describe(model["modelName"], "all"):
-            workers = ",".join(w.get("status", "?") for w in v.get("workers", []))
-            mark = "*" if v["modelVersion"] == default else " "
+    for name, versions in sorted(state.items()):
+        for version, v in sorted(versions.items()):
             lines.append(
-                f"{model['modelName']:<24}{v['modelVersion']:<10}{mark} batch {v['batchSize']:<3}"
-                f" delay {v['maxBatchDelay']:<5} workers [{workers}]"
+                f"{name:<24}{version:<10}{'*' if v['default'] else ' '} batch "
+                f"{v['batch_size']!s:<3} delay {v['max_batch_delay']!s:<5} "
+                f"workers [{','.join(v['workers'])}]"
+            )
+    return "\n".join(lines) or "(no models registered)"
+
+
+def store_table(registry: Registry, state: State | None) -> str:
+    """The model store's archives beside what the server says of them (``?`` when it did not
+    answer): registered, default, workers, accuracy, size, build time, file."""
+    header = (
+        f"{'model':<22}{'version':<10}{'default':<9}{'registered':<12}{'workers':<9}"
+        f"{'accuracy':>9}{'size KB':>10}  {'built':<26}{'file'}"
+    )
+    lines = [header, "-" * (len(header) + 10)]
+    known = registry.versions()
+    for name in sorted(set(known) | set(state or {})):
+        for version in sorted(set(known.get(name, {})) | set((state or {}).get(name, {}))):
+            entry = known.get(name, {}).get(version, {})
+            served = None if state is None else state.get(name, {}).get(version)
+            metrics = entry.get("metrics", {})
+            accuracy, size = metrics.get("test_accuracy"), metrics.get("size_bytes")
+            registered = "?" if state is None else "yes" if served else "no"
+            default = "?" if state is None else "*" if served and served["default"] else ""
+            workers = "?" if state is None else str(len(served["workers"])) if served else ""
+            lines.append(
+                f"{name:<22}{version:<10}{default:<9}{registered:<12}{workers:<9}"
+                f"{'' if accuracy is None else f'{accuracy:.2%}':>9}"
+                f"{'' if size is None else f'{size / 1024:.1f}':>10}  "
+                f"{entry.get('built_at') or '':<26}{entry.get('file', '')}"
             )
     return "\n".join(lines)

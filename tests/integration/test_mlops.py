@@ -3,7 +3,6 @@ REST and gRPC clients, KServe v2 through tritonclient, Prometheus metrics, A/B, 
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from distillserve.archiver import build_archive
+from distillserve.archiver import build_archive, inspect_archive
 from distillserve.archiver.properties import free_port, read_properties, write_properties
 from distillserve.serving.grpc_client import GrpcClient
 from distillserve.serving.rest import InferenceClient
@@ -131,27 +130,22 @@ def test_versions_register_switch_rollback_scale_unregister(server, store, tmp_p
     assert report["versions"]["1.0"]["accuracy"] == report["versions"]["2.0"]["accuracy"] > 0.8
 
     registry = json.loads((store / "index.json").read_text())["models"]["digits-student"]
-    assert registry["default"] == "2.0" and registry["default_history"] == ["1.0"]
+    assert registry["default_history"] == ["1.0"]  # earlier defaults, never the current one
 
     rolled = _cli(ts, "rollback", "digits-student")
     assert rolled.returncode == 0, rolled.stderr
     assert [d["modelVersion"] for d in _describe(ts)] == ["1.0"]
     assert _describe(ts, "")[0]["modelVersion"] == "1.0"
     registry = json.loads((store / "index.json").read_text())["models"]["digits-student"]
-    assert registry["default"] == "1.0" and registry["versions"]["2.0"]["registered"] is False
+    assert registry["default_history"] == []
+    assert registry["versions"]["2.0"]["last_registered"]["how"] == "register"
 
     assert _cli(ts, "scale", "digits-student", "--min", "2", "--max", "2").returncode == 0
     (described,) = _describe(ts, "1.0")
     assert described["minWorkers"] == 2 and len(described["workers"]) == 2
 
-    models = subprocess.run(
-        [sys.executable, "-m", "distillserve.scripts.cli", "models", "--model-store", str(store)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert re.search(r"digits-student\s+1\.0\s+\*\s+yes", models.stdout), models.stdout
+    models = _cli(ts, "models")
+    assert re.search(r"digits-student\s+1\.0\s+\*\s+yes\s+2", models.stdout), models.stdout
     assert re.search(r"digits-student\s+2\.0\s+no", models.stdout), models.stdout
 
     gone = _cli(ts, "unregister", "digits-student", "1.0")
@@ -245,24 +239,31 @@ def _text(value) -> str:
 
 
 def test_kserve_v2_through_tritonclient_is_batched(served, digits_splits, expected):
+    """tritonclient with its defaults: the binary tensor extension both ways (image files as
+    BYTES, normalised FP32 input), batched 4 at a time; errors as the protocol's {"error"}."""
     import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
 
     url = served.inference_url.removeprefix("http://")
-    headers = served.headers()
     client = httpclient.InferenceServerClient(url=url, concurrency=8)
+    # tritonclient writes Inference-Header-Content-Length into the headers it is given: a fresh
+    # dict per call, or a later request would carry an earlier one's length.
     pending = []
     for i in range(8):
-        data = np.array([base64.b64encode(encode_png(digits_splits.test[i][0]))], dtype=np.object_)
+        data = np.array([encode_png(digits_splits.test[i][0])], dtype=np.object_)
         tensor = httpclient.InferInput("images", [1], "BYTES")
-        tensor.set_data_from_numpy(data, binary_data=False)
+        tensor.set_data_from_numpy(data)  # binary_data=True, the default
         pending.append(
-            client.async_infer("digits-v2", [tensor], headers=headers, request_id=f"req-{i}")
+            client.async_infer(
+                "digits-v2", [tensor], headers=served.headers(), request_id=f"req-{i}"
+            )
         )
     results = [p.get_result() for p in pending]
     for i, result in enumerate(results):
         response = result.get_response()
         assert response["id"] == f"req-{i}" and response["model_name"] == "digits-v2"
         assert response["model_version"] == "1.0"
+        assert all("binary_data_size" in out["parameters"] for out in response["outputs"])
         labels = result.as_numpy("labels")
         assert labels.shape == (1, 3) and _text(labels[0][0]) == expected[i]
         assert result.as_numpy("probabilities").shape == (1, 3)
@@ -276,25 +277,59 @@ def test_kserve_v2_through_tritonclient_is_batched(served, digits_splits, expect
     ]
     assert sizes and max(sizes) > 1, sizes  # the gauge holds the last batch: several requests
 
-    inputs = next(iter(make_loader(digits_splits.test, SPEC, 2)))[0].numpy()
-    tensor = httpclient.InferInput("input", list(inputs.shape), "FP32")
-    tensor.set_data_from_numpy(inputs, binary_data=False)
-    result = client.infer("digits-v2", [tensor], headers=headers)
-    assert [_text(row[0]) for row in result.as_numpy("labels")] == expected[:2]
+    inputs = next(iter(make_loader(digits_splits.test, SPEC, 2)))[0].numpy()  # normalised
+    for binary in (True, False):
+        tensor = httpclient.InferInput("input", list(inputs.shape), "FP32")
+        tensor.set_data_from_numpy(inputs, binary_data=binary)
+        result = client.infer("digits-v2", [tensor], headers=served.headers())
+        assert [_text(row[0]) for row in result.as_numpy("labels")] == expected[:2]
+
+    bad = httpclient.InferInput("images", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("digits-v2", [bad], headers=served.headers())
+    assert refused.value.status() == "415" and "not an image" in refused.value.message()
     client.close()
 
+    described = requests.get(
+        f"{served.management_url}/models/digits-v2?customized=true",
+        headers=served.headers("management"),
+        timeout=10,
+    ).json()[0]
+    metadata = described["customizedMetadata"]
+    (fp32,) = [i for i in metadata["inputs"] if i["datatype"] == "FP32"]
+    assert fp32["shape"] == [-1, 1, 8, 8] and fp32["parameters"]["mean"] == [0.5]
 
-def test_prometheus_endpoint_has_the_handler_metrics(served, digits_splits):
+
+def test_prometheus_endpoint_has_the_handler_metrics_per_version(served, digits_splits):
+    response = register(served, "digits-student-2.0.mar", model_name="digits-rest")
+    assert response.status_code == 200, response.text
     client = InferenceClient(served.inference_url, served.keys()["inference"])
-    client.predict_many("digits-rest", [encode_png(digits_splits.test[0][0])] * 8, 8)
-    client.predict_raw("digits-rest", b"not an image")
+    for version in ("1.0", "2.0"):
+        client.predict_many("digits-rest", [encode_png(digits_splits.test[0][0])] * 8, 8, version)
+        client.predict_raw("digits-rest", b"not an image", version)
     scrape = requests.get(f"{served.metrics_url}/metrics", timeout=10).text
     for metric in ("BatchSize", "ImageDecodeTime", "ForwardTime", "RejectedInputs"):
-        values = re.findall(
-            rf'^{metric}\{{[^}}]*ModelName="digits-rest"[^}}]*\}} (\S+)', scrape, re.M
+        series = re.findall(
+            rf'^{metric}\{{([^}}]*ModelName="digits-rest"[^}}]*)\}} (\S+)', scrape, re.M
         )
-        assert values and all(float(v) >= 0 for v in values), (metric, scrape[:2000])
+        versions = {re.search(r'ModelVersion="([^"]+)"', labels).group(1) for labels, _ in series}
+        assert versions == {"1.0", "2.0"}, (metric, scrape[:2000])  # two series, side by side
+        assert all(float(v) >= 0 for _, v in series)
     assert re.search(r'^RejectedInputs\{[^}]*Reason="NotAnImage"', scrape, re.M)
+    assert requests.delete(
+        f"{served.management_url}/models/digits-rest/2.0",
+        headers=served.headers("management"),
+        timeout=60,
+    ).ok
+
+
+def _kubernetes_validate_strict(path: Path) -> None:
+    """Every document of ``path`` against Kubernetes' own schemas, unknown fields refused."""
+    import kubernetes_validate
+
+    for document in yaml.safe_load_all(path.read_text()):
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
 
 
 def test_export_kserve_layout_manifests_and_real_start(store, tmp_path, digits_splits, expected):
@@ -311,6 +346,8 @@ def test_export_kserve_layout_manifests_and_real_start(store, tmp_path, digits_s
             str(out),
             "--name",
             "digits",
+            "--image",
+            "registry.example/team/digits:1",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -318,6 +355,27 @@ def test_export_kserve_layout_manifests_and_real_start(store, tmp_path, digits_s
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    build_torch = inspect_archive(store / "digits-student.mar")["build_info"]["versions"]["torch"]
+    dockerfile = (out / "Dockerfile").read_text()
+    assert dockerfile.startswith("# ") and "FROM pytorch/torchserve:0.12.0-cpu" in dockerfile
+    assert f"torch=={build_torch.split('+')[0]} " in dockerfile  # the archives' own torch
+    for manifest in ("kserve.yaml", "kubernetes.yaml"):
+        documents = yaml.safe_load_all((out / "manifests" / manifest).read_text())
+        images = {
+            c["image"]
+            for d in documents
+            for c in (d["spec"].get("template", {}).get("spec", d["spec"]).get("containers", []))
+        }
+        assert images == {"registry.example/team/digits:1"}, manifest
+    _kubernetes_validate_strict(out / "manifests" / "kubernetes.yaml")
+    _kubernetes_validate_strict(out / "manifests" / "storage.yaml")
+    claims = [d for d in yaml.safe_load_all((out / "manifests" / "storage.yaml").read_text())]
+    assert claims[0]["kind"] == "PersistentVolumeClaim" and claims[0]["metadata"]["name"] == (
+        "digits-models"
+    )
+    assert "kubectl cp model-store digits-models-fill:/mnt/models/model-store" in (
+        (out / "README.md").read_text()
+    )
     props = read_properties(out / "config" / "config.properties")
     snapshot = json.loads(props["model_snapshot"])
     assert snapshot["modelCount"] == 2

@@ -283,7 +283,7 @@ def test_a_batch_of_good_and_arbitrary_requests_answers_each_on_its_own(
 def test_the_safety_net_keeps_an_unforeseen_error_to_its_request(served, good, monkeypatch, caplog):
     """A decoding step that raises something unexpected fails its request (400, logged with the
     traceback), never its neighbours."""
-    import distillserve.handlers.distill_classifier as module
+    import distillserve.handlers.imageprep as module
 
     handler, ctx = served
     real = module.decode_image

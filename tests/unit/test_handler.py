@@ -93,3 +93,16 @@ def test_ties_rank_the_lower_class_first_like_argmax():
     assert list(answers[0]) == ["c1", "c3", "c2"]
     assert list(answers[1]) == ["c0", "c1", "c2"]
     assert [next(iter(a)) for a in answers] == [f"c{i}" for i in logits.argmax(1).tolist()]
+
+
+def test_a_host_torch_older_than_the_archive_build_is_refused(extracted_student):
+    from distillserve.handlers.classification import check_torch_version
+
+    info_path = extracted_student / "build-info.json"
+    info = json.loads(info_path.read_text())
+    check_torch_version(extracted_student, info["versions"]["torch"])  # the same: fine
+    check_torch_version(extracted_student, "99.0.0+cpu")  # newer: fine
+    info["versions"]["torch"] = "99.1.0"
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(RuntimeError, match=r"built with torch 99\.1\.0 .* install torch>=99\.1\.0"):
+        DistillClassifierHandler().initialize(handler_context(extracted_student))
