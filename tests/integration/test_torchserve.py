@@ -35,7 +35,7 @@ def server(model_store, tmp_path):
 def _batch_sizes(ts: TorchServe, model: str) -> list[int]:
     """BatchSize values the handler recorded in TorchServe's own model metrics log."""
     log = ts.log_dir / "model_metrics.log"
-    pattern = re.compile(rf"BatchSize\.Count:(\d+(?:\.\d+)?)\|#ModelName:{model},")
+    pattern = re.compile(rf"BatchSize\.Count:(\d+(?:\.\d+)?)\|#[^|]*\bModelName:{model},")
     return [int(float(m)) for m in pattern.findall(log.read_text())] if log.exists() else []
 
 
