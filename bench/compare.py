@@ -29,7 +29,14 @@ from distillserve.students.measure import latency_ms, threads
 from distillserve.students.pipeline import BuildResult, build
 from distillserve.students.recipe import Recipe, load_recipe
 
-__all__ = ["describe", "pareto_front", "run_compare", "write_markdown", "write_plot"]
+__all__ = [
+    "describe",
+    "measure_latencies",
+    "pareto_front",
+    "run_compare",
+    "write_markdown",
+    "write_plot",
+]
 
 ROUNDS = 3  # interleaved latency rounds; the best median of each model is kept
 
@@ -63,15 +70,15 @@ def describe(recipe: Recipe) -> str:
     return ", ".join(parts)
 
 
-def pareto_front(rows: Sequence[dict], cost: str) -> set[int]:
+def pareto_front(rows: Sequence[dict], cost: str, accuracy: str = "test_accuracy") -> set[int]:
     """Indices of the rows no other row beats: as accurate or more at a cost as low or lower,
     strictly better in one of the two."""
     front = set()
     for i, row in enumerate(rows):
         dominated = any(
-            other["test_accuracy"] >= row["test_accuracy"]
+            other[accuracy] >= row[accuracy]
             and other[cost] <= row[cost]
-            and (other["test_accuracy"] > row["test_accuracy"] or other[cost] < row[cost])
+            and (other[accuracy] > row[accuracy] or other[cost] < row[cost])
             for j, other in enumerate(rows)
             if j != i
         )
@@ -80,7 +87,7 @@ def pareto_front(rows: Sequence[dict], cost: str) -> set[int]:
     return front
 
 
-def _measure_latencies(paths: Sequence[Path], example: torch.Tensor, count: int) -> list[float]:
+def measure_latencies(paths: Sequence[Path], example: torch.Tensor, count: int) -> list[float]:
     """Batch-1 latency of each TorchScript file in ms: best median over interleaved rounds."""
     models = [load_torchscript(path) for path in paths]
     best = [float("inf")] * len(models)
@@ -250,7 +257,7 @@ def run_compare(
     example = torch.zeros(1, first.data.channels, *first.data.image_size)
     log(f"measuring batch-1 latency of {len(candidates)} models, {ROUNDS} interleaved rounds")
     for row, value in zip(
-        candidates, _measure_latencies([Path(r["path"]) for r in candidates], example, count)
+        candidates, measure_latencies([Path(r["path"]) for r in candidates], example, count)
     ):
         row["latency_ms_batch1"] = value
     for cost, key in (("latency_ms_batch1", "pareto_latency"), ("size_bytes", "pareto_size")):

@@ -35,6 +35,25 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from distillserve.bench.tune import run_tune
+
+    cache = None if args.no_teacher_cache else args.teacher_cache
+    report = run_tune(
+        args.recipe,
+        budget=args.budget,
+        trials=args.trials,
+        time_limit=args.time_limit,
+        objective=args.objective,
+        out=args.out,
+        teacher_cache_dir=cache,
+    )
+    print((Path(args.out) / "report.md").read_text(), end="")
+    if report["best_recipe"]:
+        print(f"best recipe: {report['best_recipe']} (distillserve build {report['best_recipe']})")
+    return 130 if report["interrupted"] else 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from distillserve.bench.report import update_readme
     from distillserve.bench.run import run_bench
@@ -101,6 +120,33 @@ def add_verbs(verbs) -> None:
     p.add_argument("--out", default="build/compare", help="output folder (default: build/compare)")
     teacher_cache_options(p)
     p.set_defaults(func=_compare)
+
+    p = verbs.add_parser(
+        "tune", help="search the recipe's tune: space for the fastest student within a budget"
+    )
+    p.add_argument(
+        "recipe", help="recipe YAML file with a tune: section, e.g. recipes/digits-tune.yaml"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.01,
+        help="largest validation-accuracy drop from the teacher allowed (0.01 = one point)",
+    )
+    p.add_argument("--trials", type=int, default=20, help="trials in all, resumed ones included")
+    p.add_argument("--time-limit", type=float, help="stop starting trials after this many seconds")
+    p.add_argument(
+        "--objective",
+        choices=("latency", "size", "served"),
+        default="latency",
+        help="the cost to minimise: int8 batch-1 latency, file size, or latency then served "
+        "throughput of the final candidates through a real TorchServe (default: latency)",
+    )
+    p.add_argument(
+        "--out", default="build/tune", help="output folder and study (default: build/tune)"
+    )
+    teacher_cache_options(p)
+    p.set_defaults(func=_tune)
 
     p = verbs.add_parser(
         "bench", help="measure models, handler and served throughput; JSON, plots, summary"

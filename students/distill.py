@@ -89,6 +89,7 @@ def train(
     augment: dict | None = None,
     seed: int = 0,
     desc: str = "train",
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
     """SGD with Nesterov momentum and a cosine learning-rate schedule; keeps the best epoch
     (by validation accuracy).
@@ -99,6 +100,8 @@ def train(
     ``students.features.FeatureKD``) adds its feature loss and trains its adapters. ``patience``
     stops training when the validation loss has not improved for that many epochs.
     ``trainable(model, epoch)`` (``students.finetune``) chooses what is trained each epoch.
+    ``on_epoch(epoch, epochs, val_accuracy)`` is called after each epoch; an exception it raises
+    (a search pruning the run) stops training.
     """
     alpha_at = alpha if callable(alpha) else (lambda _e, _t, v=alpha: v)
     temperature_at = temperature if callable(temperature) else (lambda _e, _t, v=temperature: v)
@@ -168,6 +171,8 @@ def train(
             best_acc, best_epoch = val_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{total / max(1, count):.4f}", val=f"{val_acc:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, val_acc)
         if val_loss < best_loss - 1e-6:
             best_loss, since_best = val_loss, 0
         else:

@@ -90,12 +90,14 @@ def build(
     out_root: str | Path = "build",
     log: Callable[[str], None] = _log,
     teacher_cache_dir: str | Path | None = None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> BuildResult:
     """Train or load the teacher, distill, prune, quantize and export the student; write the
     artifacts.
 
     With ``teacher_cache_dir`` a trained teacher is saved there and reused by later builds whose
-    seed, data and teacher settings (and training code) are the same.
+    seed, data and teacher settings (and training code) are the same. ``on_epoch`` follows the
+    student's distillation epochs (``students.distill.train``).
     """
     torch.manual_seed(recipe.seed)
     timer = _Timer()
@@ -106,7 +108,7 @@ def build(
     cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
     teacher = make_teacher(recipe, data, log, cache)
     timer.done("teacher")
-    distilled = distill_student(recipe, data, teacher, log)
+    distilled = distill_student(recipe, data, teacher, log, on_epoch)
     timer.done("distill")
     student = prune_student(recipe, distilled, log)
     timer.done("prune")
@@ -121,14 +123,17 @@ def build(
     try:
         dirs = {m.role: staging if m.role == "student" else staging / m.role for m in models}
         parity = {m.role: _export(recipe, m, dirs[m.role], data, quantized, log) for m in models}
-        accuracy = {
-            m.role: evaluate(load_torchscript(dirs[m.role] / MODEL_FILE), data.test) for m in models
-        }
+        loaded = {m.role: load_torchscript(dirs[m.role] / MODEL_FILE) for m in models}
+        accuracy = {role: evaluate(model, data.test) for role, model in loaded.items()}
+        val_accuracy = {role: evaluate(model, data.val) for role, model in loaded.items()}
         for m in models:
             log(f"export: {m.role} -> model.pt, test accuracy {accuracy[m.role]:.4f}")
         timer.done("export")
         metrics = {
-            m.role: _measure(recipe, m, dirs[m.role], data, accuracy, parity[m.role])
+            m.role: {
+                **_measure(recipe, m, dirs[m.role], data, accuracy, parity[m.role]),
+                "val_accuracy": val_accuracy[m.role],
+            }
             for m in models
         }
         timer.done("measure")

@@ -8,7 +8,7 @@ Read with ``yaml.safe_load`` only: a recipe can never import or call code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +27,7 @@ from distillserve.students.recipe_sections import (  # noqa: F401 - re-exported
     QuantizeConfig,
     StageConfig,
     TeacherConfig,
+    TuneConfig,
     _coerce,
     _Section,
 )
@@ -48,6 +49,7 @@ class Recipe:
     export: ExportConfig
     archive: ArchiveConfig
     seed: int = 0
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     SECTIONS: ClassVar[dict[str, type[_Section]]] = {
         "data": DataConfig,
@@ -58,6 +60,7 @@ class Recipe:
         "quantize": QuantizeConfig,
         "export": ExportConfig,
         "archive": ArchiveConfig,
+        "tune": TuneConfig,
     }
 
     @classmethod

@@ -216,9 +216,14 @@ def make_teacher(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) 
 
 
 def distill_student(
-    recipe: Recipe, data: DataStage, teacher: TeacherStage, log: Log
+    recipe: Recipe,
+    data: DataStage,
+    teacher: TeacherStage,
+    log: Log,
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> DistilledStudent:
-    """Progressive stages (each distilled from the one before), then the student itself."""
+    """Progressive stages (each distilled from the one before), then the student itself
+    (``on_epoch`` sees the student's epochs: ``students.distill.train``)."""
     kd, channels = recipe.distill, recipe.data.channels
     fit = functools.partial(
         train,
@@ -291,6 +296,7 @@ def distill_student(
         feature_kd=feature_kd,
         trainable=make_trainable(kd.finetune, kd.unfreeze_every),
         desc="student",
+        on_epoch=on_epoch,
     )
     if feature_kd is not None:
         feature_kd.remove()
