@@ -113,8 +113,9 @@ def _markdown(report: dict) -> str:
         f"({teacher.get('val_accuracy', 0):.2%}; test {teacher.get('test_accuracy', 0):.2%}), "
         f"{len(report['rows'])} trials, {report['seconds']:.0f} s, {report['created'][:10]}.",
         "",
-        "| trial | parameters | status | val acc. | test acc. | params | size KB | b1 ms |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| trial | parameters | status | val acc. | test acc. | params | size KB | b1 ms "
+        "| served req/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     order = sorted(report["rows"], key=lambda r: (r["latency_ms_batch1"] is None, r["trial"]))
     for r in order:
@@ -134,7 +135,7 @@ def _markdown(report: dict) -> str:
             f"| {label} | {params} | {status} | {number(r['val_accuracy'], '.2%')} "
             f"| {number(r['test_accuracy'], '.2%')} | {number(r['params'], ',')} "
             f"| {number(r['size_bytes'] and r['size_bytes'] / 1024, '.1f')} "
-            f"| {number(r['latency_ms_batch1'], '.4f')} |"
+            f"| {number(r['latency_ms_batch1'], '.4f')} | {number(r.get('served_rps'), '.0f')} |"
         )
     lines += ["", "★ chosen; * on the Pareto front (validation accuracy against the cost).", ""]
     lines.append(report["verdict"])
@@ -206,6 +207,12 @@ def write(
     floor = _within(study, budget)
     good = [r for r in done if floor is not None and r["val_accuracy"] >= floor]
     best = _choose(good, cost)
+    if objective == "served" and front:
+        from distillserve.bench.tune_served import served_throughput
+
+        served_throughput([done[i] for i in sorted(front)], out, log)
+        measured = [r for r in good if r.get("served_rps")]
+        best = max(measured, key=lambda r: r["served_rps"], default=best)
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "recipe": recipe_path.as_posix(),
@@ -231,10 +238,6 @@ def write(
         )
     else:
         report["verdict"] = "No trial finished: nothing to choose from."
-    if objective == "served" and front:
-        from distillserve.bench.tune_served import served_throughput
-
-        served_throughput([done[i] for i in sorted(front)], out, log)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
     _plot(report, out / "pareto.png", cost)
