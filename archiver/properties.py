@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distillserve.errors import ServerError
-from distillserve.handlers.imageprep import ImageLimits
 
 __all__ = [
     "LOCAL_STORE_ONLY",
@@ -37,7 +36,6 @@ LOCAL_STORE_ONLY = "^$"
 # Admits the handler's largest image (ImageLimits.max_bytes) sent as base64 JSON (4/3 larger),
 # with headroom for the JSON around it; anything larger the frontend refuses with 413.
 MAX_REQUEST_SIZE = 12 * 1024 * 1024
-assert ImageLimits().max_bytes * 4 // 3 + 64 * 1024 < MAX_REQUEST_SIZE
 
 # config.properties keys that hold file paths (relative ones are relative to the config file).
 PATH_KEYS = (
