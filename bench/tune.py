@@ -205,7 +205,8 @@ def run_tune(
                     trial.set_user_attr(key, value)
             trial.set_user_attr("twin_of", same.number)
             return tuple(same.values)
-        raw = merge(base, trial_overrides(recipe, params))
+        overrides = trial_overrides(recipe, params)
+        raw = merge(base, overrides)
         raw["name"] = f"{recipe.name}-t{trial.number:04d}"
         trial_recipe = Recipe.from_dict(raw)
         target = study.user_attrs.get("teacher_val_accuracy")
@@ -230,7 +231,7 @@ def run_tune(
             study.set_user_attr("teacher", {k: teacher[k] for k in tune_report.SUMMARY})
         trial.set_user_attr("metrics", {k: student[k] for k in tune_report.SUMMARY})
         trial.set_user_attr("artifact", str(result.root))
-        trial.set_user_attr("overrides", trial_overrides(recipe, params))
+        trial.set_user_attr("overrides", overrides)
         return student["val_accuracy"], student[cost_key]
 
     def progress(study, trial) -> None:

@@ -227,7 +227,7 @@ def write(
     reference = next((r for r in done if r["reference"]), None)
     if best is not None:
         report["best_recipe"] = str(_best_yaml(recipe_path, out, recipe, best))
-        report["verdict"] = _verdict(best, reference, cost) + _limits(done, reference)
+        report["verdict"] = _verdict(best, reference) + _limits(done, reference)
     elif done:
         top = max(done, key=lambda r: r["val_accuracy"])
         report["verdict"] = (
@@ -259,7 +259,7 @@ def _choose(good: list[dict], cost: str) -> dict | None:
     return min(tied, key=lambda r: (r["params"], -r["val_accuracy"], r[cost]))
 
 
-def _verdict(best: dict, reference: dict | None, cost: str) -> str:
+def _verdict(best: dict, reference: dict | None) -> str:
     what = f"trial {best['trial']}: {best['space']}"
     text = (
         f"Chosen: {what}; validation {best['val_accuracy']:.2%}, test "

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillserve.archiver.properties import read_properties
-from distillserve.errors import DistillServeError
 from distillserve.serving.management import ManagementClient
 from distillserve.serving.rest import InferenceClient, read_key
 
@@ -74,13 +73,10 @@ class Connection:
         return ManagementClient(self.management_url, self.token("management"))
 
     def grpc_client(self, timeout: float = 60.0):
-        """A gRPC inference client (its stubs are generated on first use)."""
+        """A gRPC inference client on the config's address (TorchServe's defaults where the
+        config sets none); its stubs are generated on first use."""
         from distillserve.serving.grpc_client import GrpcClient
 
-        if "grpc_inference_port" not in self.props:
-            raise DistillServeError(
-                f"{self.config} sets no grpc_inference_port: pass the server's --config"
-            )
         return GrpcClient(
             self.grpc_inference_address, inference_token=self.token("inference"), timeout=timeout
         )
