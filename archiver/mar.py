@@ -1,10 +1,12 @@
 """Build a ``.mar`` from a student artifact directory (see DESIGN.md for both layouts).
 
-The archive carries ``model.pt``, the handler module and its helper modules (so an inference host
-needs only torchserve and torch), ``index_to_name.json``, a ``model-config.yaml`` (batching,
-workers, timeout, and the ``handler:`` settings) and ``build-info.json`` (sha256 of ``model.pt``,
-versions, metrics, recipe). torch-model-archiver does the packing; every build stages in its own
-temporary directory and the finished file is moved into the model store atomically.
+The archive carries one model file (``model.pt``, ``model.pt2`` or ``model.onnx``: the artifact's
+primary format, or ``format``), the handler module and its helper modules (so an inference host
+needs only torchserve and torch, plus onnxruntime for ONNX), ``index_to_name.json``, a
+``model-config.yaml`` (batching, workers, timeout, and the ``handler:`` settings) and
+``build-info.json`` (the format, the model file's sha256, versions, metrics, recipe).
+torch-model-archiver does the packing; every build stages in its own temporary directory and the
+finished file is moved into the model store atomically.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import yaml
 from distillserve.archiver.registry import Registry
 from distillserve.errors import ArchiveError, RecipeError
 from distillserve.handlers.classification import sha256_file
-from distillserve.students.artifact import MODEL_FILE, Artifact
+from distillserve.students.artifact import Artifact
 from distillserve.students.recipe import ArchiveConfig
 
 __all__ = [
@@ -44,7 +46,14 @@ __all__ = [
 # The handler and its helpers, shipped flat at the root of every .mar (from the installed package).
 HANDLER_PACKAGE = "distillserve.handlers"
 HANDLER_MODULE = "distill_classifier.py"
-HANDLER_FILES = (HANDLER_MODULE, "classification.py", "imageprep.py", "kserve_v2.py", "payloads.py")
+HANDLER_FILES = (
+    HANDLER_MODULE,
+    "classification.py",
+    "imageprep.py",
+    "kserve_v2.py",
+    "payloads.py",
+    "runtimes.py",
+)
 
 # torch-model-archiver stages files in tempfile.gettempdir()/<model name>: point that at a
 # private directory per build, one build at a time within this process.
@@ -108,6 +117,15 @@ def _archive_config(artifact: Artifact, model_name: str | None, version: str | N
         raise ArchiveError(str(err)) from None
 
 
+def _metrics_of(metrics: dict, model_format: str) -> dict:
+    """The artifact's metrics with the archived format's own measurements at the top level."""
+    own = metrics.get("formats", {}).get(model_format)
+    if own is None:
+        return metrics
+    keep = ("size_bytes", "latency_ms_batch1", "test_accuracy", "val_accuracy", "parity")
+    return {**metrics, **{key: own[key] for key in keep if key in own}, "format": model_format}
+
+
 def archive_file_name(model_name: str, version: str, recipe_version: str) -> str:
     """``NAME.mar`` for the version the recipe builds, ``NAME-VERSION.mar`` for any other, so
     that archiving another version never lands on the file the serving profile loads."""
@@ -139,17 +157,25 @@ def build_archive(
     version: str | None = None,
     file_name: str | None = None,
     force: bool = False,
+    model_format: str | None = None,
 ) -> ArchiveResult:
     """Archive ``artifact_dir`` into ``model_store/<file_name>`` (default ``NAME.mar`` for the
     recipe's version, ``NAME-VERSION.mar`` for another).
 
-    ``model_name`` and ``version`` default to the artifact recipe's ``archive`` section. An
-    existing archive of another model or version is never replaced unless ``force``.
+    ``model_format`` picks the model file (torchscript, pt2, onnx; default the artifact's primary
+    format). ``model_name`` and ``version`` default to the artifact recipe's ``archive`` section;
+    another format than the primary one is named ``NAME-FORMAT`` by default, so that each
+    runtime's archive is its own model. An existing archive of another model or version is never
+    replaced unless ``force``.
     """
     from model_archiver.model_archiver import ModelArchiver
     from model_archiver.model_archiver_config import ModelArchiverConfig
 
     artifact = Artifact.read(artifact_dir)
+    model_format = model_format or artifact.formats[0]
+    model_path = artifact.model_file(model_format)
+    if model_name is None and model_format != artifact.formats[0]:
+        model_name = f"{artifact.archive.model_name}-{model_format}"
     config = _archive_config(artifact, model_name, version)
     model_config = {
         "minWorkers": config.min_workers,
@@ -163,9 +189,10 @@ def build_archive(
         "model_name": config.model_name,
         "version": config.version,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "sha256": {MODEL_FILE: sha256_file(artifact.model_path)},
+        "format": model_format,
+        "sha256": {model_path.name: sha256_file(model_path)},
         "versions": package_versions(),
-        "metrics": artifact.metrics,
+        "metrics": _metrics_of(artifact.metrics, model_format),
         "recipe": artifact.recipe,
     }
 
@@ -194,7 +221,7 @@ def build_archive(
             model_name=config.model_name,
             handler=str(files / HANDLER_MODULE),
             version=config.version,
-            serialized_file=str(artifact.model_path),
+            serialized_file=str(model_path),
             extra_files=",".join(str(files / name) for name in extra),
             export_path=str(out),
             config_file=str(files / "model-config.yaml"),

@@ -23,8 +23,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from distillserve.bench.inprocess import handle, load_handler
 from distillserve.handlers.classification import HandlerSettings
 from distillserve.handlers.imageprep import PreprocessSpec
+from distillserve.handlers.runtimes import load_runtime
 from distillserve.students.artifact import write_artifact
-from distillserve.students.export import export_torchscript, load_torchscript
+from distillserve.students.export import export_torchscript
 from distillserve.students.measure import threads
 from distillserve.students.quantize import quantize_static
 from distillserve.students.recipe import QuantizeConfig
@@ -59,10 +60,12 @@ def vision_artifact(name: str, out: Path, batch_size: int = 8, max_batch_delay: 
     model = build_model(arch, 1000, 3).eval()
     params = count_parameters(model)
     example = torch.rand(1, 3, 224, 224)
+    started = time.perf_counter()
     if int8:
         calibration = [(torch.randn(4, 3, 224, 224), None) for _ in range(2)]
         model = quantize_static(model, calibration, QuantizeConfig(calibration_batches=2))
     export_torchscript(model, directory / "model.pt", example, [], atol=1e9)
+    export_seconds = round(time.perf_counter() - started, 1)
     spec = PreprocessSpec((224, 224), 3, tuple(IMAGENET["mean"]), tuple(IMAGENET["std"]))
     recipe = {
         "name": name,
@@ -77,7 +80,12 @@ def vision_artifact(name: str, out: Path, batch_size: int = 8, max_batch_delay: 
         directory,
         classes=[f"class_{i:03d}" for i in range(1000)],
         handler=HandlerSettings(spec=spec, topk=5, quantized=int8),
-        metrics={"role": "benchmark", "params": params, "random_weights": True},
+        metrics={
+            "role": "benchmark",
+            "params": params,
+            "random_weights": True,
+            "export_seconds": export_seconds,
+        },
         recipe=recipe,
     )
     return directory
@@ -133,11 +141,12 @@ def model_ceiling(
     repeats: int = 7,
     min_seconds: float = 1.0,
 ) -> dict[str, dict]:
-    """Images/s and ms per batch of the TorchScript model alone, warmed up at each batch size."""
+    """Images/s and ms per batch of the model file alone (any format), warmed up at each batch
+    size."""
     torch.backends.quantized.engine = engine
-    model = load_torchscript(model_path)
     out = {}
     with threads(thread_count), torch.inference_mode():
+        model = load_runtime(model_path, threads=thread_count)
         for batch in batch_sizes:
             example = torch.rand(batch, *input_shape)
             for _ in range(3):  # TorchScript's profiling executor specialises on the first calls

@@ -6,6 +6,8 @@ import itertools
 import re
 from pathlib import Path
 
+from distillserve.bench.runtimes import runtimes_markdown
+
 __all__ = ["add_derived", "ceiling_at", "summary", "update_readme", "write_plots"]
 
 HANDLER_CEILING_OF = {  # served model -> the in-process handler ceiling on the same payloads
@@ -173,6 +175,8 @@ def summary(results: dict, stamp: str) -> str:
             f"{row['model_pt_bytes'] / 2**20:.2f} | {row.get('size_ratio_vs_resnet50', 0):.1f}× | "
             f"{row['worker_peak_rss_mb']:.0f} | {results['cold_start_s'].get(name, 0):.1f} |"
         )
+
+    lines += runtimes_markdown(results.get("runtimes", []))
 
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in results["pipeline"].items())
     lines += [

@@ -32,6 +32,11 @@ from distillserve.bench.models import (
     photo_jpegs,
     vision_artifact,
 )
+from distillserve.bench.runtimes import (
+    add_vision_formats,
+    digits_export_seconds,
+    measure_runtimes,
+)
 from distillserve.bench.served import (
     builtin_archive,
     register_timed,
@@ -159,6 +164,7 @@ def run_bench(
         "builtin": {},
         "teacher_vs_students": {},
         "cold_start_s": {},
+        "runtimes": [],
     }
 
     # -- pipeline: the stages of `make demo`, timed (install excluded) -----------------------
@@ -293,6 +299,28 @@ def run_bench(
             }
             unregister(ts, name)
             log(f"{name}: {loaded['throughput_rps']} rps at c16")
+
+        log("runtimes: every export format")
+        entries = {
+            "digits-int8": (
+                result.artifacts["student"],
+                (recipe.data.channels, *recipe.data.image_size),
+                png,
+                digits_export_seconds(result.artifacts["student"]),
+            )
+        }
+        for name in ("resnet18-fp32", "resnet18-int8"):
+            if name in vision:
+                directory = work / "artifacts" / name
+                entries[name] = (
+                    directory,
+                    (3, 224, 224),
+                    jpeg224,
+                    add_vision_formats(name, directory),
+                )
+        results["runtimes"] = measure_runtimes(
+            ts, store, entries, cores=cores, concurrency=16, seconds=plan.seconds, log=log
+        )
     finally:
         ts.stop()
 

@@ -1,8 +1,10 @@
-"""TorchServe handler for fp32 or int8 TorchScript image classifiers built by distillserve.
+"""TorchServe handler for fp32 or int8 image classifiers built by distillserve.
 
 Lifecycle:
-  initialize  verify model.pt against build-info.json, set the quantized engine and thread count,
-              load the TorchScript model, read index_to_name.json, warm up at the batch size.
+  initialize  verify the model file against build-info.json, set the quantized engine and thread
+              count, load the model in its format's runtime (TorchScript ``.pt``, AOTInductor
+              ``.pt2``, ONNX Runtime ``.onnx``: ``runtimes``), read index_to_name.json, warm up
+              at the batch size.
   preprocess  decode every request of the batch on its own (an image as raw bytes, multipart or
               base64 JSON; or a KServe v2 request of N images or N input tensors); a bad one
               gets its own 4xx, the good ones are stacked into one tensor.
@@ -27,12 +29,13 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 try:  # inside this repository
-    from . import classification, imageprep, kserve_v2, payloads
+    from . import classification, imageprep, kserve_v2, payloads, runtimes
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     import classification
     import imageprep
     import kserve_v2
     import payloads
+    import runtimes
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +66,23 @@ class DistillClassifierHandler(BaseHandler):
         threads = classification.thread_count(self.settings.threads, workers)
         torch.set_num_threads(threads)
 
+        model_format = runtimes.format_of(serialized)
         use_cuda = (
-            not self.settings.quantized
+            model_format == "torchscript"  # the compiled .pt2 and the ONNX session are CPU ones
+            and not self.settings.quantized
             and torch.cuda.is_available()
             and properties.get("gpu_id") is not None
         )
         self.device = torch.device(f"cuda:{properties['gpu_id']}" if use_cuda else "cpu")
-        self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device)
-        self.model.eval()
+        self.model = runtimes.load_runtime(model_dir / serialized, self.device, threads)
         self.mapping = json.loads((model_dir / "index_to_name.json").read_text())
 
         batch_size = int(properties.get("batch_size") or 1)
         self._warm_up(batch_size)
         logger.info(
-            "loaded %s (%s, engine=%s, threads=%d, device=%s, batch_size=%d)",
+            "loaded %s (%s, %s, engine=%s, threads=%d, device=%s, batch_size=%d)",
             serialized,
+            model_format,
             "int8" if self.settings.quantized else "fp32",
             torch.backends.quantized.engine,
             threads,
@@ -88,7 +93,8 @@ class DistillClassifierHandler(BaseHandler):
 
     def _warm_up(self, batch_size: int) -> None:
         """Run the model at batch 1 and at the server's batch size: TorchScript's profiling
-        executor specialises on the first calls of each input shape, which are slow."""
+        executor specialises on the first calls of each input shape, which are slow (and the
+        other runtimes allocate their buffers)."""
         spec = self.settings.spec
         with torch.inference_mode():
             for size in sorted({1, batch_size}):
@@ -232,7 +238,7 @@ class DistillClassifierHandler(BaseHandler):
         model's KServe v2 inputs and outputs, with the normalisation an FP32 input must have."""
         spec = self.settings.spec
         return {
-            "platform": "pytorch_torchscript",
+            "platform": self.model.platform,
             "inputs": [
                 {"name": "images", "datatype": "BYTES", "shape": [-1]},
                 {

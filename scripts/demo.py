@@ -1,5 +1,6 @@
-"""``make demo``: build the digits teacher and student, archive them, serve them, query them over
-REST with the whole test split, and report size, speed and accuracy in process and served."""
+"""``make demo``: build the digits teacher and student, archive them (the int8 student once per
+export format: TorchScript, AOTInductor .pt2, ONNX), serve them, query them over REST with the
+whole test split, and report size, speed and accuracy in process and served."""
 
 from __future__ import annotations
 
@@ -12,18 +13,25 @@ from pathlib import Path
 import torch
 
 from distillserve.archiver import build_archive
+from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.serving.rest import InferenceClient, timed_predictions
 from distillserve.serving.server import TorchServe
 from distillserve.serving.versions import record_startup
 from distillserve.students.data import encode_png, load_splits, make_loader, preprocess_spec
 from distillserve.students.distill import predict
-from distillserve.students.export import load_torchscript
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import load_recipe
 
 __all__ = ["format_table", "run_demo"]
 
-ROLES = (("teacher", "teacher fp32"), ("student-fp32", "student fp32"), ("student", "student int8"))
+# (role, format, title): what is archived, served and reported, when the recipe exports it.
+ENTRIES = (
+    ("teacher", "torchscript", "teacher fp32"),
+    ("student-fp32", "torchscript", "student fp32"),
+    ("student", "torchscript", "student int8"),
+    ("student", "pt2", "int8 .pt2"),
+    ("student", "onnx", "int8 .onnx"),
+)
 
 
 def _log(message: str) -> None:
@@ -68,10 +76,11 @@ def run_demo(
     recipe = load_recipe(recipe_path)
     result = build(recipe, out_root, teacher_cache_dir=Path(out_root) / "teacher-cache")
     stage("build")
+    entries = [e for e in ENTRIES if e[1] in recipe.export.formats]
     names = {}
-    for role, _ in ROLES:
-        archive = build_archive(result.artifacts[role], model_store)
-        names[role] = archive.model_name
+    for role, fmt, _ in entries:
+        archive = build_archive(result.artifacts[role], model_store, model_format=fmt)
+        names[role, fmt] = archive.model_name
         _log(f"archived {archive.path} ({archive.path.stat().st_size / 1024:.0f} KB)")
     stage("archive")
 
@@ -80,12 +89,12 @@ def run_demo(
     labels = [splits.classes[int(y)] for y in splits.test.labels]
     payloads = [encode_png(splits.test[i][0]) for i in range(len(splits.test))]
     in_process = {}
-    for role, _ in ROLES:
+    for role, fmt, _ in entries:
         logits, _ = predict(
-            load_torchscript(result.artifacts[role] / "model.pt"),
+            load_runtime(result.artifacts[role] / MODEL_FILES[fmt]),
             make_loader(splits.test, spec, 256),
         )
-        in_process[role] = [splits.classes[i] for i in logits.argmax(1).tolist()]
+        in_process[role, fmt] = [splits.classes[i] for i in logits.argmax(1).tolist()]
 
     server = TorchServe(config, Path(out_root) / "serve", model_store)
     _log(f"starting TorchServe with {config} (logs in {server.log_dir})")
@@ -101,27 +110,28 @@ def run_demo(
         )
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             futures = {
-                role: pool.submit(timed_predictions, client, names[role], payloads, concurrency)
-                for role, _ in ROLES
+                key: pool.submit(timed_predictions, client, name, payloads, concurrency)
+                for key, name in names.items()
             }
             served = {role: future.result() for role, future in futures.items()}
         stage("query")
     stage("serve stop")
 
     rows = []
-    for role, title in ROLES:
-        m = result.metrics[role]
-        s = served[role]
-        correct = sum(p == y for p, y in zip(in_process[role], labels))
+    for role, fmt, title in entries:
+        m, own = result.metrics[role], result.metrics[role]["formats"][fmt]
+        s = served[role, fmt]
+        correct = sum(p == y for p, y in zip(in_process[role, fmt], labels))
         served_correct = sum(p == y for p, y in zip(s["labels"], labels))
-        agree = sum(p == q for p, q in zip(in_process[role], s["labels"]))
+        agree = sum(p == q for p, q in zip(in_process[role, fmt], s["labels"]))
         rows.append(
             {
                 "model": title,
-                "model_name": names[role],
+                "model_name": names[role, fmt],
+                "format": fmt,
                 "params": m["params"],
-                "size_bytes": m["size_bytes"],
-                "latency_ms_batch1": m["latency_ms_batch1"],
+                "size_bytes": own["size_bytes"],
+                "latency_ms_batch1": own["latency_ms_batch1"],
                 "accuracy_in_process": correct / len(labels),
                 "accuracy_served": served_correct / len(labels),
                 "agreement": agree / len(labels),

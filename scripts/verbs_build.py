@@ -1,4 +1,5 @@
-"""Verbs that build, measure and package: build, compare, bench, archive, export-kserve, demo."""
+"""Verbs that build, measure and package: build, compare, tune, bench, archive, cpp-check,
+export-kserve, demo."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def _archive(args: argparse.Namespace) -> int:
         version=args.version,
         file_name=args.file_name,
         force=args.force,
+        model_format=args.format,
     )
     print(result.path)
     return 0
@@ -95,6 +97,24 @@ def _export_kserve(args: argparse.Namespace) -> int:
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         print(path)
     return 0
+
+
+def _cpp_check(args: argparse.Namespace) -> int:
+    from distillserve.bench.cpp_check import cpp_check
+
+    report = cpp_check(args.artifact_dir, args.build_dir)
+    print(f"{report['artifact']}: LibTorch C++ ({report['program']}) against Python")
+    for fmt in ("torchscript", "pt2"):
+        if fmt in report:
+            r = report[fmt]
+            print(
+                f"  {fmt:<12} C++ accuracy {r['cpp_accuracy']:.4f}, Python "
+                f"{r['python_accuracy']:.4f}; same top-1 on {r['same_labels']}/{r['samples']}; "
+                f"C++ {r['cpp_latency_ms_batch1']:.3f} ms at batch 1, "
+                f"{r['cpp_latency_ms_batch8']:.3f} ms at batch 8 (1 thread)"
+            )
+    print("same predictions" if report["same"] else "C++ and Python DIFFER")
+    return 0 if report["same"] else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -161,7 +181,16 @@ def add_verbs(verbs) -> None:
     p = verbs.add_parser("archive", help="package a student artifact directory as a .mar")
     p.add_argument("artifact_dir", help="e.g. build/digits/1.0 or build/digits/1.0/teacher")
     p.add_argument("--model-store", default="model_store", help="where the .mar goes")
-    p.add_argument("--model-name", help="override the recipe's archive.model_name")
+    p.add_argument(
+        "--format",
+        choices=("torchscript", "pt2", "onnx"),
+        help="which model file goes in (default: the first of the recipe's export.formats)",
+    )
+    p.add_argument(
+        "--model-name",
+        help="override the recipe's archive.model_name (default for a format other than the "
+        "artifact's first: NAME-FORMAT)",
+    )
     p.add_argument("--version", help="override the recipe's archive.version")
     p.add_argument(
         "--file-name",
@@ -192,6 +221,13 @@ def add_verbs(verbs) -> None:
         "claim in manifests/storage.yaml)",
     )
     p.set_defaults(func=_export_kserve)
+
+    p = verbs.add_parser(
+        "cpp-check", help="build cpp/ against this torch's libtorch; compare its predictions"
+    )
+    p.add_argument("artifact_dir", help="e.g. build/digits/1.0 (uses model.pt and model.pt2)")
+    p.add_argument("--build-dir", default="build/cpp", help="CMake build folder (cached)")
+    p.set_defaults(func=_cpp_check)
 
     p = verbs.add_parser("demo", help="build, archive, serve and query the digits models; report")
     p.add_argument("--recipe", default="recipes/digits.yaml")

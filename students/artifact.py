@@ -1,6 +1,8 @@
 """The student artifact directory: the one contract between a build and the archiver.
 
-    model.pt             the TorchScript model (written by ``students.export``)
+    model.pt             the TorchScript model       } one or more, by ``export.formats``
+    model.pt2            the AOTInductor package     } (``students.export_formats``); the
+    model.onnx           the ONNX model              } first listed is the primary format
     index_to_name.json   {"0": "label", ...}
     handler.yaml         the handler's settings (``HandlerSettings.to_dict``)
     metrics.json         what was measured: accuracy, size, latency, parity, ...
@@ -20,12 +22,12 @@ import yaml
 
 from distillserve.errors import ArchiveError, RecipeError
 from distillserve.handlers.classification import HandlerSettings
+from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.students.recipe import ArchiveConfig
 
-__all__ = ["FILES", "MODEL_FILE", "Artifact", "write_artifact"]
+__all__ = ["FILES", "MODEL_FILES", "Artifact", "write_artifact"]
 
-MODEL_FILE = "model.pt"
-FILES = (MODEL_FILE, "index_to_name.json", "handler.yaml", "metrics.json", "recipe.yaml")
+FILES = ("index_to_name.json", "handler.yaml", "metrics.json", "recipe.yaml")
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,28 @@ class Artifact:
     archive: ArchiveConfig
 
     @property
+    def formats(self) -> list[str]:
+        """The formats whose model file is in the directory, primary first."""
+        present = [f for f in MODEL_FILES if (self.directory / MODEL_FILES[f]).is_file()]
+        primary = self.metrics.get("format", "torchscript")
+        return sorted(present, key=lambda f: f != primary)
+
+    @property
     def model_path(self) -> Path:
-        return self.directory / MODEL_FILE
+        """The primary format's model file."""
+        return self.model_file(self.formats[0])
+
+    def model_file(self, fmt: str) -> Path:
+        """The model file of ``fmt``; ``ArchiveError`` when the artifact has none."""
+        if fmt not in MODEL_FILES:
+            raise ArchiveError(f"format must be one of {', '.join(MODEL_FILES)}, got {fmt!r}")
+        path = self.directory / MODEL_FILES[fmt]
+        if not path.is_file():
+            raise ArchiveError(
+                f"{self.directory} has no {fmt} model ({MODEL_FILES[fmt]}); it has "
+                f"{', '.join(self.formats)}: add {fmt} to the recipe's export.formats and rebuild"
+            )
+        return path
 
     @classmethod
     def read(cls, directory: str | Path) -> Artifact:
@@ -51,6 +73,8 @@ class Artifact:
         if not directory.is_dir():
             raise ArchiveError(f"artifact directory not found: {directory}")
         missing = [name for name in FILES if not (directory / name).is_file()]
+        if not any((directory / name).is_file() for name in MODEL_FILES.values()):
+            missing.insert(0, " or ".join(MODEL_FILES.values()))
         if missing:
             raise ArchiveError(
                 f"{directory} is not a student artifact: missing {', '.join(missing)}"
@@ -84,10 +108,10 @@ def write_artifact(
     metrics: dict,
     recipe: dict,
 ) -> Artifact:
-    """Write the files beside ``directory/model.pt`` (which must exist) and read them back."""
+    """Write the files beside the model files (at least one must exist) and read them back."""
     directory = Path(directory)
-    if not (directory / MODEL_FILE).is_file():
-        raise ArchiveError(f"{directory / MODEL_FILE} must be written before the artifact")
+    if not any((directory / name).is_file() for name in MODEL_FILES.values()):
+        raise ArchiveError(f"a model file must be written to {directory} before the artifact")
     index_to_name = {str(i): label for i, label in enumerate(classes)}
     (directory / "index_to_name.json").write_text(json.dumps(index_to_name, indent=2) + "\n")
     (directory / "handler.yaml").write_text(yaml.safe_dump(handler.to_dict(), sort_keys=False))

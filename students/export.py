@@ -7,8 +7,9 @@ reference top-1 is not within int8 rounding of the runner-up (those are reported
 way such a near-tie falls depends on the CPU's int8 kernels).
 
 torch 2.14 deprecates TorchScript in favour of ``torch.export``; TorchServe 0.12 serves TorchScript
-natively, so it stays the format here, and the deprecation warnings are silenced where users
-would see them. ``torch.export`` + AOTInductor is the planned next path.
+natively, so it stays the default format, and the deprecation warnings are silenced where users
+would see them. ``students.export_pt2`` (torch.export + AOTInductor) is the forward path and
+``students.export_onnx`` the portable one; ``check_parity`` judges every format alike.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from distillserve.students.quantize import is_quantized
 
 __all__ = [
     "ParityReport",
+    "check_parity",
     "compare_top1",
     "export_torchscript",
     "load_torchscript",
+    "logit_step",
     "output_step",
     "top1_agreement",
 ]
@@ -157,25 +160,65 @@ def export_torchscript(
             raise ExportError(f"export method must be trace or script, got {method!r}")
         scripted = torch.jit.freeze(scripted) if method == "script" else scripted
         torch.jit.save(scripted, str(path))
-    loaded = load_torchscript(path)
-    fidelity = compare_top1(loaded, model, check_batches)
-    if fidelity.max_abs_diff > atol:
-        path.unlink(missing_ok=True)
-        raise ExportError(
-            f"saved TorchScript differs from the model it was made from by "
-            f"{fidelity.max_abs_diff:.3g} > export.atol {atol:g}"
-        )
+    step = output_step(model, example) if reference is not None and is_quantized(model) else 0.0
+    return check_parity(
+        load_torchscript(path),
+        path,
+        eager=model,
+        reference=reference,
+        batches=check_batches,
+        atol=atol,
+        min_agreement=min_agreement,
+        tie_margin=2.5 * step,
+    )
+
+
+def logit_step(reference, batches: Iterable) -> float:
+    """The step of an 8-bit grid over the reference's logit range: the output resolution of an
+    int8 model whose output scale is not known (a PT2E or ONNX Runtime graph)."""
+    with torch.inference_mode():
+        logits = torch.cat([reference(inputs) for inputs, _ in batches])
+    return float(logits.max() - logits.min()) / 255.0
+
+
+def check_parity(
+    loaded,
+    path: Path,
+    *,
+    eager=None,
+    reference=None,
+    batches: Iterable,
+    atol: float,
+    min_agreement: float,
+    tie_margin: float = 0.0,
+) -> ParityReport:
+    """Check a re-loaded model file; remove it and raise ``ExportError`` when a check fails.
+
+    Against ``eager`` (the model the file was made from) every logit must agree within ``atol``;
+    against ``reference`` (the fp32 model an int8 file was quantized from) top-1 must agree on at
+    least ``min_agreement`` of the inputs whose reference top-1 leads by more than ``tie_margin``.
+    """
+    report = None
+    if eager is not None:
+        report = compare_top1(loaded, eager, batches)
+        if report.max_abs_diff > atol:
+            path.unlink(missing_ok=True)
+            raise ExportError(
+                f"saved {path.name} differs from the model it was made from by "
+                f"{report.max_abs_diff:.3g} > export.atol {atol:g}"
+            )
     if reference is None:
-        return fidelity
-    step = output_step(model, example) if is_quantized(model) else 0.0
-    report = compare_top1(loaded, reference, check_batches, tie_margin=2.5 * step)
-    report.max_abs_diff = fidelity.max_abs_diff
+        return report
+    fidelity = report
+    report = compare_top1(loaded, reference, batches, tie_margin=tie_margin)
+    if fidelity is not None:
+        report.max_abs_diff = fidelity.max_abs_diff
     if report.decisive_agreement < min_agreement:
         path.unlink(missing_ok=True)
         raise ExportError(
-            f"int8 top-1 agreement with the fp32 model is {report.decisive_agreement:.4f} < "
-            f"export.min_int8_agreement {min_agreement} on the {report.decisive_samples} of "
-            f"{report.samples} samples whose top-1 lead exceeds int8 resolution "
-            f"({report.tie_margin:.3g}); on all samples {report.top1_agreement:.4f}"
+            f"{path.name}: int8 top-1 agreement with the fp32 model is "
+            f"{report.decisive_agreement:.4f} < export.min_int8_agreement {min_agreement} on the "
+            f"{report.decisive_samples} of {report.samples} samples whose top-1 lead exceeds int8 "
+            f"resolution ({report.tie_margin:.3g}); on all samples {report.top1_agreement:.4f}"
         )
     return report

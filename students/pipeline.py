@@ -24,15 +24,17 @@ import torch
 from torch import nn
 
 from distillserve import __version__
-from distillserve.handlers.classification import HandlerSettings, thread_count
-from distillserve.students.artifact import MODEL_FILE, write_artifact
-from distillserve.students.distill import evaluate
-from distillserve.students.export import ParityReport, export_torchscript, load_torchscript
+from distillserve.handlers.classification import HandlerSettings, sha256_file, thread_count
+from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.students.artifact import write_artifact
+from distillserve.students.distill import evaluate, train
+from distillserve.students.export_formats import FormatSource, export_formats
 from distillserve.students.measure import latency_ms, threads
 from distillserve.students.quantize import check_engine
 from distillserve.students.recipe import Recipe
 from distillserve.students.stages import (
     DataStage,
+    DistilledStudent,
     QuantizedStudent,
     distill_student,
     load_data,
@@ -55,6 +57,7 @@ class ExportedModel:
     model: nn.Module
     quantized: bool
     params: int
+    source: FormatSource
 
 
 @dataclass
@@ -115,27 +118,38 @@ def build(
     quantized = quantize_student(recipe, student, data, distilled, log)
     timer.done("quantize")
 
-    models = _models(recipe, teacher.teacher, student, quantized)
+    models = _models(
+        recipe, teacher.teacher, student, quantized, _qat_trainer(recipe, data, distilled)
+    )
     final = Path(out_root) / recipe.name / recipe.archive.version
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     staging.chmod(0o755)
     try:
         dirs = {m.role: staging if m.role == "student" else staging / m.role for m in models}
-        parity = {m.role: _export(recipe, m, dirs[m.role], data, quantized, log) for m in models}
-        loaded = {m.role: load_torchscript(dirs[m.role] / MODEL_FILE) for m in models}
-        accuracy = {role: evaluate(model, data.test) for role, model in loaded.items()}
-        val_accuracy = {role: evaluate(model, data.val) for role, model in loaded.items()}
-        for m in models:
-            log(f"export: {m.role} -> model.pt, test accuracy {accuracy[m.role]:.4f}")
-        timer.done("export")
-        metrics = {
-            m.role: {
-                **_measure(recipe, m, dirs[m.role], data, accuracy, parity[m.role]),
-                "val_accuracy": val_accuracy[m.role],
-            }
+        parity = {
+            m.role: export_formats(recipe, m.source, dirs[m.role], data, log, m.role)
             for m in models
         }
+        scores = {m.role: _scores(recipe, dirs[m.role], data) for m in models}
+        primary = recipe.export.formats[0]
+        accuracy = {role: score[primary]["test_accuracy"] for role, score in scores.items()}
+        for m in models:
+            log(
+                f"export: {m.role} -> "
+                + ", ".join(
+                    f"{MODEL_FILES[f]} (test accuracy {score['test_accuracy']:.4f})"
+                    for f, score in scores[m.role].items()
+                )
+            )
+        timer.done("export")
+        metrics = {
+            m.role: _measure(
+                recipe, m, dirs[m.role], data, accuracy, parity[m.role], scores[m.role]
+            )
+            for m in models
+        }
+        _log_int8_speedup(metrics, log)
         timer.done("measure")
         metrics["student"].update(
             stage_seconds=timer.seconds,
@@ -163,51 +177,88 @@ def build(
 
 
 def _models(
-    recipe: Recipe, teacher: nn.Module, student: nn.Module, quantized: QuantizedStudent
+    recipe: Recipe,
+    teacher: nn.Module,
+    student: nn.Module,
+    quantized: QuantizedStudent,
+    qat_train,
 ) -> list[ExportedModel]:
     """What the build exports, in order: teacher, fp32 student (when quantized), student."""
     name, params = recipe.archive.model_name, count_parameters(student)
+
+    def fp32(model: nn.Module) -> FormatSource:
+        return FormatSource(model, model, None, False, "eager model")
+
     models = [
         ExportedModel(
-            "teacher", f"{recipe.name}-teacher", teacher, False, count_parameters(teacher)
+            "teacher",
+            f"{recipe.name}-teacher",
+            teacher,
+            False,
+            count_parameters(teacher),
+            fp32(teacher),
         )
     ]
     if quantized.int8 is None:
-        return [*models, ExportedModel("student", name, student, False, params)]
-    return [
-        *models,
-        ExportedModel("student-fp32", f"{name}-fp32", student, False, params),
-        ExportedModel("student", name, quantized.int8, True, params),
-    ]
-
-
-def _export(
-    recipe: Recipe,
-    model: ExportedModel,
-    directory: Path,
-    data: DataStage,
-    quantized: QuantizedStudent,
-    log: Callable[[str], None],
-) -> dict:
-    """Export one model to ``directory/model.pt`` with its parity checks; the parity record."""
-    reference = quantized.reference if model.quantized else None
-    report: ParityReport = export_torchscript(
-        model.model,
-        directory / MODEL_FILE,
-        torch.zeros(1, recipe.data.channels, *recipe.data.image_size),
-        data.test,
-        method=recipe.export.method,
-        reference=reference,
-        atol=recipe.export.atol,
-        min_agreement=recipe.export.min_int8_agreement,
-    )
-    if reference is None:
-        against = "eager model"
-    elif recipe.quantize.mode == "qat":
+        return [*models, ExportedModel("student", name, student, False, params, fp32(student))]
+    if recipe.quantize.mode == "qat":
         against = "fake-quantized QAT model it was converted from"
     else:
         against = "fp32 model it was converted from"
-    return {**report.to_dict(), "against": against}
+    int8 = FormatSource(quantized.int8, student, quantized.reference, True, against, qat_train)
+    return [
+        *models,
+        ExportedModel("student-fp32", f"{name}-fp32", student, False, params, fp32(student)),
+        ExportedModel("student", name, quantized.int8, True, params, int8),
+    ]
+
+
+def _qat_trainer(recipe: Recipe, data: DataStage, distilled: DistilledStudent):
+    """The QAT loop for a PT2E fake-quantized graph: the KD loss at ``quantize.qat_lr``."""
+    q, kd = recipe.quantize, recipe.distill
+
+    def run(prepared: nn.Module) -> None:
+        train(
+            prepared,
+            data.students,
+            data.val,
+            epochs=q.qat_epochs,
+            lr=q.qat_lr,
+            weight_decay=0.0,
+            teacher=distilled.kd_teachers,
+            teacher_weights=distilled.kd_weights,
+            temperature=kd.temperature,
+            alpha=kd.alpha,
+            seed=recipe.seed,
+            desc="qat-pt2e",
+        )
+
+    return run
+
+
+def _scores(recipe: Recipe, directory: Path, data: DataStage) -> dict[str, dict]:
+    """Test and validation accuracy of each format's file, re-loaded."""
+    out = {}
+    for fmt in recipe.export.formats:
+        model = load_runtime(directory / MODEL_FILES[fmt], threads=torch.get_num_threads())
+        out[fmt] = {
+            "test_accuracy": evaluate(model, data.test),
+            "val_accuracy": evaluate(model, data.val),
+        }
+    return out
+
+
+def _log_int8_speedup(metrics: dict[str, dict], log: Callable[[str], None]) -> None:
+    """The int8 files' batch-8 latency against the fp32 student's, per format: a compiled
+    package that silently fell back to fp32 kernels shows here as ~1x."""
+    if "student-fp32" not in metrics or not metrics["student"]["quantized"]:
+        return
+    for fmt, record in metrics["student"]["formats"].items():
+        fp32 = metrics["student-fp32"]["formats"][fmt]["latency_ms_batch8"]
+        log(
+            f"export: {fmt} int8 {record['latency_ms_batch8']:.3f} ms at batch 8 against fp32 "
+            f"{fp32:.3f} ms ({fp32 / max(record['latency_ms_batch8'], 1e-9):.2f}x)"
+        )
 
 
 def _measure(
@@ -216,27 +267,50 @@ def _measure(
     directory: Path,
     data: DataStage,
     accuracy: dict[str, float],
-    parity: dict,
+    parity: dict[str, dict],
+    scores: dict[str, dict],
 ) -> dict:
-    """The metrics of one exported model (batch-1 latency with one worker's threads). The file
-    is loaded afresh: a TorchScript module that has already run other batch shapes (the
+    """The metrics of one exported model: per format (``formats``) and, at the top level, those
+    of the primary (first) format. Latency is measured with one worker's threads on a freshly
+    loaded file: a TorchScript module that has already run other batch shapes (the
     evaluation's) is specialised for them and runs batch 1 up to 2x slower."""
     worker_threads = thread_count(recipe.archive.threads, recipe.archive.max_workers)
-    example = torch.zeros(1, recipe.data.channels, *recipe.data.image_size)
-    with threads(worker_threads):
-        latency = latency_ms(load_torchscript(directory / MODEL_FILE), example)
+    shape = (recipe.data.channels, *recipe.data.image_size)
+    formats = {}
+    for fmt in recipe.export.formats:
+        path = directory / MODEL_FILES[fmt]
+        record = dict(parity[fmt])
+        export_seconds = record.pop("export_seconds")
+        with threads(worker_threads):
+            loaded = load_runtime(path, threads=worker_threads)
+            batch1 = latency_ms(loaded, torch.zeros(1, *shape))
+            batch8 = latency_ms(loaded, torch.zeros(8, *shape), repeats=30)
+        formats[fmt] = {
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "latency_ms_batch1": round(batch1, 4),
+            "latency_ms_batch8": round(batch8, 4),
+            "export_seconds": export_seconds,
+            **scores[fmt],
+            "parity": record,
+        }
+    primary = formats[recipe.export.formats[0]]
     return {
         "role": model.role,
         "model_name": model.model_name,
         "quantized": model.quantized,
         "params": model.params,
-        "size_bytes": (directory / MODEL_FILE).stat().st_size,
-        "latency_ms_batch1": round(latency, 4),
+        "format": recipe.export.formats[0],
+        "size_bytes": primary["size_bytes"],
+        "latency_ms_batch1": primary["latency_ms_batch1"],
         "latency_threads": worker_threads,
-        "test_accuracy": accuracy[model.role],
+        "test_accuracy": primary["test_accuracy"],
+        "val_accuracy": primary["val_accuracy"],
         "test_samples": len(data.splits.test),
-        "parity": parity,
+        "parity": primary["parity"],
         "accuracy": dict(accuracy),
+        "formats": formats,
         "toolkit_version": __version__,
         "torch_version": torch.__version__,
     }

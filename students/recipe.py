@@ -76,7 +76,15 @@ class Recipe:
             raise RecipeError("name", "is required")
         seed = _coerce(raw.get("seed", 0), int, "seed")
         sections = {key: kind.parse(raw.get(key)) for key, kind in cls.SECTIONS.items()}
-        return cls(name=name, seed=seed, **sections)
+        recipe = cls(name=name, seed=seed, **sections)
+        other = [f for f in recipe.export.formats if f != "torchscript"]
+        if other and recipe.quantize.mode == "mixed":
+            raise RecipeError(
+                "export.formats",
+                f"{', '.join(other)} cannot carry quantize.mode mixed (an eager-mode layer "
+                "choice); use torchscript, or quantize.mode static, qat or dynamic",
+            )
+        return recipe
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "seed": self.seed}

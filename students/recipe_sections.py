@@ -41,6 +41,7 @@ FEATURE_LOSSES = ("mse", "cosine")
 PRUNE_METHODS = ("none", "channel", "l1_unstructured")
 PRUNE_CRITERIA = ("bn_gamma", "l1")
 EXPORT_METHODS = ("trace", "script")
+EXPORT_FORMATS = ("torchscript", "pt2", "onnx")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -389,14 +390,24 @@ class PruneConfig(_Section):
 
 @dataclass
 class ExportConfig(_Section):
-    """TorchScript export and the parity checks that must pass before an artifact is written."""
+    """The formats every model is exported to (the first is the artifact's primary one), and
+    the parity checks each must pass before an artifact is written."""
 
     SECTION: ClassVar[str] = "export"
-    method: str = "trace"
+    formats: list[str] = field(default_factory=lambda: ["torchscript"])
+    method: str = "trace"  # TorchScript: trace | script
     atol: float = 1e-4
     min_int8_agreement: float = 0.99
 
     def __post_init__(self) -> None:
+        if not self.formats:
+            raise RecipeError(
+                "export.formats", f"needs at least one of {', '.join(EXPORT_FORMATS)}"
+            )
+        for value in self.formats:
+            _choice("export.formats", value, EXPORT_FORMATS)
+        if len(set(self.formats)) != len(self.formats):
+            raise RecipeError("export.formats", f"lists a format twice: {self.formats}")
         _choice("export.method", self.method, EXPORT_METHODS)
         _at_least("export.atol", self.atol, 0.0)
         _between("export.min_int8_agreement", self.min_int8_agreement, 0.0, 1.0)

@@ -146,7 +146,9 @@ def _torchvision(name: str, quantizable: bool = False) -> Callable[..., nn.Modul
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cifar_resnet": CifarResNet,
     "tiny_cnn": TinyCNN,
-    "resnet50": _torchvision("resnet50"),
+    # torchvision's quantizable variants: one module per call site (its plain BasicBlock and
+    # Bottleneck call one ReLU several times, which PT2E quantizers refuse), same weights.
+    "resnet50": _torchvision("resnet50", quantizable=True),
     "resnet18": _torchvision("resnet18", quantizable=True),
     "mobilenet_v3_large": _torchvision("mobilenet_v3_large", quantizable=True),
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import small_recipe_dict
+from tests.helpers import STUDENT_MARS, small_recipe_dict
 
 # Fixtures that train the CI build: every test that uses one is slow (`make test-fast` skips it).
 TRAINING_FIXTURES = {"build_result", "model_store", "extracted_student"}
@@ -30,11 +30,14 @@ def build_result(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_store(build_result, tmp_path_factory) -> Path:
-    """A model store holding digits-student.mar (int8) and digits-teacher.mar (fp32)."""
+    """A model store holding the int8 student in every format (``STUDENT_MARS``:
+    digits-student.mar, digits-student-pt2.mar, digits-student-onnx.mar) and digits-teacher.mar
+    (fp32)."""
     from distillserve.archiver import build_archive
 
     store = tmp_path_factory.mktemp("model_store")
-    build_archive(build_result.artifacts["student"], store)
+    for fmt in STUDENT_MARS:
+        build_archive(build_result.artifacts["student"], store, model_format=fmt)
     build_archive(build_result.artifacts["teacher"], store)
     return store
 

@@ -19,6 +19,7 @@ SECTIONS = (
     "builtin",
     "teacher_vs_students",
     "cold_start_s",
+    "runtimes",
     "targets",
 )
 
@@ -61,10 +62,18 @@ def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
     assert set(results["builtin"]) == {"640x480 JPEG", "224x224 JPEG"}
     assert {"resnet50-fp32", "resnet18-int8", "digits-int8"} <= set(results["teacher_vs_students"])
 
+    formats = {(r["model"], r["format"]) for r in results["runtimes"]}
+    assert formats == {
+        (model, fmt)
+        for model in ("digits-int8", "resnet18-int8")
+        for fmt in ("torchscript", "pt2", "onnx")
+    }
+
     for plot in ("quick-served.png", "quick-models.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "quick.md").read_text()
     assert "**Targets**" in summary and "ours ÷ built-in" in summary and "**Reading**" in summary
+    assert "**Runtimes**" in summary and "| resnet18-int8 | pt2 |" in summary
     text = readme.read_text()
     assert "PREVIOUS-RUN" not in text and summary.strip() in text and text.endswith("## Next\n")
     assert capsys.readouterr().out.startswith("Run `quick`")

@@ -16,11 +16,11 @@ from PIL import Image
 
 from distillserve.archiver.properties import ServerConfig
 from distillserve.handlers.imageprep import decode_image, preprocess
+from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.serving.server import TorchServe
 from distillserve.students.data import preprocess_spec
-from distillserve.students.export import load_torchscript
 from distillserve.students.recipe import DataConfig
-from tests.helpers import register
+from tests.helpers import STUDENT_MARS, register
 from tests.images import format_variants, pixel_bomb_png, save
 
 pytestmark = pytest.mark.slow
@@ -39,9 +39,15 @@ def server(model_store, tmp_path_factory):
         ts.stop()
 
 
-def _register(ts: TorchServe, name: str, batch_size: int, delay_ms: int) -> dict:
+@pytest.fixture(scope="module", params=list(STUDENT_MARS))
+def fmt(request) -> str:
+    """Every test here runs against the student's archive in each format."""
+    return request.param
+
+
+def _register(ts: TorchServe, fmt: str, name: str, batch_size: int, delay_ms: int) -> dict:
     response = register(
-        ts, "digits-student.mar", model_name=name, batch_size=batch_size, max_batch_delay=delay_ms
+        ts, STUDENT_MARS[fmt], model_name=name, batch_size=batch_size, max_batch_delay=delay_ms
     )
     assert response.status_code == 200, response.text
     return _worker(ts, name)
@@ -65,8 +71,9 @@ def _post(ts: TorchServe, name: str, body: bytes, content_type: str) -> requests
 
 
 @pytest.fixture(scope="module")
-def student(build_result):
-    return load_torchscript(build_result.artifacts["student"] / "model.pt")
+def student(build_result, fmt):
+    """The archived file of ``fmt``, loaded in process."""
+    return load_runtime(build_result.artifacts["student"] / MODEL_FILES[fmt])
 
 
 def _expected_label(model, payload: bytes) -> str:
@@ -79,29 +86,30 @@ def _digit(splits, index: int) -> np.ndarray:
     return splits.test[index][0][0].numpy()
 
 
-def test_every_format_is_answered_like_in_process(server, student, digits_splits):
-    worker = _register(server, "formats", batch_size=4, delay_ms=50)
+def test_every_format_is_answered_like_in_process(server, fmt, student, digits_splits):
+    model = f"formats-{fmt}"
+    worker = _register(server, fmt, model, batch_size=4, delay_ms=50)
     variants = format_variants(_digit(digits_splits, 3))
     for name, payload in variants.items():
         content_type = "image/" + name.split("-")[0]
-        answer = _post(server, "formats", payload, content_type)
+        answer = _post(server, model, payload, content_type)
         assert answer.status_code == 200, (name, answer.text)
         assert next(iter(answer.json())) == _expected_label(student, payload), name
     png = variants["png-gray8"]
     as_json = requests.post(
-        f"{server.inference_url}/predictions/formats",
+        f"{server.inference_url}/predictions/{model}",
         json={"data": base64.b64encode(png).decode()},
         headers=server.headers(),
         timeout=60,
     )
     as_b64 = requests.post(
-        f"{server.inference_url}/predictions/formats",
+        f"{server.inference_url}/predictions/{model}",
         json={"b64": base64.b64encode(png).decode()},
         headers=server.headers(),
         timeout=60,
     )
     multipart = requests.post(
-        f"{server.inference_url}/predictions/formats",
+        f"{server.inference_url}/predictions/{model}",
         files={"file": ("digit.png", png, "image/png")},
         headers=server.headers(),
         timeout=60,
@@ -109,11 +117,12 @@ def test_every_format_is_answered_like_in_process(server, student, digits_splits
     expected = _expected_label(student, png)
     for response in (as_json, as_b64, multipart):
         assert response.status_code == 200 and next(iter(response.json())) == expected
-    assert _worker(server, "formats")["pid"] == worker["pid"]
+    assert _worker(server, model)["pid"] == worker["pid"]
 
 
-def test_bad_requests_get_their_own_4xx_and_the_worker_survives(server, digits_splits):
-    worker = _register(server, "hostile", batch_size=4, delay_ms=50)
+def test_bad_requests_get_their_own_4xx_and_the_worker_survives(server, fmt, digits_splits):
+    model = f"hostile-{fmt}"
+    worker = _register(server, fmt, model, batch_size=4, delay_ms=50)
     jpeg = save(Image.fromarray(_digit(digits_splits, 0)).resize((64, 64)), "JPEG")
     cases = {
         "empty": (b"", "application/octet-stream", 400),
@@ -128,13 +137,13 @@ def test_bad_requests_get_their_own_4xx_and_the_worker_survives(server, digits_s
     }
     assert len(cases["900-megapixel png"][0]) < 500_000
     for name, (body, content_type, status) in cases.items():
-        answer = _post(server, "hostile", body, content_type)
+        answer = _post(server, model, body, content_type)
         assert answer.status_code == status, (name, answer.status_code, answer.text)
         payload = answer.json()
         assert payload["code"] == status and payload["message"] and payload["type"], name
     ping = requests.get(f"{server.inference_url}/ping", headers=server.headers(), timeout=10)
     assert ping.json()["status"] == "Healthy"
-    after = _worker(server, "hostile")
+    after = _worker(server, model)
     assert (after["pid"], after["startTime"], after["status"]) == (
         worker["pid"],
         worker["startTime"],
@@ -142,8 +151,9 @@ def test_bad_requests_get_their_own_4xx_and_the_worker_survives(server, digits_s
     )
 
 
-def test_good_and_bad_requests_in_one_batch(server, student, digits_splits):
-    _register(server, "mixed", batch_size=8, delay_ms=5000)
+def test_good_and_bad_requests_in_one_batch(server, fmt, student, digits_splits):
+    model = f"mixed-{fmt}"
+    _register(server, fmt, model, batch_size=8, delay_ms=5000)
     good = {i: format_variants(_digit(digits_splits, i))["png-gray8"] for i in (0, 2, 4, 6)}
     bodies = [
         (good[0], "image/png"),
@@ -161,7 +171,7 @@ def test_good_and_bad_requests_in_one_batch(server, student, digits_splits):
 
     def send(i: int) -> None:
         barrier.wait()
-        answers[i] = _post(server, "mixed", *bodies[i])
+        answers[i] = _post(server, model, *bodies[i])
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
     for t in threads:
@@ -178,27 +188,28 @@ def test_good_and_bad_requests_in_one_batch(server, student, digits_splits):
     sizes = [
         int(float(line.split("BatchSize.Count:")[1].split("|")[0]))
         for line in log.splitlines()
-        if "BatchSize.Count:" in line and "ModelName:mixed," in line
+        if "BatchSize.Count:" in line and f"ModelName:{model}," in line
     ]
     assert sizes == [8], sizes  # all eight requests, good and bad, shared one batch
 
 
-def test_altered_archive_is_refused_at_load(server, model_store):
-    tampered = model_store / "tampered-student.mar"
+def test_altered_archive_is_refused_at_load(server, fmt, model_store):
+    tampered = model_store / f"tampered-student-{fmt}.mar"
+    serialized = MODEL_FILES[fmt]
     with (
-        zipfile.ZipFile(model_store / "digits-student.mar") as src,
+        zipfile.ZipFile(model_store / STUDENT_MARS[fmt]) as src,
         zipfile.ZipFile(tampered, "w", zipfile.ZIP_DEFLATED) as dst,
     ):
         for item in src.infolist():
             data = src.read(item.filename)
-            if item.filename == "model.pt":
+            if item.filename == serialized:
                 data = data[:-64] + bytes(64)  # same size, different bytes
             dst.writestr(item, data)
     try:
-        response = register(server, tampered.name, model_name="tampered")
+        response = register(server, tampered.name, model_name=f"tampered-{fmt}")
         assert response.status_code >= 500, response.text
         log = (server.log_dir / "model_log.log").read_text()
-        assert "model.pt does not match build-info.json" in log
+        assert f"{serialized} does not match build-info.json" in log
         assert "the archive was altered or corrupted" in log
     finally:
         tampered.unlink()
@@ -229,12 +240,12 @@ def _hostile_json_bodies() -> list[tuple[bytes, str]]:
 
 @pytest.mark.parametrize("endpoint", ["predictions", "v2"])
 def test_hostile_json_structures_share_a_batch_with_good_images(
-    server, student, digits_splits, endpoint
+    server, fmt, student, digits_splits, endpoint
 ):
     """Eight hostile JSON structures and eight good images in two full batches: every good image
     is answered like in process, every hostile body gets its own precise 4xx JSON."""
-    name = f"structures-{endpoint}"
-    worker = _register(server, name, batch_size=8, delay_ms=3000)
+    name = f"structures-{endpoint}-{fmt}"
+    worker = _register(server, fmt, name, batch_size=8, delay_ms=3000)
     goods = [format_variants(_digit(digits_splits, i))["png-gray8"] for i in range(8)]
     bodies = [
         item

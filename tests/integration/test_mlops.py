@@ -18,14 +18,14 @@ import yaml
 
 from distillserve.archiver import build_archive, inspect_archive
 from distillserve.archiver.properties import free_port, read_properties, write_properties
+from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.serving.grpc_client import GrpcClient
 from distillserve.serving.rest import InferenceClient
 from distillserve.serving.server import TorchServe
 from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.distill import predict
-from distillserve.students.export import load_torchscript
 from distillserve.students.recipe import DataConfig
-from tests.helpers import ROOT, register, shipped_profile
+from tests.helpers import ROOT, STUDENT_MARS, register, shipped_profile
 
 pytestmark = pytest.mark.slow
 SPEC = preprocess_spec(DataConfig())
@@ -33,9 +33,11 @@ SPEC = preprocess_spec(DataConfig())
 
 @pytest.fixture(scope="module")
 def store(build_result, tmp_path_factory) -> Path:
-    """digits-student 1.0 and 2.0 (the same student archived twice)."""
+    """digits-student 1.0 and 2.0 (the same student archived twice), and 1.0 as the pt2 and
+    onnx archives."""
     store = tmp_path_factory.mktemp("mlops_store")
-    build_archive(build_result.artifacts["student"], store)
+    for fmt in STUDENT_MARS:
+        build_archive(build_result.artifacts["student"], store, model_format=fmt)
     build_archive(
         build_result.artifacts["student"],
         store,
@@ -55,12 +57,28 @@ def server(store, tmp_path_factory):
         ts.stop()
 
 
-@pytest.fixture(scope="module")
-def expected(build_result, digits_splits) -> list[str]:
-    """In-process top-1 labels of the student on the test split."""
-    model = load_torchscript(build_result.artifacts["student"] / "model.pt")
+@pytest.fixture(scope="module", params=list(STUDENT_MARS))
+def fmt(request) -> str:
+    """The client tests run against the student's archive in each format."""
+    return request.param
+
+
+def _in_process_labels(build_result, digits_splits, fmt: str) -> list[str]:
+    model = load_runtime(build_result.artifacts["student"] / MODEL_FILES[fmt])
     logits, _ = predict(model, make_loader(digits_splits.test, SPEC, 256))
     return [str(i) for i in logits.argmax(1).tolist()]
+
+
+@pytest.fixture(scope="module")
+def expected(build_result, digits_splits, fmt) -> list[str]:
+    """In-process top-1 labels of the student's ``fmt`` file on the test split."""
+    return _in_process_labels(build_result, digits_splits, fmt)
+
+
+@pytest.fixture(scope="module")
+def expected_torchscript(build_result, digits_splits) -> list[str]:
+    """In-process top-1 labels of the TorchScript student (digits-student.mar's)."""
+    return _in_process_labels(build_result, digits_splits, "torchscript")
 
 
 def _cli(ts: TorchServe, *args: str) -> subprocess.CompletedProcess:
@@ -169,14 +187,22 @@ def test_register_refuses_an_altered_archive(server, store, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def served(server):
-    """digits-rest (batch 8) and digits-v2 (batch 4, long delay) registered for the clients."""
-    for name, batch, delay in (("digits-rest", 8, 10), ("digits-v2", 4, 1000)):
+def served(server, fmt):
+    """digits-rest (batch 8) and digits-v2 (batch 4, long delay) registered for the clients from
+    the ``fmt`` archive; unregistered after that format's tests."""
+    names = (("digits-rest", 8, 10), ("digits-v2", 4, 1000))
+    for name, batch, delay in names:
         response = register(
-            server, "digits-student.mar", model_name=name, batch_size=batch, max_batch_delay=delay
+            server, STUDENT_MARS[fmt], model_name=name, batch_size=batch, max_batch_delay=delay
         )
         assert response.status_code == 200, response.text
-    return server
+    yield server
+    for name, _, _ in names:
+        requests.delete(
+            f"{server.management_url}/models/{name}",
+            headers=server.headers("management"),
+            timeout=60,
+        )
 
 
 def test_rest_and_grpc_clients_match_in_process(served, digits_splits, expected):
@@ -332,7 +358,10 @@ def _kubernetes_validate_strict(path: Path) -> None:
         kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
 
 
-def test_export_kserve_layout_manifests_and_real_start(store, tmp_path, digits_splits, expected):
+def test_export_kserve_layout_manifests_and_real_start(
+    store, tmp_path, digits_splits, expected_torchscript
+):
+    expected = expected_torchscript
     out = tmp_path / "kserve"
     result = subprocess.run(
         [

@@ -18,6 +18,7 @@ EXPECTED_FILES = {
     "imageprep.py",
     "kserve_v2.py",
     "payloads.py",
+    "runtimes.py",
     "index_to_name.json",
     "model-config.yaml",
     "build-info.json",

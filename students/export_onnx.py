@@ -1,0 +1,111 @@
+"""ONNX: ``torch.onnx.export`` (the dynamo exporter) with a dynamic batch axis, checked with
+``onnx.checker``; int8 through ONNX Runtime's static quantization (QDQ, per-channel int8
+weights in 7 bits so that CPUs without VNNI compute the same as those with it, activations
+calibrated on the recipe's data) or its dynamic quantization."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distillserve.errors import ExportError
+
+__all__ = ["INPUT_NAME", "export_onnx", "quantize_onnx"]
+
+INPUT_NAME = "input"
+OPSET = 18
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> float:
+    """Export fp32 ``model`` to ``path`` (batch axis dynamic) and check the file; seconds taken."""
+    import onnx
+
+    from distillserve.students.export_pt2 import MAX_BATCH
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    example = example.expand(2, *example.shape[1:]).contiguous()
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),  # the exporter prints its progress
+        ):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model.eval(),
+                (example,),
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                input_names=[INPUT_NAME],
+                output_names=["logits"],
+                opset_version=OPSET,
+                verbose=False,
+            )
+            program.save(str(path))
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    except Exception as err:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"ONNX export of {type(model).__name__} failed: {type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        ) from None
+    return time.perf_counter() - started
+
+
+class _Calibration:
+    """ONNX Runtime's ``CalibrationDataReader`` over (inputs, labels) batches."""
+
+    def __init__(self, batches: Iterable) -> None:
+        self._batches = iter([{INPUT_NAME: inputs.numpy()} for inputs, _ in batches])
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(
+    fp32_path: str | Path, path: str | Path, calibration: Iterable, mode: str
+) -> float:
+    """int8 ``path`` from the fp32 ONNX file: ``dynamic`` (int8 weights, activation scales per
+    call) or static QDQ calibrated on ``calibration`` (every other int8 mode); seconds taken."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = Path(path)
+    started = time.perf_counter()
+    reader = type("Calibration", (_Calibration, CalibrationDataReader), {})(calibration)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        if mode == "dynamic":
+            quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+        else:
+            quantize_static(
+                str(prepared),
+                str(path),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=True,  # 7-bit weights: no u8*s8 saturation on CPUs without VNNI
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+    if not path.is_file():
+        raise ExportError(f"ONNX Runtime quantization wrote no {path.name}")
+    return time.perf_counter() - started
