@@ -156,13 +156,23 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def check_torch_version(model_dir: Path, host_torch: str) -> None:
+def check_torch_version(model_dir: Path, host_torch: str, model_format: str = "torchscript") -> None:
     """Refuse to load on a torch older than the one the archive was built with: a TorchScript
-    file saved by a newer torch may not load, or load and compute differently, on an older one."""
+    file saved by a newer torch may not load, or load and compute differently, on an older one.
+    An AOTInductor ``.pt2`` package is compiled code for one torch release: it needs the same
+    major.minor version."""
     info_path = model_dir / "build-info.json"
     if not info_path.is_file():
         return  # verify_checksum refuses such an archive first
     built = json.loads(info_path.read_text()).get("versions", {}).get("torch", "unknown")
+    if built != "unknown" and model_format == "pt2":
+        if _release(host_torch)[:2] != _release(built)[:2]:
+            raise RuntimeError(
+                f"this .pt2 package was compiled by torch {built} but this host has torch "
+                f"{host_torch}: AOTInductor packages need the torch release that compiled them; "
+                f"install torch=={built.split('+')[0]} on the inference host (or rebuild)"
+            )
+        return
     if built != "unknown" and _release(host_torch) < _release(built):
         raise RuntimeError(
             f"this archive was built with torch {built} but this host has torch {host_torch}: "

@@ -51,7 +51,8 @@ class DistillClassifierHandler(BaseHandler):
         self.manifest = context.manifest
         serialized = self.manifest["model"].get("serializedFile", "model.pt")
         classification.verify_checksum(model_dir, serialized)
-        classification.check_torch_version(model_dir, torch.__version__)
+        model_format = runtimes.format_of(serialized)
+        classification.check_torch_version(model_dir, torch.__version__, model_format)
         self.version = str(self.manifest["model"].get("modelVersion", ""))
 
         if self.settings.quantized:
@@ -66,7 +67,6 @@ class DistillClassifierHandler(BaseHandler):
         threads = classification.thread_count(self.settings.threads, workers)
         torch.set_num_threads(threads)
 
-        model_format = runtimes.format_of(serialized)
         use_cuda = (
             model_format == "torchscript"  # the compiled .pt2 and the ONNX session are CPU ones
             and not self.settings.quantized

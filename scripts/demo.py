@@ -103,7 +103,9 @@ def run_demo(
         record_startup(server.management_client(), server.model_store)
         _log(f"ready; token file {server.key_file}")
         stage("serve start")
-        client = InferenceClient(server.inference_url, server.keys()["inference"])
+        client = InferenceClient(
+            server.inference_url, server.keys()["inference"], pool_size=concurrency * len(names)
+        )
         _log(
             f"sending {len(payloads)} test images to {len(names)} models, "
             f"{concurrency} concurrent requests each"

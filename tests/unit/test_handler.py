@@ -106,3 +106,14 @@ def test_a_host_torch_older_than_the_archive_build_is_refused(extracted_student)
     info_path.write_text(json.dumps(info))
     with pytest.raises(RuntimeError, match=r"built with torch 99\.1\.0 .* install torch>=99\.1\.0"):
         DistillClassifierHandler().initialize(handler_context(extracted_student))
+
+
+def test_a_pt2_package_needs_the_torch_release_that_compiled_it(extracted_student):
+    from distillserve.handlers.classification import check_torch_version
+
+    built = json.loads((extracted_student / "build-info.json").read_text())["versions"]["torch"]
+    major, minor = built.split(".")[:2]
+    check_torch_version(extracted_student, f"{major}.{minor}.9", "pt2")  # a patch release: fine
+    for host in (f"{major}.{int(minor) + 1}.0", f"{major}.{int(minor) - 1}.0"):
+        with pytest.raises(RuntimeError, match=r"\.pt2 package was compiled by torch"):
+            check_torch_version(extracted_student, host, "pt2")
