@@ -6,6 +6,7 @@ import itertools
 import re
 from pathlib import Path
 
+from distillserve.bench.distillation import distillation_markdown
 from distillserve.bench.runtimes import runtimes_markdown
 
 __all__ = ["add_derived", "ceiling_at", "summary", "update_readme", "write_plots"]
@@ -177,6 +178,7 @@ def summary(results: dict, stamp: str) -> str:
         )
 
     lines += runtimes_markdown(results.get("runtimes", []))
+    lines += distillation_markdown(results.get("distillation", []))
 
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in results["pipeline"].items())
     lines += [

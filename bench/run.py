@@ -25,6 +25,7 @@ from distillserve.archiver import build_archive
 from distillserve.archiver.mar import package_versions
 from distillserve.archiver.properties import ServerConfig
 from distillserve.bench import report as bench_report
+from distillserve.bench.distillation import measure_distillation
 from distillserve.bench.models import (
     VISION_MODELS,
     handler_ceiling,
@@ -63,6 +64,8 @@ class Plan:
     seconds: float  # per served point
     vision_models: tuple[str, ...]
     recipe_overrides: dict
+    distill_epochs: int  # digits distillation epochs in the distillation section
+    resnet_images: int  # random 64x64 images ResNet-50 -> ResNet-18 distils in it
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -78,6 +81,8 @@ class Plan:
                     "distill": {"epochs": 4},
                     "export": {"min_int8_agreement": 0.9},
                 },
+                distill_epochs=2,
+                resnet_images=64,
             )
         return cls(
             batch_sizes=(1, 4, 8, 16),
@@ -86,6 +91,8 @@ class Plan:
             seconds=4.0,
             vision_models=tuple(VISION_MODELS),
             recipe_overrides={},
+            distill_epochs=60,
+            resnet_images=512,
         )
 
 
@@ -165,6 +172,7 @@ def run_bench(
         "teacher_vs_students": {},
         "cold_start_s": {},
         "runtimes": [],
+        "distillation": [],
     }
 
     # -- pipeline: the stages of `make demo`, timed (install excluded) -----------------------
@@ -323,6 +331,15 @@ def run_bench(
         )
     finally:
         ts.stop()
+
+    log("distillation: 1 and 2 processes, the teacher's outputs cached and recomputed")
+    results["distillation"] = measure_distillation(
+        result.artifacts["teacher"] / "model.pt",
+        recipe_path,
+        digits_epochs=plan.distill_epochs,
+        resnet_images=plan.resnet_images,
+        log=log,
+    )
 
     bench_report.add_derived(results)
     stamp = "quick" if quick else datetime.now(UTC).strftime("%Y-%m-%d")

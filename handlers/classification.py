@@ -156,7 +156,9 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def check_torch_version(model_dir: Path, host_torch: str, model_format: str = "torchscript") -> None:
+def check_torch_version(
+    model_dir: Path, host_torch: str, model_format: str = "torchscript"
+) -> None:
     """Refuse to load on a torch older than the one the archive was built with: a TorchScript
     file saved by a newer torch may not load, or load and compute differently, on an older one.
     An AOTInductor ``.pt2`` package is compiled code for one torch release: it needs the same

@@ -12,11 +12,24 @@ __all__ = ["add_verbs"]
 
 
 def _build(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from distillserve.students import distributed
     from distillserve.students.pipeline import build
     from distillserve.students.recipe import load_recipe
 
+    recipe = load_recipe(args.recipe)  # a bad recipe fails here, before any process starts
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv = ["build", args.recipe, "--out", args.out]
+        argv += ["--no-teacher-cache"] if args.no_teacher_cache else []
+        argv += ["--teacher-cache", args.teacher_cache] if args.teacher_cache else []
+        argv += ["--resume"] if args.resume else []
+        return subprocess.call(distributed.launch_command(args.nproc, argv))
     cache = None if args.no_teacher_cache else args.teacher_cache
-    result = build(load_recipe(args.recipe), args.out, teacher_cache_dir=cache)
+    result = build(recipe, args.out, teacher_cache_dir=cache, resume=args.resume)
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return 0
     for role, path in result.artifacts.items():
         m = result.metrics[role]
         print(f"{role:<14} {path}  accuracy {m['test_accuracy']:.4f}  {m['size_bytes']} bytes")
@@ -130,6 +143,18 @@ def add_verbs(verbs) -> None:
     )
     p.add_argument("recipe", help="recipe YAML file, e.g. recipes/digits.yaml")
     p.add_argument("--out", default="build", help="output root (default: build)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted build from its last complete epoch "
+        "(build/NAME/VERSION/.checkpoints/)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train in N processes on this host (launches torchrun; default 1)",
+    )
     teacher_cache_options(p)
     p.set_defaults(func=_build)
 

@@ -209,15 +209,24 @@ def augment_affine(
     translate: float = 0.0,
     scale: float = 0.0,
     generator: torch.Generator | None = None,
+    positions: torch.Tensor | None = None,
+    draws: int = 0,
 ) -> torch.Tensor:
     """Random per-image rotation (+-degrees), shift (+-translate of the size) and zoom (1 +- scale)
-    of a preprocessed batch, resampled bilinearly with border padding."""
+    of a preprocessed batch, resampled bilinearly with border padding.
+
+    With ``positions`` the batch is one process's share of a global batch: every process draws
+    ``draws`` values per parameter from an identically seeded ``generator`` and image ``i`` takes
+    those at ``positions[i]``, so an image is transformed alike whatever the number of processes.
+    """
     if degrees <= 0 and translate <= 0 and scale <= 0:
         return batch
     n = batch.shape[0]
+    take = positions if positions is not None else torch.arange(n)
+    count = max(draws, int(take.max()) + 1 if len(take) else 0)
 
     def uniform(bound: float) -> torch.Tensor:
-        return (torch.rand(n, generator=generator) * 2 - 1) * bound
+        return ((torch.rand(count, generator=generator) * 2 - 1) * bound)[take]
 
     angle = uniform(degrees) * math.pi / 180
     zoom = 1 + uniform(scale)

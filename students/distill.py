@@ -12,17 +12,23 @@ factor keeps the soft-target gradients on the same scale as the hard-label ones 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from distillserve.students import checkpoints, distributed
 from distillserve.students.data import augment_affine
+from distillserve.students.sync_batchnorm import synchronized
+from distillserve.students.teacher_outputs import TeacherOutputs, cache_decision
 
 __all__ = ["TrainResult", "evaluate", "kd_loss", "predict", "soft_targets", "train"]
 
@@ -61,13 +67,43 @@ def kd_loss(
 
 @dataclass
 class TrainResult:
-    """What training produced: the best model (by validation accuracy) and its history."""
+    """What training produced: the best model (by validation accuracy) and its history, with
+    the throughput it trained at and what became of the teacher's outputs."""
 
     model: nn.Module
     best_val_accuracy: float
     best_epoch: int
     history: list[dict]
     stopped_early: bool = False
+    images_per_s: float = 0.0  # training images per second over all processes
+    teacher_share: float = 0.0  # share of the training time spent running the teacher
+    teacher_outputs: str = ""  # cached, or why the teacher ran every step
+
+
+def _index_batches(loader, epoch: int, seed: int) -> Iterator[tuple]:
+    """``(indices, positions, global size, inputs, targets)`` for this process's share of one
+    epoch of ``loader`` (``students.distributed.epoch_batches``); a plain iterable of
+    ``(inputs, targets)`` is used as it is (no indices)."""
+    if not isinstance(loader, DataLoader):
+        for inputs, targets in loader:
+            yield None, torch.arange(len(inputs)), len(inputs), inputs, targets
+        return
+    for indices, positions, size in distributed.epoch_batches(loader, epoch, seed):
+        if indices:
+            inputs, targets = loader.collate_fn([loader.dataset[i] for i in indices])
+        else:  # fewer images than processes in the last batch: this one takes part empty
+            inputs, targets = loader.collate_fn([loader.dataset[0]])
+            inputs, targets = inputs[:0], targets[:0]
+        yield torch.as_tensor(indices, dtype=torch.long), positions, size, inputs, targets
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["augment"])
 
 
 def train(
@@ -90,6 +126,8 @@ def train(
     seed: int = 0,
     desc: str = "train",
     on_epoch: Callable[[int, int, float], None] | None = None,
+    cache_teacher_outputs: bool = True,
+    teacher_outputs_mb: float = 256.0,
 ) -> TrainResult:
     """SGD with Nesterov momentum and a cosine learning-rate schedule; keeps the best epoch
     (by validation accuracy).
@@ -102,6 +140,12 @@ def train(
     ``trainable(model, epoch)`` (``students.finetune``) chooses what is trained each epoch.
     ``on_epoch(epoch, epochs, val_accuracy)`` is called after each epoch; an exception it raises
     (a search pruning the run) stops training.
+
+    Without ``augment`` the frozen teacher's outputs are computed once and reused every epoch
+    (``students.teacher_outputs``, within ``teacher_outputs_mb``). Under torchrun each process
+    trains on its shard in ``DistributedDataParallel`` (``students.distributed``). With an
+    active ``students.checkpoints`` checkpointer every epoch is checkpointed and a resumed run
+    continues from the last one.
     """
     alpha_at = alpha if callable(alpha) else (lambda _e, _t, v=alpha: v)
     temperature_at = temperature if callable(temperature) else (lambda _e, _t, v=temperature: v)
@@ -124,36 +168,98 @@ def train(
     teachers = [] if teacher is None else [teacher] if isinstance(teacher, nn.Module) else teacher
     for t in teachers:
         t.eval()
+    phase = checkpoints.phase(desc)
+    saved = phase.load() if phase is not None else None
+    if saved is not None and saved["complete"]:  # a phase the interrupted run finished
+        model.load_state_dict(saved["model"])
+        _set_rng_state(saved["rng"], generator)
+        model.eval()
+        return TrainResult(model, **saved["result"])
+    # ``saved`` may also hold a phase that stopped mid-way: it continues below
+
+    started = time.perf_counter()
+    hooks = getattr(feature_kd, "teacher_hooks", None)
+    why = cache_decision(cache_teacher_outputs, bool(augment), bool(teachers))
+    if why is None and not isinstance(train_loader, DataLoader):
+        why = "recomputed every step: the training batches carry no image indices"
+    cached = None
+    if why is None:
+        cached, why = TeacherOutputs.compute(teachers, train_loader, hooks, teacher_outputs_mb)
+    teacher_seconds = time.perf_counter() - started
+    net = distributed.wrap(model)
     best_state, best_acc, best_epoch, history = None, -1.0, -1, []
-    best_loss, since_best, stopped_early = math.inf, 0, False
+    best_loss, since_best, stopped_early, first = math.inf, 0, False, 0
+    if saved is not None:  # continue after the last complete epoch
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if feature_kd is not None:
+            feature_kd.load_state_dict(saved["feature_kd"])
+        _set_rng_state(saved["rng"], generator)
+        best_state, best_acc = saved["best_state"], saved["best_acc"]
+        best_epoch = saved["best_epoch"]
+        history, best_loss, since_best = saved["history"], saved["best_loss"], saved["since_best"]
+        stopped_early, first = saved["stopped_early"], saved["epoch"] + 1
     bar = tqdm(
-        range(epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True, disable=None
+        range(first, epochs if not stopped_early else first),
+        desc=desc,
+        unit="epoch",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if distributed.is_main() else True,
     )  # disable=None: silent when stderr is not a terminal
+    images = 0
+    synced = contextlib.ExitStack()  # BatchNorm over the global batch when distributed
+    synced.enter_context(synchronized(model))
     for epoch in bar:
         model.train()
         if trainable is not None:
             trainable(model, epoch)
+            net = distributed.wrap(model)  # what DDP syncs follows what is trainable now
         alpha_now, temperature_now = alpha_at(epoch, epochs), temperature_at(epoch, epochs)
         total, count = 0.0, 0
-        for inputs, targets in train_loader:
-            inputs = augment_affine(inputs, **(augment or {}), generator=generator)
-            logits = model(inputs)
-            if teachers:
-                with torch.no_grad():
-                    teacher_logits = [t(inputs) for t in teachers]
+        global_batch = getattr(train_loader, "batch_size", None) or 0
+        for indices, positions, size, inputs, targets in _index_batches(train_loader, epoch, seed):
+            inputs = augment_affine(
+                inputs,
+                **(augment or {}),
+                generator=generator,
+                positions=positions,
+                draws=max(global_batch, size),
+            )
+            logits = net(inputs)
+            if len(targets) == 0:  # an empty share: take part in the step with no gradient
+                loss = logits.sum() * 0.0
+            elif teachers:
+                if cached is not None:
+                    teacher_logits = cached.logits_for(indices)
+                    if hooks is not None:
+                        cached.set_features(hooks, indices)
+                else:
+                    clock = time.perf_counter()
+                    with torch.no_grad():
+                        teacher_logits = [t(inputs) for t in teachers]
+                    teacher_seconds += time.perf_counter() - clock
                 loss = kd_loss(
                     logits, teacher_logits, targets, temperature_now, alpha_now, teacher_weights
                 )
             else:
                 loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-            if feature_kd is not None:
+            if feature_kd is not None and len(targets):
                 loss = loss + feature_kd()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
             total += loss.item() * len(targets)
             count += len(targets)
+            # DDP averages the processes' gradients: weigh each share by its size, so that the
+            # step is the global batch's mean even when the shares differ (the last batch)
+            loss = loss * (len(targets) * distributed.world_size() / size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if feature_kd is not None:
+                distributed.average_gradients(feature_kd)
+            optimizer.step()
+            scheduler.step()
+        total, count = distributed.all_reduce_sum(total, count)
+        images += int(count)
         val_logits, val_labels = predict(model, val_loader)
         val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
         val_loss = F.cross_entropy(val_logits, val_labels).item()
@@ -177,14 +283,53 @@ def train(
             best_loss, since_best = val_loss, 0
         else:
             since_best += 1
-        if patience is not None and since_best >= patience:
-            stopped_early = True
+        stopped_early = patience is not None and since_best >= patience
+        if phase is not None:
+            phase.save(
+                {
+                    "complete": False,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "feature_kd": feature_kd.state_dict() if feature_kd is not None else None,
+                    "rng": _rng_state(generator),
+                    "best_state": best_state,
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "best_loss": best_loss,
+                    "since_best": since_best,
+                    "stopped_early": stopped_early,
+                }
+            )
+        if stopped_early:
             break
     bar.close()
+    synced.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, best_acc, best_epoch, history, stopped_early)
+    seconds = time.perf_counter() - started
+    result = {
+        "best_val_accuracy": best_acc,
+        "best_epoch": best_epoch,
+        "history": history,
+        "stopped_early": stopped_early,
+        "images_per_s": round(images / seconds, 1) if images else 0.0,
+        "teacher_share": round(teacher_seconds / seconds, 3) if images else 0.0,
+        "teacher_outputs": why if why is not None else "",
+    }
+    if phase is not None:
+        phase.save(
+            {
+                "complete": True,
+                "model": model.state_dict(),
+                "rng": _rng_state(generator),
+                "result": result,
+            }
+        )
+    return TrainResult(model, **result)
 
 
 @torch.inference_mode()

@@ -26,7 +26,9 @@ from torch import nn
 from distillserve import __version__
 from distillserve.handlers.classification import HandlerSettings, sha256_file, thread_count
 from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.students import checkpoints, distributed
 from distillserve.students.artifact import write_artifact
+from distillserve.students.checkpoints import Checkpointer
 from distillserve.students.distill import evaluate, train
 from distillserve.students.export_formats import FormatSource, export_formats
 from distillserve.students.measure import latency_ms, threads
@@ -94,34 +96,76 @@ def build(
     log: Callable[[str], None] = _log,
     teacher_cache_dir: str | Path | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
-) -> BuildResult:
+    resume: bool = False,
+) -> BuildResult | None:
     """Train or load the teacher, distill, prune, quantize and export the student; write the
     artifacts.
 
     With ``teacher_cache_dir`` a trained teacher is saved there and reused by later builds whose
     seed, data and teacher settings (and training code) are the same. ``on_epoch`` follows the
-    student's distillation epochs (``students.distill.train``).
+    student's distillation epochs (``students.distill.train``). Every training epoch is
+    checkpointed in ``build/NAME/VERSION/.checkpoints/`` (``students.checkpoints``); ``resume``
+    continues from them (as does a process torchrun restarted). Under torchrun every process
+    trains its shard; only rank 0 goes on to export and write, the others return ``None``.
     """
+    distributed.init_from_env()
+    resume = resume or distributed.restarted()
+    if not distributed.is_main():
+        log = _silent
     torch.manual_seed(recipe.seed)
     timer = _Timer()
     if recipe.quantize.mode != "none":
         check_engine(recipe.quantize.engine)
-    data = load_data(recipe, log)
-    timer.done("data")
-    cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
-    teacher = make_teacher(recipe, data, log, cache)
-    timer.done("teacher")
-    distilled = distill_student(recipe, data, teacher, log, on_epoch)
-    timer.done("distill")
-    student = prune_student(recipe, distilled, log)
-    timer.done("prune")
-    quantized = quantize_student(recipe, student, data, distilled, log)
-    timer.done("quantize")
+    final = Path(out_root) / recipe.name / recipe.archive.version
+    checkpointer = Checkpointer(final / ".checkpoints", recipe.to_dict(), resume)
+    if resume and checkpointer.completed():
+        log(f"resuming from {checkpointer.directory}: {', '.join(checkpointer.completed())}")
+    with checkpoints.active(checkpointer):
+        data = load_data(recipe, log)
+        timer.done("data")
+        cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
+        teacher = make_teacher(recipe, data, log, cache)
+        timer.done("teacher")
+        distilled = distill_student(recipe, data, teacher, log, on_epoch)
+        timer.done("distill")
+        student = prune_student(recipe, distilled, log)
+        timer.done("prune")
+        quantized = quantize_student(recipe, student, data, distilled, log)
+        timer.done("quantize")
+    if distributed.is_distributed():
+        log(f"trained in {distributed.world_size()} processes; rank 0 exports")
+    main = distributed.is_main()
+    distributed.shutdown()  # what follows (export, PT2E QAT, measuring) is rank 0's alone
+    if not main:
+        return None
+    with checkpoints.active(checkpointer):
+        result = _export_and_write(
+            recipe, data, teacher, distilled, student, quantized, log, timer, final
+        )
+    checkpointer.remove()
+    return result
 
+
+def _silent(_message: str) -> None:
+    """The log of every process but rank 0."""
+
+
+def _export_and_write(
+    recipe: Recipe,
+    data: DataStage,
+    teacher,
+    distilled: DistilledStudent,
+    student: nn.Module,
+    quantized: QuantizedStudent,
+    log: Callable[[str], None],
+    timer: _Timer,
+    final: Path,
+) -> BuildResult:
+    """Export every model in every format with its checks, measure, and write the artifacts
+    into ``build/NAME/VERSION/`` (staged, moved into place when everything passed)."""
     models = _models(
         recipe, teacher.teacher, student, quantized, _qat_trainer(recipe, data, distilled)
     )
-    final = Path(out_root) / recipe.name / recipe.archive.version
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     staging.chmod(0o755)
@@ -155,6 +199,7 @@ def build(
             stage_seconds=timer.seconds,
             stages=distilled.stages_run,
             distill_epochs_run=distilled.epochs_run,
+            **distilled.throughput,
         )
         if quantized.mixed is not None:
             metrics["student"]["mixed_precision"] = quantized.mixed.to_dict()

@@ -289,7 +289,9 @@ class DistillConfig(_Section):
     optional feature KD, early stopping (``patience`` epochs without a better validation loss;
     0 = off), progressive ``stages`` distilled in order before the final student, alpha and
     temperature schedules, a fine-tuning mode, and ``label_fraction``: the share of the training
-    split (stratified) the students learn from (the teacher always sees all of it)."""
+    split (stratified) the students learn from (the teacher always sees all of it). ``augment``
+    applies random affine augmentation to the students' images; without it the teacher's outputs
+    are computed once (``cache_teacher_outputs``, within ``teacher_outputs_mb``)."""
 
     SECTION: ClassVar[str] = "distill"
     temperature: float = 4.0
@@ -305,6 +307,9 @@ class DistillConfig(_Section):
     finetune: str = "full"
     unfreeze_every: int = 2
     label_fraction: float = 1.0
+    augment: bool = True
+    cache_teacher_outputs: bool = True
+    teacher_outputs_mb: float = 256.0
     # built once from the schedules above: (epoch, epochs) -> value
     alpha_at: Callable[[int, int], float] = field(
         init=False, repr=False, compare=False, metadata=DERIVED
@@ -325,6 +330,7 @@ class DistillConfig(_Section):
         _choice("distill.finetune", self.finetune, FINETUNE_MODES)
         _at_least("distill.unfreeze_every", self.unfreeze_every, 1)
         _between("distill.label_fraction", self.label_fraction, 0.01, 1.0)
+        _at_least("distill.teacher_outputs_mb", self.teacher_outputs_mb, 0.0)
         if self.feature is not None and not isinstance(self.feature, FeatureConfig):
             self.feature = FeatureConfig.parse(self.feature, "distill.feature")
         self.stages = [

@@ -96,6 +96,7 @@ class DistilledStudent:
     fit: Callable  # ``train`` with the recipe's distillation settings bound, for fine-tuning
     stages_run: list[dict] = field(default_factory=list)
     epochs_run: int = 0
+    throughput: dict = field(default_factory=dict)  # the student's distillation speed
 
 
 @dataclass
@@ -234,8 +235,10 @@ def distill_student(
         temperature=kd.temperature_at,
         alpha=kd.alpha_at,
         patience=kd.patience or None,
-        augment=AUGMENT,
+        augment=AUGMENT if kd.augment else None,
         seed=recipe.seed,
+        cache_teacher_outputs=kd.cache_teacher_outputs,
+        teacher_outputs_mb=kd.teacher_outputs_mb,
     )
     kd_teachers, kd_weights = teacher.kd_teachers, teacher.kd_weights
     stages_run = []
@@ -302,8 +305,17 @@ def distill_student(
         feature_kd.remove()
     if distilled.stopped_early:
         log(f"student: early stop after {len(distilled.history)} epochs")
+    log(
+        f"student: teacher outputs {distilled.teacher_outputs}; {distilled.images_per_s:,.0f} "
+        f"training images/s, {distilled.teacher_share:.0%} of the time in the teacher"
+    )
+    throughput = {
+        "distill_images_per_s": distilled.images_per_s,
+        "distill_teacher_share": distilled.teacher_share,
+        "teacher_outputs": distilled.teacher_outputs,
+    }
     return DistilledStudent(
-        student, kd_teachers, kd_weights, fit, stages_run, len(distilled.history)
+        student, kd_teachers, kd_weights, fit, stages_run, len(distilled.history), throughput
     )
 
 
