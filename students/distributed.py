@@ -45,7 +45,12 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    # torchrun's store outlives a restarted worker group: without a prefix per attempt, the new
+    # processes can read the dead ones' addresses and fail to connect ("Connection refused")
+    store, me, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"distillserve/attempt-{attempt}", store)
+    dist.init_process_group(backend=backend, store=store, rank=me, world_size=world)
     return True
 
 

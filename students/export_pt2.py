@@ -30,6 +30,7 @@ __all__ = [
     "quantize_pt2e",
     "reused_modules",
     "single_channel_convs",
+    "with_three_channel_stems",
 ]
 
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
@@ -71,9 +72,9 @@ def reused_modules(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
 def single_channel_convs(model: nn.Module) -> list[str]:
     """Convolutions with one input channel (a grayscale model's stem). Inductor (torch 2.14)
-    compiles such an int8 convolution wrongly when the batch dimension is dynamic (its output
-    then matches neither the int8 graph nor the fp32 model; with a static batch, or three input
-    channels, it is right), so PT2E leaves them fp32: one small layer."""
+    compiles such an int8 convolution wrongly when the batch dimension is dynamic: its output
+    then matches neither the int8 graph nor the fp32 model; with a static batch, or with three
+    input channels, it is right. ``with_three_channel_stems`` rewrites them."""
     return [
         name
         for name, module in model.named_modules()
@@ -81,15 +82,53 @@ def single_channel_convs(model: nn.Module) -> list[str]:
     ]
 
 
-def _quantizer(model: nn.Module, qat: bool, dynamic: bool):
+class _ThreeChannels(nn.Module):
+    """A one-input-channel convolution as a three-channel one on the input repeated three times,
+    each channel's weights a third of the original: the same function in fp32, and in int8 the
+    same quantized weights (per output channel, the scale shrinks by the same third)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            3,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        )
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight.repeat(1, 3, 1, 1) / 3)
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.expand(-1, 3, -1, -1))
+
+
+def with_three_channel_stems(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``single_channel_convs`` convolution rewritten as
+    ``_ThreeChannels`` (the model itself when it has none)."""
+    names = single_channel_convs(model)
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _ThreeChannels(getattr(parent, child)))
+    return model
+
+
+def _quantizer(qat: bool, dynamic: bool):
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
 
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(
         x86.get_default_x86_inductor_quantization_config(is_qat=qat, is_dynamic=dynamic)
     )
-    for name in single_channel_convs(model):
-        quantizer.set_module_name_qconfig(name, None)
     return quantizer
 
 
@@ -109,7 +148,7 @@ def quantize_pt2e(
     KD loop) before converting.
 
     A model that calls one module at several sites is refused in one line naming the module.
-    Convolutions with one input channel stay fp32 (``single_channel_convs``).
+    Convolutions with one input channel are rewritten first (``with_three_channel_stems``).
     """
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import (
@@ -126,8 +165,8 @@ def quantize_pt2e(
             f"called {count} times in one forward pass (torchvision's BasicBlock reuses its "
             "ReLU); give each call its own module, or use a quantizable variant"
         )
-    graph = export_program(copy.deepcopy(model), example).module()
-    quantizer = _quantizer(model, qat=mode == "qat", dynamic=mode == "dynamic")
+    graph = export_program(with_three_channel_stems(copy.deepcopy(model)), example).module()
+    quantizer = _quantizer(qat=mode == "qat", dynamic=mode == "dynamic")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))

@@ -19,6 +19,7 @@ def _tiny(tmp_path, name: str, **sections) -> str:
     raw["teacher"].update(epochs=2)
     raw["distill"]["epochs"] = 4
     raw["export"]["min_int8_agreement"] = 0.9  # a 4-epoch student is not yet int8-stable
+    raw["export"]["formats"] = ["torchscript"]
     raw["name"] = name
     raw["archive"]["model_name"] = name
     for section, values in sections.items():

@@ -44,7 +44,7 @@ def test_int8_package_calls_int8_kernels_and_the_fp32_one_none(build_result):
     int8 = build_result.artifacts["student"] / "model.pt2"
     fp32 = build_result.artifacts["student-fp32"] / "model.pt2"
     calls = int8_kernel_calls(int8)
-    assert calls >= 3  # two int8 convolutions and the linear layer; the 1-channel stem is fp32
+    assert calls == 4  # the three convolutions (the 1-channel stem rewritten) and the linear
     assert build_result.metrics["student"]["formats"]["pt2"]["parity"]["int8_kernels"] == calls
     assert int8_kernel_calls(fp32) == 0
 

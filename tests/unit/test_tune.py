@@ -22,6 +22,7 @@ def recipe_file(tmp_path_factory):
     raw["name"] = "tiny-tune"
     raw["teacher"].update(epochs=3, kwargs={"widths": [8, 16, 32], "blocks": 1})
     raw["distill"]["epochs"] = 6
+    raw["export"]["formats"] = ["torchscript"]
     raw["tune"] = {
         "width": [0.25, 1.0],
         "depth": [2, 3],
