@@ -65,7 +65,8 @@ class Plan:
     vision_models: tuple[str, ...]
     recipe_overrides: dict
     distill_epochs: int  # digits distillation epochs in the distillation section
-    resnet_images: int  # random 64x64 images ResNet-50 -> ResNet-18 distils in it
+    resnet_images: int  # random 64x64 images ResNet-50 -> ResNet-18 distils in it (0: skip)
+    runtime_models: tuple[str, ...]  # the 224x224 models of the runtimes section
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -81,8 +82,9 @@ class Plan:
                     "distill": {"epochs": 4},
                     "export": {"min_int8_agreement": 0.9},
                 },
-                distill_epochs=2,
-                resnet_images=64,
+                distill_epochs=1,
+                resnet_images=0,
+                runtime_models=(),
             )
         return cls(
             batch_sizes=(1, 4, 8, 16),
@@ -93,6 +95,7 @@ class Plan:
             recipe_overrides={},
             distill_epochs=60,
             resnet_images=512,
+            runtime_models=("resnet18-fp32", "resnet18-int8"),
         )
 
 
@@ -317,7 +320,7 @@ def run_bench(
                 digits_export_seconds(result.artifacts["student"]),
             )
         }
-        for name in ("resnet18-fp32", "resnet18-int8"):
+        for name in plan.runtime_models:
             if name in vision:
                 directory = work / "artifacts" / name
                 entries[name] = (

@@ -52,10 +52,18 @@ def _weights(artifact: Path) -> dict[str, torch.Tensor]:
     return torch.jit.load(str(artifact / "model.pt")).state_dict()
 
 
-def test_a_killed_build_resumes_to_the_same_weights(tmp_path):
-    recipe = _recipe(tmp_path)
-    whole = _cli("build", str(recipe), "--out", str(tmp_path / "whole"), "--no-teacher-cache")
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[Path, Path]:
+    """The quick recipe and its build in one process, uninterrupted: (recipe, artifact)."""
+    tmp = tmp_path_factory.mktemp("one-process")
+    recipe = _recipe(tmp)
+    run = _cli("build", str(recipe), "--out", str(tmp / "out"), "--no-teacher-cache")
+    assert run.wait(timeout=600) == 0, run.stderr.read()
+    return recipe, tmp / "out" / "digits" / "1.0"
+
+
+def test_a_killed_build_resumes_to_the_same_weights(tmp_path, one_process):
+    recipe, whole = one_process
 
     out = tmp_path / "killed"
     checkpoint = out / "digits" / "1.0" / ".checkpoints" / "student-1.pt"
@@ -77,17 +85,17 @@ def test_a_killed_build_resumes_to_the_same_weights(tmp_path):
     assert not (out / "digits" / "1.0" / ".checkpoints").exists()  # ...and cleaned up after
 
     expected, got = (
-        _weights(tmp_path / "whole" / "digits" / "1.0"),
+        _weights(whole),
         _weights(out / "digits" / "1.0"),
     )
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected), "weights differ after resume"
 
 
-def test_torchrun_restarts_a_killed_process_and_the_build_resumes(tmp_path):
+def test_torchrun_restarts_a_killed_process_and_the_build_resumes(tmp_path, one_process):
     import psutil
 
-    recipe = _recipe(tmp_path)
+    recipe, _ = one_process
     out = tmp_path / "elastic"
     checkpoint = out / "digits" / "1.0" / ".checkpoints" / "student-1.pt"
     run = _cli("build", str(recipe), "--out", str(out), "--no-teacher-cache", "--nproc", "2")
@@ -113,18 +121,16 @@ def test_resume_refuses_checkpoints_of_another_recipe(tmp_path):
         Checkpointer(tmp_path / "ckpt", {"name": "b"}, resume=True)
 
 
-def test_two_processes_reach_the_accuracy_of_one(tmp_path):
-    recipe = _recipe(tmp_path)
-    one = _cli("build", str(recipe), "--out", str(tmp_path / "one"), "--no-teacher-cache")
-    assert one.wait(timeout=600) == 0, one.stderr.read()
+def test_two_processes_reach_the_accuracy_of_one(tmp_path, one_process):
+    recipe, one = one_process
     two = _cli(
         "build", str(recipe), "--out", str(tmp_path / "two"), "--no-teacher-cache", "--nproc", "2"
     )
     assert two.wait(timeout=900) == 0, two.stderr.read()
     assert "trained in 2 processes" in two.stderr.read()
     metrics = [
-        json.loads((tmp_path / run / "digits" / "1.0" / "metrics.json").read_text())
-        for run in ("one", "two")
+        json.loads((artifact / "metrics.json").read_text())
+        for artifact in (one, tmp_path / "two" / "digits" / "1.0")
     ]
     samples = metrics[0]["test_samples"]
     assert abs(metrics[0]["test_accuracy"] - metrics[1]["test_accuracy"]) * samples <= 1 + 1e-6
