@@ -20,6 +20,7 @@ from tests.helpers import small_recipe_dict
 FORMATS = ("torchscript", "pt2", "onnx")
 
 
+@pytest.mark.int8
 def test_every_role_is_written_in_every_format_with_its_parity(build_result):
     for role, directory in build_result.artifacts.items():
         metrics = build_result.metrics[role]
@@ -40,6 +41,7 @@ def test_every_role_is_written_in_every_format_with_its_parity(build_result):
             assert record["latency_ms_batch1"] > 0 and record["latency_ms_batch8"] > 0
 
 
+@pytest.mark.int8
 def test_int8_package_calls_int8_kernels_and_the_fp32_one_none(build_result):
     int8 = build_result.artifacts["student"] / "model.pt2"
     fp32 = build_result.artifacts["student-fp32"] / "model.pt2"
