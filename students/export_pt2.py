@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from distillserve.errors import ExportError
+from distillserve.students.prune import conv_like
 
 __all__ = [
     "MAX_BATCH",
@@ -89,16 +90,7 @@ class _ThreeChannels(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            3,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
+        self.conv = conv_like(conv, 3, conv.out_channels)
         with torch.no_grad():
             self.conv.weight.copy_(conv.weight.repeat(1, 3, 1, 1) / 3)
             if conv.bias is not None:

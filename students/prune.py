@@ -23,12 +23,28 @@ __all__ = [
     "CRITERIA",
     "channel_prune",
     "channel_widths",
+    "conv_like",
     "l1_unstructured",
     "make_permanent",
     "sparsity",
 ]
 
 CRITERIA = ("bn_gamma", "l1")
+
+
+def conv_like(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A fresh ``Conv2d`` with ``conv``'s geometry (kernel, stride, padding, dilation, bias,
+    padding mode) and other channel counts; its weights are the caller's to set."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
 
 
 def _blocks(model: nn.Module) -> list[nn.Sequential]:
@@ -91,16 +107,7 @@ def channel_prune(
         conv, bn = block[0], block[1]
         n_keep = widths[index] if widths else max(1, math.ceil(conv.out_channels * (1.0 - amount)))
         keep = _scores(block, criterion).topk(n_keep).indices.sort().values
-        new_conv = nn.Conv2d(
-            len(keep_in),
-            n_keep,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
+        new_conv = conv_like(conv, len(keep_in), n_keep)
         new_conv.weight.data = conv.weight.data[keep][:, keep_in].clone()
         if conv.bias is not None:
             new_conv.bias.data = conv.bias.data[keep].clone()
