@@ -8,7 +8,11 @@ trial is the recipe itself, so the hand-written student is measured beside the o
 teacher is trained once (teacher cache) and every trial reuses it. Optuna's pruners are
 single-objective (``trial.report`` is not available to a multi-objective study), so a trial is
 pruned by a threshold instead: from half its epochs on, a student whose best validation accuracy
-is more than ``tune.prune_margin`` below the target (teacher's minus the budget) stops.
+is more than ``tune.prune_margin`` below the target (teacher's minus the budget) stops. The
+cheapest students within the budget are then cross-validated on the training split before one
+is chosen (``bench.tune_choice``): the small validation split cannot tell them apart, and the
+cheapest of many that pass it is the luckiest draw. ``--time-limit`` bounds the search; the
+check adds at most ``tune.finalists`` x ``tune.cv_folds`` trainings.
 
 The study lives in ``OUT/study.db`` (SQLite): the same command after an interruption resumes it.
 """
@@ -22,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from distillserve.bench.tune_cv import cross_validated_accuracy
 from distillserve.errors import DistillServeError, RecipeError
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, load_recipe, merge
@@ -252,6 +257,29 @@ def run_tune(
         log("interrupted: the finished trials are kept; run the same command to resume")
     finally:
         bar.close()
+    folds = recipe.tune.cv_folds
+
+    def confirm(row: dict, floor: float) -> dict:
+        """The trial's student cross-validated (``bench.tune_cv``, stopped once it cannot reach
+        ``floor``), kept in the study so that a re-run does not repeat it."""
+        nonlocal interrupted
+        key = f"{row['trial']}/{folds}"
+        before = study.user_attrs.get("cv", {}).get(key)
+        if before and (before.get("complete", True) or floor >= before["floor"]):
+            return before
+        log(f"cross-validating trial {row['trial']} ({folds} folds of the training split)")
+        raw = merge(base, row["overrides"])
+        raw["name"] = f"{recipe.name}-cv{row['trial']:04d}"
+        try:
+            result = cross_validated_accuracy(
+                Recipe.from_dict(raw), folds, teacher_cache_dir, log, floor
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        study.set_user_attr("cv", {**study.user_attrs.get("cv", {}), key: result})
+        return result
+
     report = tune_report.write(
         study,
         recipe,
@@ -259,8 +287,15 @@ def run_tune(
         out,
         budget=budget,
         objective=objective,
-        seconds=time.perf_counter() - started,
+        started=started,
         log=log,
+        confirm=confirm if folds and not interrupted else None,
+        unconfirmed=(
+            "interrupted before the cross-validation check: chosen on validation accuracy "
+            "alone; run the same command again to check it"
+            if interrupted
+            else "chosen on validation accuracy alone (tune.cv_folds: 0)"
+        ),
     )
     report["interrupted"] = interrupted
     return report

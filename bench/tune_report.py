@@ -3,16 +3,16 @@ latency, size and status (``report.json``, ``report.md``), the Pareto front besi
 and the hand-written recipe (``pareto.png``), and ``best.yaml``: a complete recipe (``base:``
 the input) for the chosen student, which ``distillserve build`` reproduces.
 
-Latencies are re-measured here, every finished student side by side in one process over
-interleaved rounds, so they compare fairly; the chosen student is the cheapest whose validation
-accuracy is within the budget of the teacher's (costs within 3% of each other count as a tie,
-won by the student with fewer parameters).
+Latencies and sizes are those of the recipe's primary export format (``export.formats[0]``),
+re-measured here, every finished student side by side in one process over interleaved rounds,
+so they compare fairly. How the student is chosen: ``bench.tune_choice``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from distillserve.bench import tune_choice
 from distillserve.bench.compare import measure_latencies, pareto_front
 from distillserve.handlers.classification import thread_count
+from distillserve.handlers.runtimes import MODEL_FILES
+from distillserve.students.measure import weight_bytes
 from distillserve.students.recipe import Recipe
 
 __all__ = ["SUMMARY", "best_so_far", "write"]
@@ -78,16 +81,19 @@ def _rows(study) -> list[dict]:
 
 
 def _remeasure(rows: list[dict], recipe: Recipe, log: Callable[[str], None]) -> None:
-    """Batch-1 latency of every finished student, side by side over interleaved rounds."""
+    """Batch-1 latency of every finished student's primary-format file, side by side over
+    interleaved rounds, and the bytes of that file that are weights."""
     done = [r for r in rows if r["status"] == "complete" and r["artifact"]]
     if not done:
         return
+    fmt = recipe.export.formats[0]
     count = thread_count(recipe.archive.threads, recipe.archive.max_workers)
     example = torch.zeros(1, recipe.data.channels, *recipe.data.image_size)
-    log(f"re-measuring the batch-1 latency of {len(done)} students side by side")
-    paths = [Path(r["artifact"]) / "model.pt" for r in done]
-    for row, value in zip(done, measure_latencies(paths, example, count)):
-        row["latency_ms_batch1"] = value
+    log(f"re-measuring the batch-1 latency of {len(done)} students ({fmt}) side by side")
+    paths = [Path(r["artifact"]) / MODEL_FILES[fmt] for r in done]
+    for row, path, value in zip(done, paths, measure_latencies(paths, example, count)):
+        row["latency_ms_batch1"], row["format"] = value, fmt
+        row["weight_bytes"] = weight_bytes(path)
 
 
 def _best_yaml(recipe_path: Path, out: Path, recipe: Recipe, row: dict) -> Path:
@@ -98,7 +104,9 @@ def _best_yaml(recipe_path: Path, out: Path, recipe: Recipe, row: dict) -> Path:
     header = (
         f"# Found by `distillserve tune {recipe_path}` (trial {row['trial']}): validation "
         f"accuracy {row['val_accuracy']:.4f},\n# batch-1 latency {row['latency_ms_batch1']:.4f} "
-        f"ms, {row['size_bytes']} bytes. `distillserve build` this file to reproduce it.\n"
+        f"ms and {row['size_bytes']} bytes ({row.get('format', 'model')} file)"
+        + (f", cross-validated {row['cv_accuracy']:.4f}" if row.get("cv_accuracy") else "")
+        + ".\n# `distillserve build` this file to reproduce it.\n"
     )
     path = out / "best.yaml"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
@@ -111,11 +119,12 @@ def _markdown(report: dict) -> str:
         f"`distillserve tune` on `{report['recipe']}`: objective {report['objective']}, budget "
         f"{report['budget']:g} of the teacher's validation accuracy "
         f"({teacher.get('val_accuracy', 0):.2%}; test {teacher.get('test_accuracy', 0):.2%}), "
-        f"{len(report['rows'])} trials, {report['seconds']:.0f} s, {report['created'][:10]}.",
+        f"{len(report['rows'])} trials, {report['seconds']:.0f} s, {report['created'][:10]}; "
+        f"size and batch-1 latency of the {report['format']} file.",
         "",
-        "| trial | parameters | status | val acc. | test acc. | params | size KB | b1 ms "
-        "| served req/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| trial | parameters | status | val acc. | CV acc. | test acc. | params | size KB "
+        "| weights KB | b1 ms | served req/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = sorted(report["rows"], key=lambda r: (r["latency_ms_batch1"] is None, r["trial"]))
     for r in order:
@@ -133,11 +142,18 @@ def _markdown(report: dict) -> str:
 
         lines.append(
             f"| {label} | {params} | {status} | {number(r['val_accuracy'], '.2%')} "
+            f"| {number(r.get('cv_accuracy'), '.2%')} "
             f"| {number(r['test_accuracy'], '.2%')} | {number(r['params'], ',')} "
             f"| {number(r['size_bytes'] and r['size_bytes'] / 1024, '.1f')} "
+            f"| {number(r.get('weight_bytes') and r['weight_bytes'] / 1024, '.1f')} "
             f"| {number(r['latency_ms_batch1'], '.4f')} | {number(r.get('served_rps'), '.0f')} |"
         )
-    lines += ["", "★ chosen; * on the Pareto front (validation accuracy against the cost).", ""]
+    lines += [
+        "",
+        "★ chosen; * on the Pareto front (validation accuracy against the cost); CV: "
+        "cross-validated on the training split, for the finalists checked.",
+        "",
+    ]
     lines.append(report["verdict"])
     return "\n".join(lines) + "\n"
 
@@ -193,10 +209,15 @@ def write(
     *,
     budget: float,
     objective: str,
-    seconds: float,
+    started: float,
     log: Callable[[str], None],
+    confirm: Callable[[dict], dict] | None = None,
+    unconfirmed: str = "chosen on validation accuracy alone",
 ) -> dict:
-    """Write the report, table, plot and (when a student meets the budget) ``best.yaml``."""
+    """Write the report, table, plot and (when a student meets the budget) ``best.yaml``.
+    ``started`` is the run's ``time.perf_counter()`` at its start. ``confirm(row)``
+    cross-validates a candidate (``bench.tune_cv``); without it the choice is made on validation
+    accuracy alone, for the reason ``unconfirmed``."""
     rows = _rows(study)
     _remeasure(rows, recipe, log)
     cost = "size_bytes" if objective == "size" else "latency_ms_batch1"
@@ -206,28 +227,38 @@ def write(
         row["pareto"] = index in front
     floor = _within(study, budget)
     good = [r for r in done if floor is not None and r["val_accuracy"] >= floor]
-    best = _choose(good, cost)
     if objective == "served" and front:
         from distillserve.bench.tune_served import served_throughput
 
         served_throughput([done[i] for i in sorted(front)], out, log)
-        measured = [r for r in good if r.get("served_rps")]
-        best = max(measured, key=lambda r: r["served_rps"], default=best)
+    best, how = tune_choice.choose(
+        tune_choice.ranked(good, cost), floor or 0.0, recipe.tune.finalists, confirm, log
+    )
+    if confirm is None and best is not None:
+        how = unconfirmed
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "recipe": recipe_path.as_posix(),
         "objective": objective,
+        "format": recipe.export.formats[0],
         "budget": budget,
-        "seconds": round(seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
         "teacher": study.user_attrs.get("teacher", {}),
         "rows": rows,
         "best_trial": best["trial"] if best else None,
         "best_recipe": None,
+        "choice": how,
     }
     reference = next((r for r in done if r["reference"]), None)
     if best is not None:
         report["best_recipe"] = str(_best_yaml(recipe_path, out, recipe, best))
-        report["verdict"] = _verdict(best, reference) + _limits(done, reference)
+        report["verdict"] = tune_choice.verdict(best, reference, how)
+    elif good:
+        report["verdict"] = (
+            f"No student is chosen: {len(good)} kept validation accuracy within {budget:g} of "
+            f"the teacher's, but {how}. Widen the space, train longer (tune.epochs), raise "
+            "--budget or tune.finalists."
+        )
     elif done:
         top = max(done, key=lambda r: r["val_accuracy"])
         report["verdict"] = (
@@ -238,72 +269,10 @@ def write(
         )
     else:
         report["verdict"] = "No trial finished: nothing to choose from."
+    report["verdict"] += tune_choice.limits(done, reference, best, floor or 0.0)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
     _plot(report, out / "pareto.png", cost)
     log(f"wrote {out / 'report.json'}, report.md, pareto.png" + (", best.yaml" if best else ""))
     log(report["verdict"])
     return report
-
-
-TIE = 0.03  # costs within 3% of the cheapest are measurement noise apart
-
-
-def _choose(good: list[dict], cost: str) -> dict | None:
-    """The cheapest eligible student; costs within ``TIE`` of the cheapest count as equal, and
-    among those the one with the fewest parameters, then the most accurate, wins."""
-    if not good:
-        return None
-    cheapest = min(r[cost] for r in good)
-    tied = [r for r in good if r[cost] <= cheapest * (1 + TIE)]
-    return min(tied, key=lambda r: (r["params"], -r["val_accuracy"], r[cost]))
-
-
-def _verdict(best: dict, reference: dict | None) -> str:
-    what = f"trial {best['trial']}: {best['space']}"
-    text = (
-        f"Chosen: {what}; validation {best['val_accuracy']:.2%}, test "
-        f"{best['test_accuracy']:.2%}, {best['latency_ms_batch1']:.4f} ms at batch 1, "
-        f"{best['size_bytes']} bytes."
-    )
-    if reference is not None and reference is not best:
-        speed = reference["latency_ms_batch1"] / best["latency_ms_batch1"]
-        size = reference["size_bytes"] / best["size_bytes"]
-        fewer = reference["params"] / best["params"]
-        text += (
-            f" Against the recipe as written (trial {reference['trial']}): {speed:.2f}x faster "
-            f"at batch 1, {size:.2f}x smaller on disk, {fewer:.1f}x fewer parameters; its "
-            f"validation {reference['val_accuracy']:.2%}, test {reference['test_accuracy']:.2%}."
-        )
-    return text
-
-
-def _limits(done: list[dict], reference: dict | None) -> str:
-    """What the whole space allows at best: the fastest and the smallest student of all trials,
-    whatever their accuracy, against the recipe as written."""
-    if reference is None or not done:
-        return ""
-    fastest = min(done, key=lambda r: r["latency_ms_batch1"])
-    smallest = min(done, key=lambda r: r["size_bytes"])
-    speed = reference["latency_ms_batch1"] / fastest["latency_ms_batch1"]
-    size = reference["size_bytes"] / smallest["size_bytes"]
-    text = (
-        f" The limits of this space, whatever the accuracy: the fastest student (trial "
-        f"{fastest['trial']}, {fastest['params']:,} params) is {speed:.2f}x faster than the "
-        f"recipe's at batch 1 and the smallest file (trial {smallest['trial']}, "
-        f"{smallest['params']:,} params) {size:.2f}x smaller."
-    )
-    if speed < 2:
-        text += (
-            f" No student here can be 2x faster: {reference['params'] / fastest['params']:.0f}x "
-            f"fewer parameters buy {speed:.2f}x, so batch-1 latency at this input size is the "
-            "fixed cost of one TorchScript call (quantize, dispatch, dequantize), not the model's "
-            "arithmetic."
-        )
-    if size < 2:
-        text += (
-            f" No file here can be 2x smaller: the smallest is {smallest['size_bytes'] / 1024:.1f}"
-            " KB, nearly all of it the TorchScript archive's code and metadata that every model "
-            "carries, not weights."
-        )
-    return text

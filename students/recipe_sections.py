@@ -465,7 +465,9 @@ class TuneConfig(_Section):
     the KD settings, ``prune_amount`` the share of channels pruned (0 = none); ``feature_kd``
     searches feature KD on/off with the pairs in ``feature``; ``quantize`` lists the modes to try.
     ``epochs`` is each trial's distillation length; ``prune_margin`` how far below the target a
-    trial's validation accuracy may be at half its epochs before it is stopped."""
+    trial's validation accuracy may be at half its epochs before it is stopped. Before one is
+    chosen, up to ``finalists`` students within the budget, cheapest first, are checked by
+    ``cv_folds``-fold cross-validation on the training split (0: choose on validation alone)."""
 
     SECTION: ClassVar[str] = "tune"
     width: list[float] | None = None
@@ -478,6 +480,8 @@ class TuneConfig(_Section):
     quantize: list[str] | None = None
     epochs: int | None = None
     prune_margin: float = 0.05
+    cv_folds: int = 5
+    finalists: int = 3
 
     def __post_init__(self) -> None:
         _range("tune.width", self.width, 0.05, 8.0)
@@ -494,6 +498,9 @@ class TuneConfig(_Section):
         if self.epochs is not None:
             _at_least("tune.epochs", self.epochs, 1)
         _between("tune.prune_margin", self.prune_margin, 0.0, 1.0)
+        if self.cv_folds != 0 and not 2 <= self.cv_folds <= 20:
+            raise RecipeError("tune.cv_folds", f"must be 0 (off) or 2 to 20, got {self.cv_folds}")
+        _at_least("tune.finalists", self.finalists, 1)
 
     def searches(self) -> bool:
         """Whether any key of the space is set."""

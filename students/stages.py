@@ -111,15 +111,21 @@ class QuantizedStudent:
 
 def load_data(recipe: Recipe, log: Log) -> DataStage:
     """Split the recipe's dataset and make the loaders (preprocessed as the handler does)."""
-    data, seed = recipe.data, recipe.seed
-    splits = load_splits(data, seed)
-    spec = preprocess_spec(data)
-    labelled = labelled_fraction(splits.train, recipe.distill.label_fraction, seed)
+    data = recipe.data
+    splits = load_splits(data, recipe.seed)
     log(
         f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
         f"{len(splits.classes)} classes, input {data.channels}x{data.image_size[0]}x"
         f"{data.image_size[1]}"
     )
+    return data_stage(recipe, splits, log)
+
+
+def data_stage(recipe: Recipe, splits: Splits, log: Log) -> DataStage:
+    """The loaders over ``splits`` (the recipe's own, or other ones such as a k-fold split)."""
+    data, seed = recipe.data, recipe.seed
+    spec = preprocess_spec(data)
+    labelled = labelled_fraction(splits.train, recipe.distill.label_fraction, seed)
     if recipe.distill.label_fraction < 1.0:
         log(
             f"students learn from {len(labelled)} labelled images "

@@ -41,6 +41,22 @@ def test_every_role_is_written_in_every_format_with_its_parity(build_result):
             assert record["latency_ms_batch1"] > 0 and record["latency_ms_batch8"] > 0
 
 
+def test_onnx_files_carry_no_exporter_debug_metadata_and_weights_are_measured(build_result):
+    import onnx
+
+    from distillserve.students.measure import weight_bytes
+
+    for role, directory in build_result.artifacts.items():
+        model = onnx.load(str(directory / "model.onnx"))
+        graph = model.graph
+        for item in (*graph.node, *graph.initializer, *graph.input, *graph.output):
+            assert not item.metadata_props and not item.doc_string, (role, item.name)
+        for fmt in ("torchscript", "onnx"):
+            path = directory / MODEL_FILES[fmt]
+            assert 0 < weight_bytes(path) < path.stat().st_size, (role, fmt)
+    assert weight_bytes(build_result.artifacts["student"] / "model.pt2") is None
+
+
 @pytest.mark.int8
 def test_int8_package_calls_int8_kernels_and_the_fp32_one_none(build_result):
     int8 = build_result.artifacts["student"] / "model.pt2"

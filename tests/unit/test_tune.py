@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from distillserve.bench.tune import run_tune, trial_overrides
+from distillserve.students.data import load_splits
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, load_recipe
 from tests.helpers import small_recipe_dict
@@ -29,6 +30,8 @@ def recipe_file(tmp_path_factory):
         "temperature": [2.0, 6.0],
         "quantize": ["static"],
         "epochs": 6,
+        "cv_folds": 2,
+        "finalists": 1,
     }
     path = tmp_path_factory.mktemp("tune") / "tiny-tune.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -64,9 +67,16 @@ def test_a_three_trial_search_reports_chooses_and_resumes(recipe_file, tmp_path)
     saved = json.loads((out / "report.json").read_text())
     assert saved["best_trial"] == report["best_trial"] is not None
     assert "★" in (out / "report.md").read_text()
+    best = next(r for r in rows if r["trial"] == report["best_trial"])
+    recipe = load_recipe(recipe_file)
+    train_images = len(load_splits(recipe.data, recipe.seed).train)
+    # every training image scored once, by a student that did not train on it
+    assert best["cv"]["folds"] == 2 and best["cv"]["images"] == train_images
+    assert best["cv_accuracy"] == best["cv"]["correct"] / best["cv"]["images"] > 0.5
+    assert "cross-validation (2 folds" in report["choice"]
+    assert best["format"] == "torchscript" and 0 < best["weight_bytes"] < best["size_bytes"]
     assert (out / "pareto.png").stat().st_size > 10_000
 
-    best = next(r for r in rows if r["trial"] == report["best_trial"])
     rebuilt = build(
         load_recipe(out / "best.yaml"),
         tmp_path / "rebuild",
@@ -100,3 +110,14 @@ def test_a_space_with_feature_kd_needs_its_pairs():
         Recipe.from_dict({**small_recipe_dict(), "tune": {"feature_kd": True}})
     with pytest.raises(RecipeError, match=r"tune\.width"):
         Recipe.from_dict({**small_recipe_dict(), "tune": {"width": [1.0, 0.5]}})
+
+
+def test_cross_validation_stops_once_the_floor_is_out_of_reach(recipe_file, tmp_path):
+    from distillserve.bench.tune_cv import cross_validated_accuracy
+
+    recipe = load_recipe(recipe_file)
+    train_images = len(load_splits(recipe.data, recipe.seed).train)
+    result = cross_validated_accuracy(recipe, 3, tmp_path / "cache", floor=1.0)
+    assert result["correct"] < result["images"]  # an error: 100% is out of reach, so it stops
+    assert not result["complete"] and len(result["fold_accuracies"]) < 3
+    assert result["images"] < train_images
