@@ -177,6 +177,24 @@ def _plot(report: dict, path: Path, cost: str) -> None:
             ax.scatter(
                 row[cost], row["val_accuracy"] * 100, s=260, facecolors="none", edgecolors="k"
             )
+        if row.get("cv_accuracy") is not None:
+            ax.scatter(row[cost], row["cv_accuracy"] * 100, marker="x", color="tab:red", s=60)
+            ax.plot(
+                [row[cost]] * 2,
+                [row["cv_accuracy"] * 100, row["val_accuracy"] * 100],
+                color="tab:red",
+                linewidth=0.8,
+                alpha=0.6,
+            )
+    reference = next((r for r in rows if r["reference"]), None)
+    if reference is not None:
+        ax.axvline(
+            reference[cost] / 2,
+            color="tab:green",
+            linestyle=":",
+            linewidth=1,
+            label="half the recipe's cost",
+        )
     teacher = report["teacher"].get("val_accuracy")
     if teacher is not None:
         ax.axhline(teacher * 100, color="black", linestyle="--", linewidth=1, label="teacher")
@@ -190,9 +208,10 @@ def _plot(report: dict, path: Path, cost: str) -> None:
     ax.scatter([], [], marker="^", color="tab:green", label="the recipe as written")
     ax.scatter([], [], marker="o", color="tab:orange", label="Pareto front")
     ax.scatter([], [], marker="o", color="tab:blue", label="other trials")
+    ax.scatter([], [], marker="x", color="tab:red", label="cross-validated (finalists)")
     ax.set_xscale("log")
     ax.set_xlabel({"latency_ms_batch1": "int8 batch-1 latency (ms)", "size_bytes": "bytes"}[cost])
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel("validation (and cross-validated) accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"distillserve tune: {report['recipe']} ({len(rows)} students)")
