@@ -9,14 +9,21 @@ from pathlib import Path
 from distillserve.bench.distillation import distillation_markdown
 from distillserve.bench.runtimes import runtimes_markdown
 
-__all__ = ["add_derived", "ceiling_at", "summary", "update_readme", "write_plots"]
+__all__ = ["add_derived", "ceiling_at", "summary", "update_readme"]
 
 HANDLER_CEILING_OF = {  # served model -> the in-process handler ceiling on the same payloads
     "digits-int8": "digits-int8 (8x8 PNG)",
     "resnet18-int8": "resnet18-int8 (224x224 JPEG)",
+    "mobilenetv3-int8": "mobilenetv3-int8 (224x224 JPEG)",
+}
+FLOOR_OF = {  # served model -> the no-op handler's points on the same payloads (its floor)
+    "digits-int8": "floor-png",
+    "resnet18-int8": "floor-jpeg224",
+    "mobilenetv3-int8": "floor-jpeg224",
 }
 TARGETS = {
     "efficiency": 0.90,  # served / handler ceiling, int8 ResNet-18 at 224x224
+    "floor": 0.90,  # served / no-op floor, digits and MobileNetV3 int8, highest concurrency
     "builtin_640": 2.0,  # ours / built-in image_classifier on 640x480 JPEGs
     "student_vs_teacher": 15.0,  # int8 ResNet-18 .mar / fp32 ResNet-50 .mar, same load
 }
@@ -40,7 +47,19 @@ def ceiling_at(ceiling: dict[str, dict], batch: float) -> float:
 
 def add_derived(results: dict) -> None:
     """Efficiencies of every served point, the teacher/student ratios and the target checks."""
+    floors = {
+        (p["model"], p["batch_size"], p["max_batch_delay"], p["concurrency"]): p["throughput_rps"]
+        for p in results["served"]
+        if p["model"] not in HANDLER_CEILING_OF
+    }
     for point in results["served"]:
+        if point["model"] not in HANDLER_CEILING_OF:
+            continue  # a floor point
+        key = (point["batch_size"], point["max_batch_delay"], point["concurrency"])
+        floor = floors.get((FLOOR_OF[point["model"]], *key))
+        if floor:
+            point["floor_rps"] = floor
+            point["efficiency_vs_floor"] = round(point["throughput_rps"] / floor, 3)
         handler = results["handler_ceiling"][HANDLER_CEILING_OF[point["model"]]]
         model = results["model_ceiling"][point["model"]]
         batch = max(1.0, point["mean_batch"])
@@ -91,8 +110,46 @@ def add_derived(results: dict) -> None:
             "raw_kernels_b8": student.get("model_speedup_vs_resnet50_b8", 0.0),
         },
     }
+    results["targets"]["floor"] = _floor_target(results)
     for target in results["targets"].values():
         target["met"] = target["value"] >= target["target"]
+
+
+def _floor_target(results: dict) -> dict:
+    """The smallest, over digits and MobileNetV3 int8, of served ÷ floor at the highest
+    concurrency in its best batch setting."""
+    top = max(results["meta"]["plan"]["concurrencies"])
+    best = {}
+    for model in ("digits-int8", "mobilenetv3-int8"):
+        points = [
+            p
+            for p in results["served"]
+            if p["model"] == model and p["concurrency"] == top and "efficiency_vs_floor" in p
+        ]
+        if points:
+            best[model] = max(points, key=lambda p: p["efficiency_vs_floor"])
+    worst = min(best.values(), key=lambda p: p["efficiency_vs_floor"], default=None)
+    return {
+        "what": f"served / TorchServe's no-op floor at concurrency {top}, best setting, "
+        + " and ".join(best)
+        + " (the lower)",
+        "value": worst["efficiency_vs_floor"] if worst else 0.0,
+        "target": TARGETS["floor"],
+        "each": {m: p["efficiency_vs_floor"] for m, p in best.items()},
+    }
+
+
+def _cell(p: dict | None) -> str:
+    """A served point: req/s, and for a model (not a floor) its efficiencies."""
+    if p is None:
+        return "–"
+    if "efficiency_vs_handler" not in p:
+        return f"{_fmt(p['throughput_rps'])} @{p['mean_batch']:g}"
+    floor = f" · {p['efficiency_vs_floor']:.0%} of floor" if "efficiency_vs_floor" in p else ""
+    return (
+        f"{_fmt(p['throughput_rps'])} ({p['efficiency_vs_handler']:.0%} / "
+        f"{p['efficiency_vs_model']:.0%}) @{p['mean_batch']:g}{floor}"
+    )
 
 
 def _fmt(value: float) -> str:
@@ -111,7 +168,9 @@ def summary(results: dict, stamp: str) -> str:
         f"`bench/results/{stamp}.json`.",
         "",
         "**Served throughput and efficiency** (requests/s; in brackets served ÷ handler ceiling "
-        "and served ÷ model ceiling at the batch size TorchServe actually formed, shown after @):",
+        "and served ÷ model ceiling at the batch size TorchServe actually formed, shown after @, "
+        "then served ÷ TorchServe's floor: a no-op handler's .mar at the same point on the same "
+        "payloads, the `floor-*` rows):",
         "",
         "| model | batch size / delay | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
         "|---|---|" + "---:|" * len(concurrencies),
@@ -131,12 +190,7 @@ def summary(results: dict, stamp: str) -> str:
                     ),
                     None,
                 )
-                cells.append(
-                    f"{_fmt(p['throughput_rps'])} ({p['efficiency_vs_handler']:.0%} / "
-                    f"{p['efficiency_vs_model']:.0%}) @{p['mean_batch']:g}"
-                    if p
-                    else "–"
-                )
+                cells.append(_cell(p))
             setting = "1 (off)" if batch_size == 1 else f"{batch_size} / {delay} ms"
             lines.append(f"| {model} | {setting} | " + " | ".join(cells) + " |")
 
@@ -206,87 +260,6 @@ def update_readme(readme: Path, text: str) -> None:
     readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text.rstrip()}\n{END}", content))
 
 
-def write_plots(results: dict, served_png: Path, models_png: Path) -> None:
-    """Served throughput against concurrency per batch setting, with the handler and model
-    ceilings; and the teacher-against-students bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    served_models = list(dict.fromkeys(p["model"] for p in results["served"]))
-    fig, axes = plt.subplots(1, len(served_models), figsize=(6.5 * len(served_models), 4.8))
-    axes = [axes] if len(served_models) == 1 else axes
-    for ax, model in zip(axes, served_models):
-        for batch_size, delay in results["meta"]["plan"]["batch_settings"]:
-            points = [
-                p
-                for p in results["served"]
-                if p["model"] == model
-                and p["batch_size"] == batch_size
-                and p["max_batch_delay"] == delay
-            ]
-            label = "batching off" if batch_size == 1 else f"batch {batch_size}, {delay} ms"
-            ax.plot(
-                [p["concurrency"] for p in points],
-                [p["throughput_rps"] for p in points],
-                marker="o",
-                label=label,
-            )
-        handler = results["handler_ceiling"][HANDLER_CEILING_OF[model]]
-        model_ceiling = results["model_ceiling"][model]
-        ax.axhline(
-            ceiling_at(handler, 8),
-            color="black",
-            linestyle="--",
-            linewidth=1,
-            label="handler ceiling, batch 8",
-        )
-        ax.axhline(
-            ceiling_at(model_ceiling, 8),
-            color="grey",
-            linestyle=":",
-            linewidth=1,
-            label="model ceiling, batch 8",
-        )
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("requests / s (log)")
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(served_png, dpi=110)
-    plt.close(fig)
-
-    rows = results["teacher_vs_students"]
-    names = list(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    axes[0].bar(names, [rows[n]["served_throughput_rps_c16"] for n in names], label="served, c16")
-    axes[0].scatter(
-        names,
-        [rows[n]["model_images_per_s_batch8"] for n in names],
-        color="black",
-        marker="_",
-        s=400,
-        label="model alone, batch 8",
-        zorder=3,
-    )
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("images / s (log)")
-    axes[0].legend(fontsize=8)
-    axes[1].bar(names, [rows[n]["model_pt_bytes"] / 2**20 for n in names])
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("model.pt MB (log)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
-        ax.grid(True, axis="y", which="both", alpha=0.3)
-    fig.suptitle("Teacher against students: throughput and size")
-    fig.tight_layout()
-    fig.savefig(models_png, dpi=110)
-    plt.close(fig)
-
-
 def reading(results: dict) -> list[str]:
     """What limits each headline figure, computed from this run's own numbers."""
     meta, targets, ceilings = results["meta"], results["targets"], results["model_ceiling"]
@@ -319,6 +292,7 @@ def reading(results: dict) -> list[str]:
             "cost; batching shares the per-batch part, and several images per request (KServe "
             "v2) would share more."
         )
+    out += _floor_reading(results)
     builtin = results["builtin"].get("640x480 JPEG")
     if builtin:
         model_ips = ceiling_at(ceilings["resnet18-int8"], 8)
@@ -358,3 +332,33 @@ def reading(results: dict) -> list[str]:
             "the kernels give, whatever the server does."
         )
     return out
+
+
+def _floor_reading(results: dict) -> list[str]:
+    """How close each model gets to TorchServe's floor at the highest concurrency, and what the
+    gap costs per request inside the worker (1/served - 1/floor)."""
+    floor = results["targets"].get("floor", {})
+    top = max(results["meta"]["plan"]["concurrencies"])
+    parts = []
+    for model in floor.get("each", {}):
+        points = [
+            p
+            for p in results["served"]
+            if p["model"] == model and p["concurrency"] == top and "floor_rps" in p
+        ]
+        best = max(points, key=lambda p: p["efficiency_vs_floor"])
+        gap_ms = 1000 / best["throughput_rps"] - 1000 / best["floor_rps"]
+        parts.append(
+            f"{model} {best['throughput_rps']:.0f} req/s against the floor's "
+            f"{best['floor_rps']:.0f} ({best['efficiency_vs_floor']:.0%}; batch "
+            f"{best['batch_size']} / {best['max_batch_delay']} ms), {gap_ms:.2f} ms per request "
+            "spent in what is ours"
+        )
+    if not parts:
+        return []
+    return [
+        f"- TorchServe's floor (a `.mar` whose handler answers without reading the request) at "
+        f"{top} clients: " + "; ".join(parts) + ". What is ours per request is decoding, "
+        "preprocessing, the forward pass and the JSON answer; the rest of the cost is TorchServe's "
+        "and the load generator's on the same cores."
+    ]

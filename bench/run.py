@@ -33,6 +33,7 @@ from distillserve.bench.models import (
     photo_jpegs,
     vision_artifact,
 )
+from distillserve.bench.plots import write_plots
 from distillserve.bench.runtimes import (
     add_vision_formats,
     digits_export_seconds,
@@ -40,6 +41,7 @@ from distillserve.bench.runtimes import (
 )
 from distillserve.bench.served import (
     builtin_archive,
+    floor_archive,
     register_timed,
     served_point,
     unregister,
@@ -67,6 +69,7 @@ class Plan:
     distill_epochs: int  # digits distillation epochs in the distillation section
     resnet_images: int  # random 64x64 images ResNet-50 -> ResNet-18 distils in it (0: skip)
     runtime_models: tuple[str, ...]  # the 224x224 models of the runtimes section
+    matrix_models: tuple[str, ...]  # the 224x224 models of the served matrix (digits always)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -85,6 +88,7 @@ class Plan:
                 distill_epochs=1,
                 resnet_images=0,
                 runtime_models=(),
+                matrix_models=("resnet18-int8",),
             )
         return cls(
             batch_sizes=(1, 4, 8, 16),
@@ -96,6 +100,7 @@ class Plan:
             distill_epochs=60,
             resnet_images=512,
             runtime_models=("resnet18-fp32", "resnet18-int8"),
+            matrix_models=("resnet18-int8", "mobilenetv3-int8"),
         )
 
 
@@ -220,9 +225,10 @@ def run_bench(
     results["handler_ceiling"]["digits-int8 (8x8 PNG)"] = handler_ceiling(
         digits["digits-int8"], png, plan.batch_sizes, ceiling_work / "digits"
     )
-    results["handler_ceiling"]["resnet18-int8 (224x224 JPEG)"] = handler_ceiling(
-        vision["resnet18-int8"], jpeg224, plan.batch_sizes, ceiling_work / "r18-224"
-    )
+    for name in plan.matrix_models:
+        results["handler_ceiling"][f"{name} (224x224 JPEG)"] = handler_ceiling(
+            vision[name], jpeg224, plan.batch_sizes, ceiling_work / f"{name}-224"
+        )
     results["handler_ceiling"]["resnet18-int8 (640x480 JPEG)"] = handler_ceiling(
         vision["resnet18-int8"], jpeg640, plan.batch_sizes, ceiling_work / "r18-640"
     )
@@ -248,11 +254,15 @@ def run_bench(
         results["pipeline"] = pipeline
         unregister(ts, "digits-int8")
 
-        log("served: efficiency matrix")
-        for label, archive, kind in (
+        log("served: efficiency matrix, TorchServe's floor (a no-op handler) at every point")
+        floor = floor_archive(store)
+        matrix = [
             ("digits-int8", digits["digits-int8"], "digits"),
-            ("resnet18-int8", vision["resnet18-int8"], "224"),
-        ):
+            (bench_report.FLOOR_OF["digits-int8"], floor, "digits"),
+            *((name, vision[name], "224") for name in plan.matrix_models),
+            (bench_report.FLOOR_OF["resnet18-int8"], floor, "224"),
+        ]
+        for label, archive, kind in matrix:
             for batch_size, delay in plan.batch_settings:
                 name = f"{label}-b{batch_size}-d{delay}"
                 register_timed(ts, archive, name, payloads[kind][0], batch_size, delay)
@@ -348,7 +358,7 @@ def run_bench(
     stamp = "quick" if quick else datetime.now(UTC).strftime("%Y-%m-%d")
     path = out / f"{stamp}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
-    bench_report.write_plots(results, out / f"{stamp}-served.png", out / f"{stamp}-models.png")
+    write_plots(results, out / f"{stamp}-served.png", out / f"{stamp}-models.png")
     (out / f"{stamp}.md").write_text(bench_report.summary(results, stamp))
     log(f"wrote {path}, its plots and {out / f'{stamp}.md'}")
     return path

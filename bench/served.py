@@ -7,6 +7,7 @@
 - ``worker_peak_rss_mb``: peak resident memory (``VmHWM``) of a model's worker processes.
 - ``builtin_archive``: the same TorchScript file packed for TorchServe's built-in
   ``image_classifier`` handler (which needs captum, the ``bench`` extra).
+- ``floor_archive``: a no-op handler and no model: what TorchServe itself serves at a load.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 from distillserve.archiver.mar import archiver_tempdir
@@ -28,6 +30,7 @@ from distillserve.serving.server import TorchServe
 __all__ = [
     "batch_sizes",
     "builtin_archive",
+    "floor_archive",
     "register_timed",
     "served_point",
     "unregister",
@@ -127,19 +130,32 @@ def worker_peak_rss_mb(ts: TorchServe, name: str) -> float:
 
 def builtin_archive(model_pt: Path, index_to_name: Path, name: str, store: Path) -> Path:
     """``store/<name>.mar`` with ``model_pt`` and TorchServe's built-in ``image_classifier``."""
+    return _archive(
+        store,
+        name,
+        handler="image_classifier",
+        serialized_file=str(model_pt),
+        extra_files=str(index_to_name),
+    )
+
+
+def floor_archive(store: Path, name: str = "floor") -> Path:
+    """``store/<name>.mar`` serving nothing: ``bench/floor_handler.py``'s no-op handler, no
+    model file; TorchServe's floor under any load."""
+    handler = resources.files("distillserve.bench") / "floor_handler.py"
+    with resources.as_file(handler) as path:
+        return _archive(store, name, handler=str(path))
+
+
+def _archive(store: Path, name: str, **files: str) -> Path:
+    """``store/<name>.mar`` through torch-model-archiver's API, staged beside the store."""
     from model_archiver.model_archiver import ModelArchiver
     from model_archiver.model_archiver_config import ModelArchiverConfig
 
-    staging = Path(tempfile.mkdtemp(prefix=".builtin-", dir=store))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=store))
     try:
         config = ModelArchiverConfig(
-            model_name=name,
-            handler="image_classifier",
-            version="1.0",
-            serialized_file=str(model_pt),
-            extra_files=str(index_to_name),
-            export_path=str(staging),
-            force=True,
+            model_name=name, version="1.0", export_path=str(staging), force=True, **files
         )
         with archiver_tempdir(staging):
             ModelArchiver.generate_model_archive(config)

@@ -56,7 +56,15 @@ def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
     stages = results["pipeline"]
     assert all(value >= 0 for value in stages.values())  # a stage that did nothing takes 0 s
     assert min(stages["build: teacher"], stages["build: distill"], stages["total"]) > 0
-    assert {p["model"] for p in results["served"]} == {"digits-int8", "resnet18-int8"}
+    served_models = {p["model"] for p in results["served"]}
+    assert served_models == {"digits-int8", "resnet18-int8", "floor-png", "floor-jpeg224"}
+    for point in results["served"]:  # every model point has its floor point beside it
+        if not point["model"].startswith("floor"):
+            assert point["efficiency_vs_floor"] == round(
+                point["throughput_rps"] / point["floor_rps"], 3
+            )
+    floor = results["targets"]["floor"]
+    assert set(floor["each"]) == {"digits-int8"} and floor["value"] == floor["each"]["digits-int8"]
     batched = [p for p in results["served"] if p["batch_size"] == 8 and p["concurrency"] == 8]
     assert all(p["mean_batch"] > 1 for p in batched)  # TorchServe really formed batches
     assert all(p["mean_batch"] == 1 for p in results["served"] if p["batch_size"] == 1)
@@ -75,6 +83,7 @@ def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
     for plot in ("quick-served.png", "quick-models.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "quick.md").read_text()
+    assert "of floor" in summary and "| floor-png |" in summary
     assert "**Targets**" in summary and "ours ÷ built-in" in summary and "**Reading**" in summary
     assert "**Runtimes**" in summary and "| digits-int8 | pt2 |" in summary
     assert "**Distillation**" in summary
