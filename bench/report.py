@@ -348,12 +348,20 @@ def _floor_reading(results: dict) -> list[str]:
         ]
         best = max(points, key=lambda p: p["efficiency_vs_floor"])
         gap_ms = 1000 / best["throughput_rps"] - 1000 / best["floor_rps"]
-        parts.append(
+        text = (
             f"{model} {best['throughput_rps']:.0f} req/s against the floor's "
             f"{best['floor_rps']:.0f} ({best['efficiency_vs_floor']:.0%}; batch "
             f"{best['batch_size']} / {best['max_batch_delay']} ms), {gap_ms:.2f} ms per request "
             "spent in what is ours"
         )
+        model_ips = ceiling_at(results["model_ceiling"][model], 8)
+        if model_ips < 1.1 * best["floor_rps"]:
+            text += (
+                f" — its forward pass alone allows {model_ips:.0f} images/s at batch 8, at most "
+                f"{model_ips / best['floor_rps']:.0%} of the floor whatever the handler: the "
+                "model, not the server, is the limit on this CPU"
+            )
+        parts.append(text)
     if not parts:
         return []
     return [
