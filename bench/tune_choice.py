@@ -27,7 +27,7 @@ def ranked(good: list[dict], cost: str) -> list[dict]:
         tied = [r for r in rest if r[cost] <= rest[0][cost] * (1 + TIE)]
         tied.sort(key=lambda r: (r["params"], -r["val_accuracy"], r[cost]))
         order += tied
-        rest = [r for r in rest if r not in tied]
+        rest = [r for r in rest if all(r is not t for t in tied)]
     served = sorted((r for r in order if r.get("served_rps")), key=lambda r: -r["served_rps"])
     return served + [r for r in order if not r.get("served_rps")]
 

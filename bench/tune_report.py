@@ -101,11 +101,12 @@ def _best_yaml(recipe_path: Path, out: Path, recipe: Recipe, row: dict) -> Path:
     base = os.path.relpath(recipe_path.resolve(), out.resolve())
     name = f"{recipe.name}-tuned"
     document = {"base": base, "name": name, **row["overrides"], "archive": {"model_name": name}}
+    cv = row.get("cv_accuracy")
     header = (
         f"# Found by `distillserve tune {recipe_path}` (trial {row['trial']}): validation "
         f"accuracy {row['val_accuracy']:.4f},\n# batch-1 latency {row['latency_ms_batch1']:.4f} "
         f"ms and {row['size_bytes']} bytes ({row.get('format', 'model')} file)"
-        + (f", cross-validated {row['cv_accuracy']:.4f}" if row.get("cv_accuracy") else "")
+        + (f", cross-validated {cv:.4f}" if cv is not None else "")
         + ".\n# `distillserve build` this file to reproduce it.\n"
     )
     path = out / "best.yaml"
@@ -230,11 +231,11 @@ def write(
     objective: str,
     started: float,
     log: Callable[[str], None],
-    confirm: Callable[[dict], dict] | None = None,
+    confirm: Callable[[dict, float], dict] | None = None,
     unconfirmed: str = "chosen on validation accuracy alone",
 ) -> dict:
     """Write the report, table, plot and (when a student meets the budget) ``best.yaml``.
-    ``started`` is the run's ``time.perf_counter()`` at its start. ``confirm(row)``
+    ``started`` is the run's ``time.perf_counter()`` at its start. ``confirm(row, floor)``
     cross-validates a candidate (``bench.tune_cv``); without it the choice is made on validation
     accuracy alone, for the reason ``unconfirmed``."""
     rows = _rows(study)
