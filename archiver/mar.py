@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from distillserve.archiver.registry import Registry
+from distillserve.archiver.serving_choice import resolve as resolve_serving
 from distillserve.errors import ArchiveError, RecipeError
 from distillserve.handlers.classification import sha256_file
 from distillserve.students.artifact import Artifact
@@ -177,13 +178,17 @@ def build_archive(
     if model_name is None and model_format != artifact.formats[0]:
         model_name = f"{artifact.archive.model_name}-{model_format}"
     config = _archive_config(artifact, model_name, version)
+    choice = resolve_serving(config, model_path, artifact.handler)
+    handler_settings = dict(artifact.handler_dict)
+    if choice is not None:
+        handler_settings["threads"] = choice.threads
     model_config = {
-        "minWorkers": config.min_workers,
-        "maxWorkers": config.max_workers,
+        "minWorkers": choice.min_workers if choice else config.min_workers,
+        "maxWorkers": choice.max_workers if choice else config.max_workers,
         "batchSize": config.batch_size,
         "maxBatchDelay": config.max_batch_delay,
         "responseTimeout": config.response_timeout,
-        "handler": artifact.handler_dict,
+        "handler": handler_settings,
     }
     build_info = {
         "model_name": config.model_name,
@@ -195,6 +200,8 @@ def build_archive(
         "metrics": _metrics_of(artifact.metrics, model_format),
         "recipe": artifact.recipe,
     }
+    if choice is not None:
+        build_info["serving"] = choice.record()
 
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)

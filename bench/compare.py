@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from distillserve.errors import RecipeError
-from distillserve.handlers.classification import thread_count
 from distillserve.handlers.runtimes import load_runtime
 from distillserve.students.measure import latency_ms, threads
 from distillserve.students.pipeline import BuildResult, build
@@ -254,7 +253,7 @@ def run_compare(
         candidates += _rows(path, recipe, result, with_teacher=not candidates)
         test_samples = result.metrics["student"]["test_samples"]
     first = recipes[0][1]
-    count = thread_count(first.archive.threads, first.archive.max_workers)
+    count = first.archive.worker_threads
     example = torch.zeros(1, first.data.channels, *first.data.image_size)
     log(f"measuring batch-1 latency of {len(candidates)} models, {ROUNDS} interleaved rounds")
     for row, value in zip(

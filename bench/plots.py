@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillserve.bench.report import FLOOR_OF, HANDLER_CEILING_OF, ceiling_at
+from distillserve.bench.report import FLOOR_OF, HANDLER_CEILING_OF
+from distillserve.bench.report_util import ceiling_at
 
 __all__ = ["write_plots"]
 

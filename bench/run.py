@@ -15,7 +15,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,14 +24,20 @@ from distillserve.archiver import build_archive
 from distillserve.archiver.mar import package_versions
 from distillserve.archiver.properties import ServerConfig
 from distillserve.bench import report as bench_report
+from distillserve.bench.alternatives import (
+    builtin_rows,
+    multi_image_rows,
+    product_rows,
+    profile_rows,
+)
 from distillserve.bench.distillation import measure_distillation
 from distillserve.bench.models import (
-    VISION_MODELS,
     handler_ceiling,
     model_ceiling,
     photo_jpegs,
     vision_artifact,
 )
+from distillserve.bench.plan import Plan
 from distillserve.bench.plots import write_plots
 from distillserve.bench.runtimes import (
     add_vision_formats,
@@ -40,7 +45,7 @@ from distillserve.bench.runtimes import (
     measure_runtimes,
 )
 from distillserve.bench.served import (
-    builtin_archive,
+    archive_serving,
     floor_archive,
     register_timed,
     served_point,
@@ -53,55 +58,7 @@ from distillserve.students.data import encode_png, load_splits
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, merge
 
-__all__ = ["Plan", "run_bench"]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How much to measure: ``quick`` fits a CI smoke run, ``full`` the published figures."""
-
-    batch_sizes: tuple[int, ...]
-    concurrencies: tuple[int, ...]
-    batch_settings: tuple[tuple[int, int], ...]  # (batch_size, max_batch_delay ms)
-    seconds: float  # per served point
-    vision_models: tuple[str, ...]
-    recipe_overrides: dict
-    distill_epochs: int  # digits distillation epochs in the distillation section
-    resnet_images: int  # random 64x64 images ResNet-50 -> ResNet-18 distils in it (0: skip)
-    runtime_models: tuple[str, ...]  # the 224x224 models of the runtimes section
-    matrix_models: tuple[str, ...]  # the 224x224 models of the served matrix (digits always)
-
-    @classmethod
-    def make(cls, quick: bool) -> Plan:
-        if quick:
-            return cls(
-                batch_sizes=(1, 8),
-                concurrencies=(1, 8),
-                batch_settings=((1, 1), (8, 10)),
-                seconds=2.0,
-                vision_models=("resnet50-fp32", "resnet18-int8"),
-                recipe_overrides={
-                    "teacher": {"members": 1, "epochs": 2, "kwargs": {"widths": [8, 16, 32]}},
-                    "distill": {"epochs": 4},
-                    "export": {"min_int8_agreement": 0.9},
-                },
-                distill_epochs=1,
-                resnet_images=0,
-                runtime_models=(),
-                matrix_models=("resnet18-int8",),
-            )
-        return cls(
-            batch_sizes=(1, 4, 8, 16),
-            concurrencies=(1, 8, 16, 32),
-            batch_settings=((1, 1), (8, 2), (8, 10), (8, 50)),
-            seconds=4.0,
-            vision_models=tuple(VISION_MODELS),
-            recipe_overrides={},
-            distill_epochs=60,
-            resnet_images=512,
-            runtime_models=("resnet18-fp32", "resnet18-int8"),
-            matrix_models=("resnet18-int8", "mobilenetv3-int8"),
-        )
+__all__ = ["Plan", "run_bench"]  # Plan: bench.plan
 
 
 # served name of each digits model -> its role in the build
@@ -161,7 +118,7 @@ def run_bench(
             "cores": cores,
             "cpu": _cpu_name(),
             "cpu_int8_features": _int8_features(),
-            "worker_threads": cores,
+            "serving": {},  # workers and threads of each archive, as its `auto` chose them
             "versions": package_versions(
                 ("torch", "torchvision", "torchserve", "torch-model-archiver", "captum")
             ),
@@ -176,7 +133,10 @@ def run_bench(
         "model_ceiling": {},
         "handler_ceiling": {},
         "served": [],
-        "builtin": {},
+        "builtin": [],
+        "product": [],
+        "multi_image": [],
+        "profile": [],
         "teacher_vs_students": {},
         "cold_start_s": {},
         "runtimes": [],
@@ -196,11 +156,12 @@ def run_bench(
         digits[name] = build_archive(result.artifacts[role], store, model_name=name).path
         model_files[name] = result.artifacts[role] / "model.pt"
     pipeline["archive"] = round(time.perf_counter() - clock, 2)
+    results["meta"]["serving"]["digits-int8"] = archive_serving(digits["digits-int8"])
 
     splits = load_splits(recipe.data, recipe.seed)
     png = [encode_png(splits.test[i][0]) for i in range(len(splits.test))]
     jpeg224 = photo_jpegs(16, (224, 224))
-    jpeg640 = photo_jpegs(16, (640, 480), seed=1)
+    large = {f"{w}x{h} JPEG": photo_jpegs(16, (w, h), seed=1) for w, h in plan.builtin_images}
     payloads = {"digits": png, "224": jpeg224}
 
     # -- ceilings ------------------------------------------------------------------------------
@@ -216,6 +177,7 @@ def run_bench(
         log(f"ceilings: exporting {name} (random weights, 224x224)")
         artifact = vision_artifact(name, work / "artifacts")
         vision[name] = build_archive(artifact, store).path
+        results["meta"]["serving"][name] = archive_serving(vision[name])
         model_files[name] = artifact / "model.pt"
         results["model_ceiling"][name] = model_ceiling(
             artifact / "model.pt", (3, 224, 224), plan.batch_sizes, cores
@@ -229,9 +191,10 @@ def run_bench(
         results["handler_ceiling"][f"{name} (224x224 JPEG)"] = handler_ceiling(
             vision[name], jpeg224, plan.batch_sizes, ceiling_work / f"{name}-224"
         )
-    results["handler_ceiling"]["resnet18-int8 (640x480 JPEG)"] = handler_ceiling(
-        vision["resnet18-int8"], jpeg640, plan.batch_sizes, ceiling_work / "r18-640"
-    )
+    for kind, images in large.items():
+        results["handler_ceiling"][f"{plan.builtin_model} ({kind})"] = handler_ceiling(
+            vision[plan.builtin_model], images, plan.batch_sizes, ceiling_work / kind.split()[0]
+        )
 
     # -- served --------------------------------------------------------------------------------
     config = ServerConfig.with_free_ports(store, enable_model_api=True)
@@ -276,24 +239,58 @@ def run_bench(
                     )
                 unregister(ts, name)
 
-        log("served: ours against the built-in image_classifier handler")
-        artifact = work / "artifacts" / "resnet18-int8"
-        builtin = builtin_archive(
-            artifact / "model.pt", artifact / "index_to_name.json", "builtin-r18-int8", store
+        log("served: worker profiles, auto workers/threads against 1 worker with every core")
+        sources = {"digits-int8": (result.artifacts["student"], digits["digits-int8"], png)}
+        for name in plan.profile_models:
+            if name in vision:
+                sources[name] = (work / "artifacts" / name, vision[name], payloads["224"])
+        results["profile"] = profile_rows(
+            ts,
+            store,
+            {n: sources[n] for n in plan.profile_models},
+            cores,
+            plan,
+            work / "levers",
+            log,
         )
-        concurrency = max(plan.concurrencies)
-        for kind, images in (("640x480 JPEG", jpeg640), ("224x224 JPEG", jpeg224)):
-            pair = {}
-            for who, archive in (("ours", vision["resnet18-int8"]), ("builtin", builtin)):
-                name = f"{who}-{kind[:3]}"
-                register_timed(ts, archive, name, images[0], 8, 10)
-                pair[who] = served_point(ts, name, images, concurrency, plan.seconds * 2)
-                unregister(ts, name)
-            pair["ratio"] = round(
-                pair["ours"]["throughput_rps"] / pair["builtin"]["throughput_rps"], 2
-            )
-            results["builtin"][kind] = pair
-            log(f"{kind}: ours / built-in = {pair['ratio']}")
+
+        log("served: ours against the built-in image_classifier, the product, multi-image")
+        artifacts = work / "artifacts"
+        results["builtin"] = builtin_rows(
+            ts,
+            store,
+            plan.builtin_model,
+            artifacts / plan.builtin_model,
+            vision[plan.builtin_model],
+            large,
+            plan.compare_concurrencies,
+            plan.seconds * 2,
+            log,
+        )
+        kind = next(iter(large))
+        results["product"] = product_rows(
+            ts,
+            store,
+            artifacts / "resnet50-fp32",
+            {name: vision[name] for name in plan.product_students},
+            large[kind],
+            kind,
+            plan.compare_concurrencies,
+            plan.seconds * 2,
+            log,
+        )
+        multi = {
+            **{n: (a, payloads["224"]) for n, a in vision.items()},
+            "digits-int8": (digits["digits-int8"], png),
+        }
+        results["multi_image"] = multi_image_rows(
+            ts,
+            {name: multi[name] for name in plan.multi_image_models},
+            8,
+            max(plan.concurrencies),
+            plan.seconds,
+            log,
+        )
 
         log("served: teacher against students")
         models = {

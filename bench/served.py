@@ -16,9 +16,12 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+
+import yaml
 
 from distillserve.archiver.mar import archiver_tempdir
 from distillserve.errors import ServerError
@@ -28,6 +31,8 @@ from distillserve.serving.rest import InferenceClient
 from distillserve.serving.server import TorchServe
 
 __all__ = [
+    "archive_serving",
+    "archive_workers",
     "batch_sizes",
     "builtin_archive",
     "floor_archive",
@@ -53,9 +58,15 @@ def batch_sizes(ts: TorchServe, model: str) -> list[int]:
 
 
 def served_point(
-    ts: TorchServe, model: str, payloads: Sequence[bytes], concurrency: int, seconds: float
+    ts: TorchServe,
+    model: str,
+    payloads: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    route: str = "predictions",
 ) -> dict:
-    """Closed-loop load for ``seconds``: throughput, latency percentiles, achieved batch size."""
+    """Closed-loop load for ``seconds``: throughput, latency percentiles, achieved batch size
+    (in requests; ``route`` as ``serving.load.run_load`` takes it)."""
     before = len(batch_sizes(ts, model))
     report = run_load(
         ts.inference_url,
@@ -65,6 +76,7 @@ def served_point(
         concurrency=concurrency,
         token=ts.keys().get("inference") if ts.token_auth else None,
         time_limit_s=seconds,
+        route=route,
     )
     time.sleep(1.0)  # the metrics logger flushes asynchronously
     sizes = batch_sizes(ts, model)[before:]
@@ -91,14 +103,17 @@ def register_timed(
     payload: bytes,
     batch_size: int,
     max_batch_delay: int,
+    workers: int = 1,
 ) -> float:
-    """Register ``archive`` as ``name`` (one worker) and return seconds until its first answer."""
+    """Register ``archive`` as ``name`` and return seconds until its first answer. ``workers``
+    applies to an archive without a model-config.yaml (its minWorkers wins otherwise)."""
     started = time.perf_counter()
     _management(ts).register(
         str(archive),
         model_name=name,
         batch_size=batch_size,
         max_batch_delay=max_batch_delay,
+        initial_workers=workers,
         response_timeout=300,
     )
     answer = InferenceClient(ts.inference_url, ts.keys().get("inference"), timeout=300)
@@ -126,6 +141,24 @@ def worker_peak_rss_mb(ts: TorchServe, name: str) -> float:
             if match:
                 peaks.append(int(match.group(1)) / 1024)
     return round(max(peaks), 1) if peaks else 0.0
+
+
+def archive_workers(archive: Path) -> int:
+    """The worker count an archive's ``model-config.yaml`` asks for (1 without one)."""
+    return archive_serving(archive)["workers"]
+
+
+def archive_serving(archive: Path) -> dict[str, int]:
+    """``{"workers", "threads"}`` from an archive's ``model-config.yaml`` (threads 0: cores ÷
+    workers on the host)."""
+    with zipfile.ZipFile(archive) as mar:
+        names = mar.namelist()
+        config = (
+            yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in names else {}
+        )
+    config = config or {}
+    threads = (config.get("handler") or {}).get("threads", 0)
+    return {"workers": int(config.get("minWorkers") or 1), "threads": int(threads)}
 
 
 def builtin_archive(model_pt: Path, index_to_name: Path, name: str, store: Path) -> Path:

@@ -22,7 +22,6 @@ import yaml
 
 from distillserve.bench import tune_choice
 from distillserve.bench.compare import measure_latencies, pareto_front
-from distillserve.handlers.classification import thread_count
 from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.students.measure import weight_bytes
 from distillserve.students.recipe import Recipe
@@ -87,7 +86,7 @@ def _remeasure(rows: list[dict], recipe: Recipe, log: Callable[[str], None]) -> 
     if not done:
         return
     fmt = recipe.export.formats[0]
-    count = thread_count(recipe.archive.threads, recipe.archive.max_workers)
+    count = recipe.archive.worker_threads
     example = torch.zeros(1, recipe.data.channels, *recipe.data.image_size)
     log(f"re-measuring the batch-1 latency of {len(done)} students ({fmt}) side by side")
     paths = [Path(r["artifact"]) / MODEL_FILES[fmt] for r in done]

@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 MAX_REQUESTS = 1_000_000
+ROUTES = {  # how one payload is sent
+    "predictions": InferenceClient.predict_raw,
+    "v2": InferenceClient.infer_v2_raw,
+}
 
 
 def check_loopback(url: str) -> None:
@@ -135,9 +139,12 @@ def run_load(
     management_url: str | None = None,
     management_token: str | None = None,
     retry: RetryPolicy | None = None,
+    route: str = "predictions",
 ) -> LoadReport:
     """Send ``total`` requests (cycling through ``payloads``) with ``concurrency`` in flight;
-    ``retry`` is the client's policy (its default retries; ``NO_RETRY`` shows every failure)."""
+    ``retry`` is the client's policy (its default retries; ``NO_RETRY`` shows every failure).
+    ``route`` is ``predictions`` (each payload an image body) or ``v2`` (each payload a KServe
+    v2 JSON request, sent to ``/v2/models/{model}/infer``)."""
     check_loopback(url)
     if not payloads:
         raise ServerError("no payloads to send")
@@ -145,6 +152,8 @@ def run_load(
         raise ServerError(f"--requests must be between 1 and {MAX_REQUESTS}")
     if not 1 <= concurrency <= 256:
         raise ServerError("--concurrency must be between 1 and 256")
+    if route not in ROUTES:
+        raise ServerError(f"route must be one of: {', '.join(ROUTES)}")
     client = InferenceClient(
         url, token, timeout=min(60.0, time_limit_s), pool_size=concurrency, retry=retry
     )
@@ -162,7 +171,7 @@ def run_load(
                 return
             sent = time.monotonic()
             try:
-                status = client.predict_raw(model, payloads[index % len(payloads)]).status
+                status = ROUTES[route](client, model, payloads[index % len(payloads)]).status
             except ServerError:
                 status = 0  # no answer: connection refused or reset, retries included
             done = time.monotonic()
@@ -192,7 +201,8 @@ def run_load(
     errors = Counter(str(status) for _, _, status in results if status != 200)
     fault = _fault_report(fault_state, results) if fault_state.get("pid") else None
     return LoadReport(
-        url=f"{url.rstrip('/')}/predictions/{model}",
+        url=url.rstrip("/")
+        + (f"/predictions/{model}" if route == "predictions" else f"/v2/models/{model}/infer"),
         requests=total,
         completed=len(results),
         concurrency=concurrency,

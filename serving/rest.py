@@ -123,20 +123,27 @@ class InferenceClient:
     def predict_raw(self, model: str, image: bytes, version: str | None = None) -> Prediction:
         """Send one image (retrying as the policy allows); the last status and JSON body,
         whatever the status. Raises ``ServerError`` when no answer came at all."""
-        url = self._url(model, version)
+        return self._post(self._url(model, version), image, "application/octet-stream")
+
+    def infer_v2_raw(self, model: str, body: bytes) -> Prediction:
+        """Send one KServe v2 (Open Inference Protocol) JSON request to
+        ``/v2/models/{model}/infer``, as ``predict_raw`` does."""
+        return self._post(f"{self.base_url}/v2/models/{model}/infer", body, "application/json")
+
+    def _post(self, url: str, body: bytes, content_type: str) -> Prediction:
         retry_statuses = self.retrier.policy.retry_statuses
 
         def attempt() -> Prediction:
-            status, body = send(
+            status, answer = send(
                 self.session,
                 "POST",
                 url,
                 self.base_url,
-                data=image,
-                headers={"Content-Type": "application/octet-stream"},
+                data=body,
+                headers={"Content-Type": content_type},
                 timeout=self.timeout,
             )
-            return Prediction(status, body if isinstance(body, dict) else {"value": body})
+            return Prediction(status, answer if isinstance(answer, dict) else {"value": answer})
 
         def failed(result: Prediction | None, error: Exception | None) -> bool:
             if error is not None:

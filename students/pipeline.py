@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from distillserve import __version__
-from distillserve.handlers.classification import HandlerSettings, sha256_file, thread_count
+from distillserve.handlers.classification import HandlerSettings, sha256_file
 from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.students import checkpoints, distributed
 from distillserve.students.artifact import write_artifact
@@ -319,7 +319,7 @@ def _measure(
     of the primary (first) format. Latency is measured with one worker's threads on a freshly
     loaded file: a TorchScript module that has already run other batch shapes (the
     evaluation's) is specialised for them and runs batch 1 up to 2x slower."""
-    worker_threads = thread_count(recipe.archive.threads, recipe.archive.max_workers)
+    worker_threads = recipe.archive.worker_threads
     shape = (recipe.data.channels, *recipe.data.image_size)
     formats = {}
     for fmt in recipe.export.formats:
@@ -372,7 +372,7 @@ def _write(
         topk=recipe.archive.topk,
         quantized=model.quantized,
         engine=recipe.quantize.engine,
-        threads=recipe.archive.threads,
+        threads=0 if recipe.archive.threads == "auto" else recipe.archive.threads,
     )
     write_artifact(
         directory, classes=data.splits.classes, handler=handler, metrics=metrics, recipe=resolved

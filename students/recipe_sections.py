@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from distillserve.errors import RecipeError
-from distillserve.handlers.classification import QUANTIZED_ENGINES
+from distillserve.handlers.classification import QUANTIZED_ENGINES, thread_count
 
 __all__ = [
     "ArchiveConfig",
@@ -42,6 +42,7 @@ PRUNE_METHODS = ("none", "channel", "l1_unstructured")
 PRUNE_CRITERIA = ("bn_gamma", "l1")
 EXPORT_METHODS = ("trace", "script")
 EXPORT_FORMATS = ("torchscript", "pt2", "onnx")
+AUTO = "auto"  # archive.min_workers / max_workers / threads chosen when the archive is built
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -116,7 +117,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        hint = next(o for o in options if o is not type(None))
+        choices = [o for o in options if o is not type(None)]
+        for option in choices[:-1]:  # the first option the value fits; the last one explains
+            try:
+                return _coerce(value, option, key)
+            except RecipeError:
+                pass
+        hint = choices[-1]
         origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -428,11 +435,11 @@ class ArchiveConfig(_Section):
     version: str = "1.0"
     batch_size: int = 8
     max_batch_delay: int = 50
-    min_workers: int = 1
-    max_workers: int = 1
+    min_workers: int | str = 1  # or "auto": chosen from the model's measured cost at archive time
+    max_workers: int | str = 1
     response_timeout: int = 120
     topk: int = 3
-    threads: int = 0
+    threads: int | str = 0  # 0 = cores / max_workers on the host; "auto" as for workers
 
     def __post_init__(self) -> None:
         if not self.model_name or not all(c.isalnum() or c in "-_" for c in self.model_name):
@@ -443,11 +450,35 @@ class ArchiveConfig(_Section):
             raise RecipeError("archive.version", f"{self.version!r} may use letters, digits, . _ -")
         _at_least("archive.batch_size", self.batch_size, 1)
         _at_least("archive.max_batch_delay", self.max_batch_delay, 1)
-        _at_least("archive.min_workers", self.min_workers, 1)
-        _at_least("archive.max_workers", self.max_workers, self.min_workers)
+        for key in ("min_workers", "max_workers", "threads"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value != AUTO:
+                raise RecipeError(
+                    f"archive.{key}", f"must be an integer or {AUTO!r}, got {value!r}"
+                )
+        if AUTO in (self.min_workers, self.max_workers) and self.min_workers != self.max_workers:
+            raise RecipeError("archive.max_workers", "auto workers need min_workers: auto too")
+        if self.min_workers != AUTO:
+            _at_least("archive.min_workers", self.min_workers, 1)
+            _at_least("archive.max_workers", self.max_workers, self.min_workers)
         _at_least("archive.response_timeout", self.response_timeout, 1)
         _at_least("archive.topk", self.topk, 1)
-        _at_least("archive.threads", self.threads, 0)
+        if self.threads != AUTO:
+            _at_least("archive.threads", self.threads, 0)
+
+    @property
+    def is_auto(self) -> bool:
+        """Whether the archive step chooses workers or threads from the model's measured cost."""
+        return AUTO in (self.min_workers, self.max_workers, self.threads)
+
+    @property
+    def worker_threads(self) -> int:
+        """The intra-op threads one worker runs with, as far as known before archiving: ``auto``
+        counts as one thread (its choice unless a single given worker gains from more)."""
+        if self.threads == AUTO:
+            return 1
+        workers = 1 if self.max_workers == AUTO else self.max_workers
+        return thread_count(self.threads, workers)
 
 
 def _range(key: str, value: list | None, low: float, high: float) -> None:

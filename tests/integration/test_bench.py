@@ -17,6 +17,8 @@ SECTIONS = (
     "handler_ceiling",
     "served",
     "builtin",
+    "product",
+    "multi_image",
     "teacher_vs_students",
     "cold_start_s",
     "runtimes",
@@ -68,7 +70,34 @@ def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
     batched = [p for p in results["served"] if p["batch_size"] == 8 and p["concurrency"] == 8]
     assert all(p["mean_batch"] > 1 for p in batched)  # TorchServe really formed batches
     assert all(p["mean_batch"] == 1 for p in results["served"] if p["batch_size"] == 1)
-    assert set(results["builtin"]) == {"640x480 JPEG", "224x224 JPEG"}
+    # ours against the built-in handler, the built-in fp32 ResNet-50, multi-image v2 requests
+    [builtin] = results["builtin"]
+    assert (builtin["model"], builtin["images"], builtin["concurrency"]) == (
+        "resnet18-int8",
+        "640x480 JPEG",
+        8,
+    )
+    assert builtin["workers"] == results["meta"]["serving"]["resnet18-int8"]["workers"]
+    assert builtin["ratio"] == round(
+        builtin["ours"]["throughput_rps"] / builtin["builtin"]["throughput_rps"], 2
+    )
+    teacher, student = results["product"]
+    assert teacher["who"].startswith("built-in") and student["who"] == "ours, resnet18-int8"
+    assert student["vs_builtin_resnet50"] == round(
+        student["throughput_rps"] / teacher["throughput_rps"], 2
+    )
+    multi = {(r["images_per_request"], r["concurrency"]): r for r in results["multi_image"]}
+    assert set(multi) == {(1, 8), (8, 1), (8, 8)}
+    assert all(r["model"] == "digits-int8" and r["requests"] > 0 for r in multi.values())
+    assert multi[(8, 1)]["images_per_s"] == round(multi[(8, 1)]["throughput_rps"] * 8, 2)
+    targets = results["targets"]
+    assert {"efficiency", "floor", "builtin_640", "product"} <= set(targets)
+    assert targets["product"]["value"] == student["vs_builtin_resnet50"]
+    assert set(targets["efficiency"]["each"]) == {"1", "8"}
+    # workers and threads: the archives' `auto`, resolved and recorded
+    serving = results["meta"]["serving"]
+    assert set(serving) == {"digits-int8", "resnet50-fp32", "resnet18-int8"}
+    assert all(s["workers"] >= 1 and s["threads"] >= 1 for s in serving.values())
     assert {"resnet50-fp32", "resnet18-int8", "digits-int8"} <= set(results["teacher_vs_students"])
 
     formats = {(r["model"], r["format"]) for r in results["runtimes"]}
@@ -85,6 +114,7 @@ def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
     summary = (out / "quick.md").read_text()
     assert "of floor" in summary and "| floor-png |" in summary
     assert "**Targets**" in summary and "ours ÷ built-in" in summary and "**Reading**" in summary
+    assert "÷ built-in ResNet-50" in summary and "KServe v2, 8 images" in summary
     assert "**Runtimes**" in summary and "| digits-int8 | pt2 |" in summary
     assert "**Distillation**" in summary
     text = readme.read_text()

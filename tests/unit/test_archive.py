@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from distillserve.archiver import build_archive
+from distillserve.archiver.serving_choice import Measured, choose
 from distillserve.errors import ArchiveError
+from distillserve.students.recipe_sections import ArchiveConfig
 
 EXPECTED_FILES = {
     "model.pt",
@@ -45,10 +47,16 @@ def test_student_archive_contents(build_result, model_store):
     recipe = yaml.safe_load((artifact / "recipe.yaml").read_text())["archive"]
     assert config["batchSize"] == recipe["batch_size"] == 8
     assert config["maxBatchDelay"] == recipe["max_batch_delay"] == 20
-    assert config["minWorkers"] == recipe["min_workers"] == 1
-    assert config["maxWorkers"] == recipe["max_workers"] == 1
     assert config["responseTimeout"] == recipe["response_timeout"] == 120
-    assert config["handler"] == yaml.safe_load((artifact / "handler.yaml").read_text())
+    # workers and threads: "auto", resolved from the model's cost measured at archive time
+    assert recipe["min_workers"] == recipe["max_workers"] == recipe["threads"] == "auto"
+    serving = info["serving"]
+    chosen = choose(ArchiveConfig.parse(recipe), Measured(**serving["measured"]))
+    assert serving == chosen.record() and "worker" in serving["why"]
+    assert config["minWorkers"] == config["maxWorkers"] == serving["min_workers"] >= 1
+    assert config["handler"]["threads"] == serving["threads"] >= 1
+    handler_yaml = yaml.safe_load((artifact / "handler.yaml").read_text())
+    assert config["handler"] == {**handler_yaml, "threads": serving["threads"]}
     assert config["handler"]["quantized"] is True and config["handler"]["engine"] == "x86"
 
     assert info["sha256"]["model.pt"] == hashlib.sha256(model_bytes).hexdigest()
