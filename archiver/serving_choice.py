@@ -26,13 +26,17 @@ measurements and the sentence saying why go into ``build-info.json`` (``serving`
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from distillserve.errors import ArchiveError
 from distillserve.handlers import imageprep
 from distillserve.handlers.classification import HandlerSettings
 from distillserve.handlers.runtimes import load_runtime
@@ -122,7 +126,23 @@ def resolve(
 
 
 def measure(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
-    """Time the model file and the handler's decode on this host (a few seconds)."""
+    """Time the model file and the handler's decode on this host (a few seconds), in a fresh
+    Python process: the caller's thread pools, quantized engine and loaded modules stay as they
+    are, and a caller that forked after torch started its threads cannot deadlock in them."""
+    command = [sys.executable, "-m", __name__, str(model_path), json.dumps(handler.to_dict())]
+    done = subprocess.run(
+        [*command, str(batch_size)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        raise ArchiveError(
+            f"measuring {model_path.name} for archive workers/threads 'auto' failed: "
+            + (done.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+    return Measured(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _measure_here(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
+    """``measure`` in this process."""
     cores = len(os.sched_getaffinity(0))
     spec = handler.spec
     if handler.quantized:
@@ -163,3 +183,8 @@ def _sample_image(spec: imageprep.PreprocessSpec) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG" if max(width, height) <= 64 else "JPEG", quality=90)
     return buffer.getvalue()
+
+
+if __name__ == "__main__":  # measure's subprocess: MODEL_PATH HANDLER_JSON BATCH_SIZE
+    settings = HandlerSettings.from_dict(json.loads(sys.argv[2]))
+    print(json.dumps(asdict(_measure_here(Path(sys.argv[1]), settings, int(sys.argv[3])))))

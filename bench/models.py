@@ -4,7 +4,8 @@
   artifact directory our archiver packs like a built student; int8 ones are statically quantized
   on random calibration images for the x86 engine.
 - ``photo_jpegs``: photo-like JPEGs (smooth gradients, shapes, sensor noise), made offline.
-- ``model_ceiling``: the TorchScript model alone, in process, per batch size.
+- ``model_ceiling``: the TorchScript model alone, in process, per batch size;
+  ``served_model_ceiling`` the same at an archive's workers and threads.
 - ``handler_ceiling``: our handler's ``handle()`` in process on JPEG payloads, per batch size.
 """
 
@@ -22,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from distillserve.bench.inprocess import handle, load_handler
+from distillserve.bench.served import archive_serving
 from distillserve.handlers.classification import HandlerSettings
 from distillserve.handlers.imageprep import PreprocessSpec
 from distillserve.handlers.runtimes import load_runtime
@@ -37,6 +39,7 @@ __all__ = [
     "handler_ceiling",
     "model_ceiling",
     "photo_jpegs",
+    "served_model_ceiling",
     "vision_artifact",
 ]
 
@@ -144,9 +147,11 @@ def model_ceiling(
     engine: str = "x86",
     repeats: int = 7,
     min_seconds: float = 1.0,
+    workers: int = 1,
 ) -> dict[str, dict]:
     """Images/s and ms per batch of the model file alone (any format), warmed up at each batch
-    size."""
+    size, at ``thread_count`` threads; with ``workers`` > 1, that many such processes running in
+    parallel (images/s times ``workers``; ``ms_per_batch`` one process's time over them)."""
     torch.backends.quantized.engine = engine
     out = {}
     with threads(thread_count), torch.inference_mode():
@@ -157,10 +162,24 @@ def model_ceiling(
                 model(example)
             seconds = _median_seconds(lambda x=example: model(x), repeats, min_seconds)
             out[str(batch)] = {
-                "ms_per_batch": round(seconds * 1000, 3),
-                "images_per_s": round(batch / seconds, 2),
+                "ms_per_batch": round(seconds * 1000 / workers, 3),
+                "images_per_s": round(batch * workers / seconds, 2),
             }
+            if workers > 1:
+                out[str(batch)].update(workers=workers, threads=thread_count)
     return out
+
+
+def served_model_ceiling(
+    archive: Path, model_path: Path, input_shape: Sequence[int], batch_sizes: Sequence[int]
+) -> dict[str, dict]:
+    """The model ceiling of ``archive`` as served: at its threads, times the workers it runs in
+    parallel (at most cores ÷ threads)."""
+    cores = len(os.sched_getaffinity(0))
+    serving = archive_serving(archive)
+    threads_each = serving["threads"] or max(1, cores // serving["workers"])
+    parallel = max(1, min(serving["workers"], cores // threads_each))
+    return model_ceiling(model_path, input_shape, batch_sizes, threads_each, workers=parallel)
 
 
 def handler_ceiling(

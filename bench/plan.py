@@ -30,6 +30,7 @@ class Plan:
     product_students: tuple[str, ...]  # ours on these against the built-in on fp32 ResNet-50
     multi_image_models: tuple[str, ...]  # KServe v2 requests of 8 images against 8 requests
     profile_models: tuple[str, ...]  # worker profiles: auto against 1 worker x all cores
+    levers: bool  # also measure the alternatives: 1 worker x all cores, the built-in at 1 worker
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -55,6 +56,7 @@ class Plan:
                 product_students=("resnet18-int8",),
                 multi_image_models=("digits-int8",),
                 profile_models=("digits-int8",),
+                levers=False,
             )
         return cls(
             batch_sizes=(1, 4, 8, 16),
@@ -73,4 +75,5 @@ class Plan:
             product_students=("resnet18-int8", "mobilenetv3-int8"),
             multi_image_models=("digits-int8", "mobilenetv3-int8"),
             profile_models=("digits-int8", "mobilenetv3-int8"),
+            levers=True,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillserve.bench.report import FLOOR_OF, HANDLER_CEILING_OF
+from distillserve.bench.report import FLOOR_OF, HANDLER_CEILING_OF, served_ceiling
 from distillserve.bench.report_util import ceiling_at
 
 __all__ = ["write_plots"]
@@ -55,7 +55,7 @@ def write_plots(results: dict, served_png: Path, models_png: Path) -> None:
                 label="TorchServe floor (no-op .mar), batch 8, 10 ms",
             )
         handler = results["handler_ceiling"][HANDLER_CEILING_OF[model]]
-        model_ceiling = results["model_ceiling"][model]
+        model_ceiling = served_ceiling(results, model)
         ax.axhline(
             ceiling_at(handler, 8),
             color="black",

@@ -35,6 +35,7 @@ from distillserve.bench.models import (
     handler_ceiling,
     model_ceiling,
     photo_jpegs,
+    served_model_ceiling,
     vision_artifact,
 )
 from distillserve.bench.plan import Plan
@@ -47,6 +48,7 @@ from distillserve.bench.runtimes import (
 from distillserve.bench.served import (
     archive_serving,
     floor_archive,
+    paired_points,
     register_timed,
     served_point,
     unregister,
@@ -131,8 +133,10 @@ def run_bench(
         },
         "pipeline": {},
         "model_ceiling": {},
+        "served_model_ceiling": {},  # at each served archive's workers and threads
         "handler_ceiling": {},
         "served": [],
+        "floor_paired": [],  # a small student and the floor loaded in turn, three rounds
         "builtin": [],
         "product": [],
         "multi_image": [],
@@ -181,6 +185,14 @@ def run_bench(
         model_files[name] = artifact / "model.pt"
         results["model_ceiling"][name] = model_ceiling(
             artifact / "model.pt", (3, 224, 224), plan.batch_sizes, cores
+        )
+    log("ceilings: the served models at their archives' workers and threads")
+    digits_shape = (recipe.data.channels, *recipe.data.image_size)
+    served_models = {"digits-int8": (digits["digits-int8"], digits_shape)}
+    served_models |= {name: (vision[name], (3, 224, 224)) for name in plan.matrix_models}
+    for name, (archive, shape) in served_models.items():
+        results["served_model_ceiling"][name] = served_model_ceiling(
+            archive, model_files[name], shape, plan.batch_sizes
         )
     log("ceilings: our handler in process")
     ceiling_work = work / "inprocess"
@@ -239,6 +251,26 @@ def run_bench(
                     )
                 unregister(ts, name)
 
+        log("served: each small student and the floor in turn, three rounds (the floor target)")
+        for label in ("digits-int8", "mobilenetv3-int8"):
+            if label != "digits-int8" and label not in plan.matrix_models:
+                continue
+            archive, kind = (
+                (digits[label], "digits") if label == "digits-int8" else (vision[label], "224")
+            )
+            for name, mar in (("paired-ours", archive), ("paired-floor", floor)):
+                register_timed(ts, mar, name, payloads[kind][0], 8, 10)
+            for concurrency in [c for c in sorted(plan.concurrencies)[-2:] if c >= 8]:
+                pair = paired_points(
+                    ts, ("paired-ours", "paired-floor"), payloads[kind], concurrency, plan.seconds
+                )
+                results["floor_paired"].append(
+                    {"model": label, "concurrency": concurrency, "batch": "8 / 10 ms", **pair}
+                )
+                log(f"paired {label} c{concurrency}: {pair['ratio']} of the floor {pair['rounds']}")
+            for name in ("paired-ours", "paired-floor"):
+                unregister(ts, name)
+
         log("served: worker profiles, auto workers/threads against 1 worker with every core")
         sources = {"digits-int8": (result.artifacts["student"], digits["digits-int8"], png)}
         for name in plan.profile_models:
@@ -266,6 +298,7 @@ def run_bench(
             plan.compare_concurrencies,
             plan.seconds * 2,
             log,
+            try_one=plan.levers,
         )
         kind = next(iter(large))
         results["product"] = product_rows(
@@ -278,6 +311,7 @@ def run_bench(
             plan.compare_concurrencies,
             plan.seconds * 2,
             log,
+            try_one=plan.levers,
         )
         multi = {
             **{n: (a, payloads["224"]) for n, a in vision.items()},

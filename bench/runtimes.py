@@ -1,7 +1,7 @@
 """The "runtimes" section of ``make bench``: one model in every export format, side by side.
 
 For the digits int8 student (its build writes all three formats) and ResNet-18 fp32 and int8 at
-224x224 (random weights): each format's model ceiling at batch 1 and 8 with the worker's threads,
+224x224 (random weights): each format's model ceiling at batch 1 and 8 with every core as threads,
 its served throughput through TorchServe under the same load, its export/compile time and its
 file size.
 """
@@ -17,7 +17,7 @@ import torch
 
 from distillserve.archiver import build_archive
 from distillserve.bench.models import VISION_MODELS, model_ceiling
-from distillserve.bench.served import register_timed, served_point, unregister
+from distillserve.bench.served import archive_serving, register_timed, served_point, unregister
 from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.students.artifact import Artifact
 from distillserve.students.zoo import build_model
@@ -70,8 +70,9 @@ def measure_runtimes(
     log: Log,
 ) -> list[dict]:
     """One row per (model, format): ceilings at batch 1 and 8, served req/s at ``concurrency``
-    (batch 8 / 10 ms, one worker), export seconds and file size. ``entries`` maps a label to
-    (artifact directory, input shape, request payloads, export seconds by format)."""
+    (batch 8 / 10 ms, the workers and threads the archive's ``auto`` chose), export seconds and
+    file size. ``entries`` maps a label to (artifact directory, input shape, request payloads,
+    export seconds by format)."""
     rows = []
     for label, (directory, shape, payloads, export_seconds) in entries.items():
         artifact = Artifact.read(directory)
@@ -90,6 +91,7 @@ def measure_runtimes(
                     "model_ms_batch1": ceiling["1"]["ms_per_batch"],
                     "model_ms_batch8": ceiling["8"]["ms_per_batch"],
                     "served_rps": point["throughput_rps"],
+                    "serving": archive_serving(mar.path),
                     "served_p50_ms": point["p50_ms"],
                     "errors": point["errors"],
                     "concurrency": concurrency,
@@ -117,18 +119,25 @@ def runtimes_markdown(rows: list[dict]) -> list[str]:
     concurrency = rows[0]["concurrency"]
     lines = [
         "",
-        "**Runtimes** (one model in each export format; model ms in process with the worker's "
-        f"threads; served at batch 8 / 10 ms, one worker, concurrency {concurrency}; export = "
-        "trace, torch.export + AOTInductor compile, or ONNX export, with int8 quantization):",
+        "**Runtimes** (one model in each export format; model ms in process with every core as "
+        f"threads; served at batch 8 / 10 ms, concurrency {concurrency}, with the workers × "
+        "threads the archive's `auto` chose; export = trace, torch.export + AOTInductor compile, "
+        "or ONNX export, with int8 quantization):",
         "",
-        "| model | format | model ms b1 | model ms b8 | served req/s | export s | file KB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | format | model ms b1 | model ms b8 | served req/s | workers × threads | "
+        "export s | file KB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         export = "–" if r["export_seconds"] is None else f"{r['export_seconds']:.1f}"
         lines.append(
             f"| {r['model']} | {r['format']} | {r['model_ms_batch1']:.3f} | "
-            f"{r['model_ms_batch8']:.3f} | {r['served_rps']:,.0f} | {export} | "
+            f"{r['model_ms_batch8']:.3f} | {r['served_rps']:,.0f} | {_serving(r)} | {export} | "
             f"{r['file_bytes'] / 1024:,.0f} |"
         )
     return lines
+
+
+def _serving(row: dict) -> str:
+    serving = row.get("serving")
+    return f"{serving['workers']} × {serving['threads'] or 'cores'}" if serving else "–"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import tempfile
 import time
 import zipfile
@@ -36,6 +37,7 @@ __all__ = [
     "batch_sizes",
     "builtin_archive",
     "floor_archive",
+    "paired_points",
     "register_timed",
     "served_point",
     "unregister",
@@ -89,6 +91,29 @@ def served_point(
         "p99_ms": report.latency_ms["p99"],
         "batches": len(sizes),
         "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
+    }
+
+
+def paired_points(
+    ts: TorchServe,
+    names: tuple[str, str],
+    payloads: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    rounds: int = 3,
+) -> dict:
+    """Two registered models loaded in turn, ``rounds`` times: what a shared machine's drift
+    does to one it does to the other. ``{"rounds": [[a rps, b rps], ...], "ratio": the median
+    of a ÷ b over the rounds, "a_rps"/"b_rps": the medians}``."""
+    pairs = [
+        [served_point(ts, name, payloads, concurrency, seconds)["throughput_rps"] for name in names]
+        for _ in range(rounds)
+    ]
+    return {
+        "rounds": pairs,
+        "ratio": round(statistics.median(a / b for a, b in pairs), 3),
+        "a_rps": round(statistics.median(a for a, _ in pairs), 2),
+        "b_rps": round(statistics.median(b for _, b in pairs), 2),
     }
 
 

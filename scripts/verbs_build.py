@@ -4,6 +4,7 @@ export-kserve, demo."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from distillserve.scripts.options import teacher_cache_options
@@ -93,6 +94,9 @@ def _archive(args: argparse.Namespace) -> int:
         force=args.force,
         model_format=args.format,
     )
+    serving = result.build_info.get("serving")
+    if serving:  # archive.min_workers / max_workers / threads: auto
+        print(f"auto: {serving['why']}", file=sys.stderr)
     print(result.path)
     return 0
 

@@ -65,6 +65,10 @@ def test_bench_quick_measures_every_section_and_writes_plots(tmp_path, capsys):
             assert point["efficiency_vs_floor"] == round(
                 point["throughput_rps"] / point["floor_rps"], 3
             )
+    [paired] = results["floor_paired"]  # the digits student and the floor in turn, at c8
+    assert (paired["model"], paired["concurrency"], len(paired["rounds"])) == ("digits-int8", 8, 3)
+    ratios = sorted(a / b for a, b in paired["rounds"])
+    assert paired["ratio"] == round(ratios[1], 3)
     floor = results["targets"]["floor"]
     assert set(floor["each"]) == {"digits-int8"} and floor["value"] == floor["each"]["digits-int8"]
     batched = [p for p in results["served"] if p["batch_size"] == 8 and p["concurrency"] == 8]
