@@ -194,6 +194,7 @@ def handler_ceiling(
     with the archive's threads, times the workers its model-config runs in parallel (at most
     cores ÷ threads): ``ms_per_batch`` is one worker's time over that count."""
     out = {}
+    previous = torch.get_num_threads()  # initialize() sets the archive's threads process-wide
     for batch in batch_sizes:
         handler, ctx = load_handler(archive, workdir / f"b{batch}", batch)
         config = ctx.model_yaml_config
@@ -214,4 +215,5 @@ def handler_ceiling(
             "workers": workers,
             "threads": threads,
         }
+        torch.set_num_threads(previous)
     return out

@@ -19,6 +19,19 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A handler initialised in process sets torch's intra-op threads and quantized engine for
+    the whole process (as it must in a worker): restore both, so no later test or session
+    fixture (the CI build's training) runs with another test's settings."""
+    import torch
+
+    threads, engine = torch.get_num_threads(), torch.backends.quantized.engine
+    yield
+    torch.set_num_threads(threads)
+    torch.backends.quantized.engine = engine
+
+
 @pytest.fixture(scope="session")
 def build_result(tmp_path_factory):
     from distillserve.students.pipeline import build
