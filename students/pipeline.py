@@ -34,6 +34,7 @@ from distillserve.students.export_formats import FormatSource, export_formats
 from distillserve.students.measure import latency_ms, threads
 from distillserve.students.quantize import check_engine
 from distillserve.students.recipe import Recipe
+from distillserve.students.recipe_sections import AUTO
 from distillserve.students.stages import (
     DataStage,
     DistilledStudent,
@@ -372,7 +373,7 @@ def _write(
         topk=recipe.archive.topk,
         quantized=model.quantized,
         engine=recipe.quantize.engine,
-        threads=0 if recipe.archive.threads == "auto" else recipe.archive.threads,
+        threads=0 if recipe.archive.threads == AUTO else recipe.archive.threads,  # set at archive
     )
     write_artifact(
         directory, classes=data.splits.classes, handler=handler, metrics=metrics, recipe=resolved
