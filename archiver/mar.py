@@ -1,4 +1,4 @@
-"""Build a ``.mar`` from a student artifact directory (see DESIGN.md for both layouts).
+"""Build a ``.mar`` from a student artifact directory (``students.artifact`` owns its layout).
 
 The archive carries one model file (``model.pt``, ``model.pt2`` or ``model.onnx``: the artifact's
 primary format, or ``format``), the handler module and its helper modules (so an inference host
@@ -20,7 +20,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from distillserve.students.recipe import ArchiveConfig
 
 __all__ = [
     "HANDLER_FILES",
+    "ArchiveIdentity",
     "ArchiveResult",
     "archive_file_name",
     "archiver_tempdir",
@@ -90,6 +91,7 @@ def package_versions(
         "distillserve",
         "torchserve",
         "torch-model-archiver",
+        "onnxruntime",
     ),
 ) -> dict[str, str]:
     """Installed versions of ``names`` ("unknown" for one not installed)."""
@@ -133,20 +135,91 @@ def archive_file_name(model_name: str, version: str, recipe_version: str) -> str
     return f"{model_name}.mar" if version == recipe_version else f"{model_name}-{version}.mar"
 
 
-def _refuse_to_overwrite(target: Path, model_name: str, version: str) -> None:
-    """An archive of another model or version at ``target`` is a released version: keep it."""
-    try:
-        with zipfile.ZipFile(target) as mar:
-            model = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
-        held = (model["modelName"], model["modelVersion"])
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
-        held = None
-    if held == (model_name, version):
-        return  # a rebuild of the same version
-    what = f"{held[0]} {held[1]}" if held else "a file that is not a readable .mar"
+@dataclass(frozen=True)
+class ArchiveIdentity:
+    """What an archive holds, whatever its file is called: the served name and version, the
+    recipe that built the model, its labels and the model file's sha256."""
+
+    model_name: str
+    version: str
+    recipe: str | None
+    labels: tuple[str, ...]
+    model_sha256: str | None
+
+    @classmethod
+    def of_archive(cls, path: Path) -> ArchiveIdentity | None:
+        """The identity of the ``.mar`` at ``path``; ``None`` when it is not a readable one."""
+        try:
+            with zipfile.ZipFile(path) as mar:
+                model = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+                names = set(mar.namelist())
+                info = json.loads(mar.read("build-info.json")) if "build-info.json" in names else {}
+                labels = (
+                    json.loads(mar.read("index_to_name.json"))
+                    if "index_to_name.json" in names
+                    else {}
+                )
+            serialized = model.get("serializedFile", "")
+            return cls(
+                str(model["modelName"]),
+                str(model["modelVersion"]),
+                (info.get("recipe") or {}).get("name"),
+                _label_tuple(labels),
+                (info.get("sha256") or {}).get(serialized),
+            )
+        except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError):
+            return None
+
+    def describe(self) -> str:
+        labels = ", ".join(self.labels[:4]) + (", ..." if len(self.labels) > 4 else "")
+        sha = (self.model_sha256 or "unknown")[:12]
+        return (
+            f"{self.model_name} {self.version} (recipe {self.recipe!r}, {len(self.labels)} "
+            f"labels: {labels}; model sha256 {sha})"
+        )
+
+
+def _label_tuple(index_to_name: dict) -> tuple[str, ...]:
+    """The labels in class order."""
+    return tuple(str(index_to_name[k]) for k in sorted(index_to_name, key=lambda k: int(k)))
+
+
+def _refuse_to_overwrite(target: Path, new: ArchiveIdentity, replace_rebuild: bool) -> None:
+    """An archive at ``target`` that holds another model is a released version: keep it.
+
+    Only an archive of the same model (name, version, recipe, labels and model sha256) is
+    replaced: re-archiving it with other serving settings. With ``replace_rebuild`` a rebuild of
+    the same recipe (same name, version, recipe and labels, new weights) is replaced too.
+    """
+    held = ArchiveIdentity.of_archive(target)
+    if held == new:
+        return
+    if (
+        replace_rebuild
+        and held is not None
+        and held == replace(new, model_sha256=held.model_sha256)
+    ):
+        return
+    if held is None:
+        what = "a file that is not a readable .mar"
+    else:
+        what = held.describe()
+        differs = [
+            name
+            for name, a, b in (
+                ("name", held.model_name, new.model_name),
+                ("version", held.version, new.version),
+                ("recipe", held.recipe, new.recipe),
+                ("labels", held.labels, new.labels),
+                ("model sha256", held.model_sha256, new.model_sha256),
+            )
+            if a != b
+        ]
+        what += f"; another {', '.join(differs)}"
     raise ArchiveError(
-        f"{target} holds {what}; archiving {model_name} {version} there would replace it: "
-        f"pass --file-name {model_name}-{version}.mar, or --force to replace it"
+        f"{target} holds {what}; archiving {new.describe()} there would replace it: pass "
+        f"--model-name or --file-name {new.model_name}-{new.version}.mar to keep both, or "
+        "--force to replace it"
     )
 
 
@@ -159,6 +232,7 @@ def build_archive(
     file_name: str | None = None,
     force: bool = False,
     model_format: str | None = None,
+    replace_rebuild: bool = False,
 ) -> ArchiveResult:
     """Archive ``artifact_dir`` into ``model_store/<file_name>`` (default ``NAME.mar`` for the
     recipe's version, ``NAME-VERSION.mar`` for another).
@@ -166,8 +240,9 @@ def build_archive(
     ``model_format`` picks the model file (torchscript, pt2, onnx; default the artifact's primary
     format). ``model_name`` and ``version`` default to the artifact recipe's ``archive`` section;
     another format than the primary one is named ``NAME-FORMAT`` by default, so that each
-    runtime's archive is its own model. An existing archive of another model or version is never
-    replaced unless ``force``.
+    runtime's archive is its own model. An existing archive that holds another model (another
+    name, version, recipe, labels or model sha256) is never replaced unless ``force``;
+    ``replace_rebuild`` also replaces a rebuild of the same recipe (``make demo`` run again).
     """
     from model_archiver.model_archiver import ModelArchiver
     from model_archiver.model_archiver_config import ModelArchiverConfig
@@ -210,7 +285,14 @@ def build_archive(
     )
     target = store / name
     if target.exists() and not force:
-        _refuse_to_overwrite(target, config.model_name, config.version)
+        identity = ArchiveIdentity(
+            config.model_name,
+            config.version,
+            artifact.recipe.get("name"),
+            _label_tuple(artifact.index_to_name),
+            build_info["sha256"][model_path.name],
+        )
+        _refuse_to_overwrite(target, identity, replace_rebuild)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
     try:
         files = staging / "files"

@@ -157,7 +157,9 @@ def run_bench(
     clock = time.perf_counter()
     digits, model_files = {}, {}
     for name, role in DIGITS_ROLES.items():
-        digits[name] = build_archive(result.artifacts[role], store, model_name=name).path
+        digits[name] = build_archive(
+            result.artifacts[role], store, model_name=name, force=True
+        ).path
         model_files[name] = result.artifacts[role] / "model.pt"
     pipeline["archive"] = round(time.perf_counter() - clock, 2)
     results["meta"]["serving"]["digits-int8"] = archive_serving(digits["digits-int8"])
@@ -180,7 +182,7 @@ def run_bench(
     for name in plan.vision_models:
         log(f"ceilings: exporting {name} (random weights, 224x224)")
         artifact = vision_artifact(name, work / "artifacts")
-        vision[name] = build_archive(artifact, store).path
+        vision[name] = build_archive(artifact, store, force=True).path
         results["meta"]["serving"][name] = archive_serving(vision[name])
         model_files[name] = artifact / "model.pt"
         results["model_ceiling"][name] = model_ceiling(

@@ -27,7 +27,9 @@ def served_throughput(rows: list[dict], out: Path, log: Callable[[str], None]) -
     archives = {}
     for row in rows:
         name = f"trial-{row['trial']:04d}"
-        archives[row["trial"]] = build_archive(row["artifact"], store, model_name=name).path
+        archives[row["trial"]] = build_archive(
+            row["artifact"], store, model_name=name, force=True
+        ).path
     recipe = Artifact.read(rows[0]["artifact"]).recipe
     test = load_splits(DataConfig.parse(recipe["data"]), recipe.get("seed", 0)).test
     payloads = [encode_png(test[i][0]) for i in range(min(len(test), 256))]

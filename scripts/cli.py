@@ -7,6 +7,7 @@ Every verb has ``--help``; bad input is a one-line error on stderr and exit stat
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 
@@ -32,8 +33,33 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (``main`` may run more than once in a
+    process, each time with its own stderr)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _show_progress(verb: str) -> None:
+    """Training progress lines (``students.distill``) on stderr; a search or a benchmark
+    trains many models and keeps them to itself."""
+    logger = logging.getLogger("distillserve")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if verb in ("tune", "bench") else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
+    _show_progress(args.verb)
     try:
         return args.func(args)
     except DistillServeError as err:

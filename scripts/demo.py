@@ -79,7 +79,9 @@ def run_demo(
     entries = [e for e in ENTRIES if e[1] in recipe.export.formats]
     names = {}
     for role, fmt, _ in entries:
-        archive = build_archive(result.artifacts[role], model_store, model_format=fmt)
+        archive = build_archive(
+            result.artifacts[role], model_store, model_format=fmt, replace_rebuild=True
+        )
         names[role, fmt] = archive.model_name
         _log(f"archived {archive.path} ({archive.path.stat().st_size / 1024:.0f} KB)")
     stage("archive")

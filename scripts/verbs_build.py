@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from distillserve.errors import ExportError
 from distillserve.scripts.options import teacher_cache_options
 
 __all__ = ["add_verbs"]
@@ -28,7 +29,22 @@ def _build(args: argparse.Namespace) -> int:
         argv += ["--resume"] if args.resume else []
         return subprocess.call(distributed.launch_command(args.nproc, argv))
     cache = None if args.no_teacher_cache else args.teacher_cache
-    result = build(recipe, args.out, teacher_cache_dir=cache, resume=args.resume)
+    checkpoints = Path(args.out) / recipe.name / recipe.archive.version / ".checkpoints"
+    resume = f"distillserve build {args.recipe} --resume"
+    try:
+        result = build(recipe, args.out, teacher_cache_dir=cache, resume=args.resume)
+    except ExportError as err:
+        raise ExportError(
+            f"{err}; the training is checkpointed in {checkpoints}: after changing export "
+            f"settings, {resume} skips it"
+        ) from None
+    except KeyboardInterrupt:
+        print(
+            f"distillserve build: interrupted; every finished epoch is checkpointed in "
+            f"{checkpoints}: continue with {resume}",
+            file=sys.stderr,
+        )
+        return 130
     if result is None:  # a torchrun process other than rank 0: rank 0 reports
         return 0
     for role, path in result.artifacts.items():
@@ -102,17 +118,22 @@ def _archive(args: argparse.Namespace) -> int:
 
 
 def _export_kserve(args: argparse.Namespace) -> int:
+    from distillserve.archiver.image import runtime_versions
     from distillserve.archiver.kserve import export_kserve
 
+    mars = [Path(m) for m in args.mars]
     out = export_kserve(
-        [Path(m) for m in args.mars],
+        mars,
         Path(args.out),
         name=args.name,
         image=args.image,
         storage_uri=args.storage_uri,
     )
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    for path in files:
         print(path)
+    pins = ", ".join(f"{n}=={v}" for n, v in runtime_versions(mars).items())
+    print(f"wrote {len(files)} files to {out}; the image installs {pins}; see {out / 'README.md'}")
     return 0
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from distillserve.errors import DistillServeError
+from distillserve.errors import DistillServeError, ServerError
 from distillserve.scripts.options import add_server_options, connection
 
 __all__ = ["add_verbs"]
@@ -16,10 +16,20 @@ __all__ = ["add_verbs"]
 def _serve(args: argparse.Namespace) -> int:
     from distillserve.serving.server import TorchServe
 
-    server = TorchServe(args.config, args.run_dir, args.model_store)
+    store, archives = args.model_store, None
+    if args.models:
+        if args.action != "start":
+            raise DistillServeError("--models goes with serve start")
+        from distillserve.serving.startup import resolve_archives
+
+        found = TorchServe(args.config, args.run_dir, args.model_store).model_store
+        store, archives = resolve_archives(args.models, found)
+    server = TorchServe(args.config, args.run_dir, store, archives)
     if args.action == "start":
         from distillserve.serving.versions import record_startup
 
+        if archives:
+            print(f"serving {', '.join(archives)} from {store}")
         server.start(timeout=args.timeout)
         record_startup(server.management_client(), server.model_store)
         print(
@@ -63,14 +73,20 @@ def _predict(args: argparse.Namespace) -> int:
         )
     server = connection(args)
     images = [p.read_bytes() for p in paths]
-    if args.grpc:
-        with server.grpc_client(timeout=args.timeout) as client:
+    try:
+        if args.grpc:
+            with server.grpc_client(timeout=args.timeout) as client:
+                results = client.predict_many(args.model, images, args.concurrency, args.version)
+                stats = client.retrier.stats
+        else:
+            client = server.inference_client(timeout=args.timeout)
             results = client.predict_many(args.model, images, args.concurrency, args.version)
-            stats = client.retrier.stats
-    else:
-        client = server.inference_client(timeout=args.timeout)
-        results = client.predict_many(args.model, images, args.concurrency, args.version)
-        stats = client.retry_stats
+            stats = client.retry_stats
+    except ServerError as err:
+        _raise_if_unknown(server, args, err.status, err.code, str(err))
+        raise
+    for result in results:
+        _raise_if_unknown(server, args, result.status, None, str(result.body.get("message", "")))
     failed = 0
     for path, result in zip(paths, results):
         print(json.dumps({"file": str(path), "status": result.status, "result": result.body}))
@@ -81,6 +97,15 @@ def _predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if failed else 0
+
+
+def _raise_if_unknown(server, args, status: int | None, code: str | None, message: str) -> None:
+    """An answer that says the model or version is not registered becomes one line that lists
+    what the server has (through the management API)."""
+    from distillserve.serving.versions import is_unknown_model, unknown_model_error
+
+    if is_unknown_model(status, code, message):
+        raise unknown_model_error(server.management_client(), args.model, args.version)
 
 
 def _load_payloads(images: str | None) -> list[bytes]:
@@ -101,6 +126,13 @@ def _load(args: argparse.Namespace) -> int:
 
     base, model = parse_target(args.target)
     server = connection(args, config_optional=base is not None)
+    if base is None:  # a model of the configured server: refuse a name it does not have
+        from distillserve.serving.versions import require_version
+
+        try:
+            require_version(server.management_client(), model, None)
+        except ServerError:
+            pass  # the management API is not reachable: the load reports what it finds
     fault = args.kill_worker_after is not None
     report = run_load(
         base or server.inference_url,
@@ -137,6 +169,14 @@ def add_verbs(verbs) -> None:
     p = verbs.add_parser("serve", help="start, stop or inspect TorchServe")
     p.add_argument("action", choices=("start", "stop", "status"))
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--models",
+        action="append",
+        metavar="A.mar,B.mar|DIR",
+        help="serve these archives (comma-separated .mar files in one folder, or a folder of "
+        "them) instead of the config's load_models, with the config's security and ports; "
+        "each archive's own model-config.yaml sets its batching and workers",
+    )
     add_server_options(p, auth=False)
     p.set_defaults(func=_serve)
 

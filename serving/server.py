@@ -23,19 +23,24 @@ import requests
 
 from distillserve.archiver.properties import PATH_KEYS, read_properties, write_properties
 from distillserve.errors import ServerError
+from distillserve.serving.startup import check_ports, startup_cause
 
 __all__ = ["TorchServe"]
 
 
 class TorchServe:
-    """One TorchServe process driven through its own run directory."""
+    """One TorchServe process driven through its own run directory. ``archives`` (file names
+    in the model store) are loaded at start instead of the config's ``load_models``/``models=``,
+    with the config's other settings (``serve start --models``)."""
 
     def __init__(
         self,
         config_file: str | Path,
         run_dir: str | Path,
         model_store: str | Path | None = None,
+        archives: list[str] | None = None,
     ) -> None:
+        self.archives = archives
         self.config_file = Path(config_file).resolve()
         self.props = read_properties(self.config_file)
         self.run_dir = Path(run_dir).resolve()
@@ -79,6 +84,9 @@ class TorchServe:
         """The config as TorchServe must see it from the run directory: file paths that are
         relative in the config file are made relative to that file, not to the launch dir."""
         props = dict(self.props)
+        if self.archives is not None:  # their own model-config.yaml sets batching and workers
+            props.pop("models", None)
+            props["load_models"] = ",".join(self.archives)
         for key in PATH_KEYS:
             value = props.get(key)
             if value and not Path(value).is_absolute():
@@ -126,6 +134,8 @@ class TorchServe:
     def startup_archives(self) -> list[str]:
         """The archive files ``load_models`` and ``models=`` name (``all`` names none: it loads
         whatever the store holds)."""
+        if self.archives is not None:
+            return list(self.archives)
         names: list[str] = []
         for entry in self.props.get("load_models", "").split(","):
             entry = entry.strip()
@@ -159,11 +169,12 @@ class TorchServe:
         if missing:
             raise ServerError(
                 f"{self.config_file.name} loads {', '.join(missing)} at start, but "
-                f"{self.model_store} has no such archive: build it (distillserve archive) or "
-                "remove it from load_models/models="
+                f"{self.model_store} has no such archive: build it (distillserve archive), or "
+                "serve your own archives with serve start --models A.mar,B.mar (or a folder)"
             )
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise ServerError("java not found: TorchServe needs Java 17 on PATH or JAVA_HOME")
+        check_ports(self.props, self.config_file.name, self.run_dir)
         for directory in (self.run_dir, self.tmp_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)
@@ -181,7 +192,9 @@ class TorchServe:
                 command, cwd=self.run_dir, env=self._env(), stdout=out, stderr=subprocess.STDOUT
             )
         if code != 0:
-            raise ServerError(f"torchserve --start exited with {code}; see {self.log_dir}")
+            raise ServerError(
+                f"torchserve --start exited with {code}{self._cause()}; see {self.log_dir}"
+            )
         try:
             self.wait_ready(timeout, models)
         except BaseException:
@@ -194,7 +207,9 @@ class TorchServe:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self.pid() is None:
-                raise ServerError(f"TorchServe exited during start-up; see {self.log_dir}")
+                raise ServerError(
+                    f"TorchServe exited during start-up{self._cause()}; see {self.log_dir}"
+                )
             try:
                 if (self.key_file.exists() or not self.token_auth) and self._ready(models):
                     return
@@ -203,6 +218,11 @@ class TorchServe:
                 last = str(err).splitlines()[0]
             time.sleep(0.25)
         raise ServerError(f"TorchServe not ready after {timeout:.0f}s ({last}); see {self.log_dir}")
+
+    def _cause(self) -> str:
+        """``: <the log line that says why>`` when the logs say it."""
+        cause = startup_cause(self.log_dir)
+        return f": {cause}" if cause else ""
 
     def _ready(self, models: list[str] | None) -> bool:
         ping = requests.get(f"{self.inference_url}/ping", headers=self.headers(), timeout=5)

@@ -13,13 +13,16 @@ from distillserve.errors import DistillServeError, ServerError
 from distillserve.serving.management import ManagementClient
 
 __all__ = [
+    "is_unknown_model",
     "record_startup",
     "register_archive",
+    "registered_models",
     "require_version",
     "rollback",
     "server_state",
     "set_default",
     "store_table",
+    "unknown_model_error",
     "unregister",
     "versions_table",
 ]
@@ -48,14 +51,42 @@ def server_state(client: ManagementClient) -> State:
     return state
 
 
+def registered_models(client: ManagementClient) -> str:
+    """What the server has, in words: ``a (1.0*, 2.0), b (1.0*)`` (``*`` the default)."""
+    try:
+        state = server_state(client)
+    except DistillServeError as err:
+        return f"the server did not list its models ({err})"
+    if not state:
+        return "it has no models"
+    return "it has " + "; ".join(
+        f"{name} ({', '.join(v + ('*' if s['default'] else '') for v, s in versions.items())})"
+        for name, versions in sorted(state.items())
+    )
+
+
+def unknown_model_error(client: ManagementClient, name: str, version: str | None):
+    """The one-line error for a model (or version) the server does not have, with what it has."""
+    what = f"model {name!r}" if version is None else f"model {name!r} version {version!r}"
+    return DistillServeError(f"the server has no {what}: {registered_models(client)}")
+
+
+def is_unknown_model(status: int | None, code: str | None, message: str) -> bool:
+    """Whether an inference error says the model or version is not registered: REST 404, or
+    gRPC's INTERNAL/NOT_FOUND "Model not found" / "does not exist" (TorchServe 0.12 maps an
+    unknown model to INTERNAL over gRPC)."""
+    words = ("Model not found" in message) or ("does not exist" in message)
+    return (status == 404 and words) or (code in ("INTERNAL", "NOT_FOUND") and words)
+
+
 def require_version(client: ManagementClient, name: str, version: str | None) -> list[str]:
-    """The versions the server has of ``name``; a one-line ``DistillServeError`` when it has no
-    such model, or not ``version``."""
+    """The versions the server has of ``name``; a one-line ``DistillServeError`` listing what
+    it has when it has no such model, or not ``version``."""
     try:
         described = client.describe(name, "all")
     except ServerError as err:
         if err.status == 404:
-            raise DistillServeError(f"the server has no model {name!r}") from None
+            raise unknown_model_error(client, name, None) from None
         raise
     versions = [v["modelVersion"] for v in described]
     if version is not None and version not in versions:

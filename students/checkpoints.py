@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +28,15 @@ import torch
 from distillserve.errors import RecipeError
 from distillserve.students import distributed
 
-__all__ = ["Checkpointer", "Phase", "active", "phase"]
+__all__ = [
+    "AFTER_TRAINING",
+    "Checkpointer",
+    "Phase",
+    "active",
+    "first_difference",
+    "phase",
+    "training_settings",
+]
 
 _CURRENT: contextvars.ContextVar[Checkpointer | None] = contextvars.ContextVar(
     "distillserve_checkpointer", default=None
@@ -57,28 +64,61 @@ class Phase:
         os.replace(partial, self.path)
 
 
+# Recipe sections that only act after training (exporting, archiving) or not in a build at all
+# (tuning): a resumed build may change them.
+AFTER_TRAINING = ("export", "archive", "tune")
+
+
+def training_settings(recipe: dict) -> dict:
+    """The parts of a resolved recipe that the checkpoints depend on."""
+    return {key: value for key, value in recipe.items() if key not in AFTER_TRAINING}
+
+
+def first_difference(old: object, new: object, where: str = "") -> str | None:
+    """The dotted key of the first value that differs between two recipe dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = first_difference(old.get(key), new.get(key), f"{where}.{key}".lstrip("."))
+            if found is not None:
+                return found
+        return None
+    return None if old == new else (where or "recipe")
+
+
 class Checkpointer:
-    """The checkpoint directory of one build. ``resume`` keeps what is there (it must come from
-    the same recipe); otherwise it is emptied first."""
+    """The checkpoint directory of one build. ``resume`` keeps what is there, when it was
+    written by a recipe with the same training settings (``training_settings``: a change of
+    the export or archive sections is fine); otherwise the directory is emptied first."""
 
     def __init__(self, directory: str | Path, recipe: dict, resume: bool) -> None:
         self.directory = Path(directory)
         self.resume = resume
         self._seen: dict[str, int] = {}
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-        marker = self.directory / "recipe.sha256"
+        settings = json.loads(json.dumps(training_settings(recipe), sort_keys=True))
+        marker = self.directory / "training-recipe.json"
         if distributed.is_main():
             if not resume and self.directory.exists():
                 shutil.rmtree(self.directory)
             self.directory.mkdir(parents=True, exist_ok=True)
-            if resume and marker.is_file() and marker.read_text().strip() != digest:
-                raise RecipeError(
-                    None,
-                    f"--resume: the checkpoints in {self.directory} were written by another "
-                    "recipe; build without --resume to start again",
-                )
-            marker.write_text(digest + "\n")
+            if resume and any(self.directory.glob("*.pt")):
+                self._check_same_training(marker, settings)
+            marker.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
         distributed.barrier()
+
+    def _check_same_training(self, marker: Path, settings: dict) -> None:
+        try:
+            written = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            written = None
+        key = "recipe" if written is None else first_difference(written, settings)
+        if key is not None:
+            raise RecipeError(
+                key,
+                f"--resume: the checkpoints in {self.directory} were written by another "
+                f"recipe, with another {key} (a change that retrains; only the "
+                f"{', '.join(AFTER_TRAINING)} sections may change on resume): restore it, or "
+                "build without --resume to start again",
+            )
 
     def phase(self, description: str) -> Phase:
         """The next phase of this description."""

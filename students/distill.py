@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +32,10 @@ from distillserve.students.sync_batchnorm import synchronized
 from distillserve.students.teacher_outputs import TeacherOutputs, cache_decision
 
 __all__ = ["TrainResult", "evaluate", "kd_loss", "predict", "soft_targets", "train"]
+
+# One line per epoch where no progress bar can be drawn (stderr not a terminal), and where a
+# resumed phase starts; the command line shows INFO, a library caller chooses for itself.
+_log = logging.getLogger("distillserve.train")
 
 
 def soft_targets(
@@ -171,6 +176,9 @@ def train(
     phase = checkpoints.phase(desc)
     saved = phase.load() if phase is not None else None
     if saved is not None and saved["complete"]:  # a phase the interrupted run finished
+        _log.info(
+            "[train] %s: finished before the interruption, restored from %s", desc, phase.path
+        )
         model.load_state_dict(saved["model"])
         _set_rng_state(saved["rng"], generator)
         model.eval()
@@ -200,6 +208,15 @@ def train(
         best_epoch = saved["best_epoch"]
         history, best_loss, since_best = saved["history"], saved["best_loss"], saved["since_best"]
         stopped_early, first = saved["stopped_early"], saved["epoch"] + 1
+        _log.info(
+            "[train] %s: resuming at epoch %d/%d from %s (best so far: epoch %d, val %.4f)",
+            desc,
+            first + 1,
+            epochs,
+            phase.path,
+            best_epoch + 1,
+            best_acc,
+        )
     bar = tqdm(
         range(first, epochs if not stopped_early else first),
         desc=desc,
@@ -208,7 +225,8 @@ def train(
         dynamic_ncols=True,
         disable=None if distributed.is_main() else True,
     )  # disable=None: silent when stderr is not a terminal
-    images = 0
+    lines = bar.disable and distributed.is_main()  # no bar: a log line per epoch instead
+    images, epoch_started = 0, time.perf_counter()
     synced = contextlib.ExitStack()  # BatchNorm over the global batch when distributed
     synced.enter_context(synchronized(model))
     for epoch in bar:
@@ -277,6 +295,18 @@ def train(
             best_acc, best_epoch = val_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{total / max(1, count):.4f}", val=f"{val_acc:.4f}")
+        if lines:
+            now = time.perf_counter()
+            _log.info(
+                "[train] %s: epoch %d/%d loss %.4f, val accuracy %.4f (%.1f s)",
+                desc,
+                epoch + 1,
+                epochs,
+                total / max(1, count),
+                val_acc,
+                now - epoch_started,
+            )
+            epoch_started = now
         if on_epoch is not None:
             on_epoch(epoch, epochs, val_acc)
         if val_loss < best_loss - 1e-6:

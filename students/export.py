@@ -205,7 +205,8 @@ def check_parity(
             path.unlink(missing_ok=True)
             raise ExportError(
                 f"saved {path.name} differs from the model it was made from by "
-                f"{report.max_abs_diff:.3g} > export.atol {atol:g}"
+                f"{report.max_abs_diff:.3g} > export.atol {atol:g}: try export.method script "
+                "(TorchScript), or a larger export.atol if that difference is acceptable"
             )
     if reference is None:
         return report
@@ -219,6 +220,9 @@ def check_parity(
             f"{path.name}: int8 top-1 agreement with the fp32 model is "
             f"{report.decisive_agreement:.4f} < export.min_int8_agreement {min_agreement} on the "
             f"{report.decisive_samples} of {report.samples} samples whose top-1 lead exceeds int8 "
-            f"resolution ({report.tie_margin:.3g}); on all samples {report.top1_agreement:.4f}"
+            f"resolution ({report.tie_margin:.3g}); on all samples {report.top1_agreement:.4f}. "
+            "Try: quantize.mode qat (int8-aware training with the KD loss), more "
+            "quantize.calibration_batches (static), another format in export.formats, or a lower "
+            "export.min_int8_agreement if that agreement is acceptable"
         )
     return report

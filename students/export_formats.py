@@ -42,13 +42,19 @@ class FormatSource:
 
 
 def export_formats(
-    recipe: Recipe, source: FormatSource, directory: Path, data, log: Log, label: str = ""
+    recipe: Recipe,
+    source: FormatSource,
+    directory: Path,
+    data,
+    log: Log,
+    label: str = "",
+    formats: list[str] | None = None,
 ) -> dict[str, dict]:
-    """Write every ``export.formats`` file of one model into ``directory``; each format's parity
-    record (with ``export_seconds``), by format."""
+    """Write one model's file in each of ``formats`` (default ``export.formats``) into
+    ``directory``; each format's parity record (with ``export_seconds``), by format."""
     example = torch.zeros(1, recipe.data.channels, *recipe.data.image_size)
     records = {}
-    for fmt in recipe.export.formats:
+    for fmt in formats or recipe.export.formats:
         path = directory / MODEL_FILES[fmt]
         started = time.perf_counter()
         if fmt == "torchscript":

@@ -61,6 +61,7 @@ class ExportedModel:
     quantized: bool
     params: int
     source: FormatSource
+    formats: list[str]  # the export formats, primary first
 
 
 @dataclass
@@ -172,13 +173,17 @@ def _export_and_write(
     staging.chmod(0o755)
     try:
         dirs = {m.role: staging if m.role == "student" else staging / m.role for m in models}
+        if models[0].formats != recipe.export.formats:
+            why = "export.teacher_formats"
+            if recipe.export.teacher_formats is None:
+                why = "a TorchScript teacher: the other formats need its eager model"
+            log(f"export: the teacher as {', '.join(models[0].formats)} only ({why})")
         parity = {
-            m.role: export_formats(recipe, m.source, dirs[m.role], data, log, m.role)
+            m.role: export_formats(recipe, m.source, dirs[m.role], data, log, m.role, m.formats)
             for m in models
         }
-        scores = {m.role: _scores(recipe, dirs[m.role], data) for m in models}
-        primary = recipe.export.formats[0]
-        accuracy = {role: score[primary]["test_accuracy"] for role, score in scores.items()}
+        scores = {m.role: _scores(m.formats, dirs[m.role], data) for m in models}
+        accuracy = {m.role: scores[m.role][m.formats[0]]["test_accuracy"] for m in models}
         for m in models:
             log(
                 f"export: {m.role} -> "
@@ -194,7 +199,7 @@ def _export_and_write(
             )
             for m in models
         }
-        _log_int8_speedup(metrics, log)
+        _log_int8_speedup(metrics, log, final)
         timer.done("measure")
         metrics["student"].update(
             stage_seconds=timer.seconds,
@@ -231,6 +236,7 @@ def _models(
 ) -> list[ExportedModel]:
     """What the build exports, in order: teacher, fp32 student (when quantized), student."""
     name, params = recipe.archive.model_name, count_parameters(student)
+    formats = list(recipe.export.formats)
 
     def fp32(model: nn.Module) -> FormatSource:
         return FormatSource(model, model, None, False, "eager model")
@@ -243,10 +249,14 @@ def _models(
             False,
             count_parameters(teacher),
             fp32(teacher),
+            recipe.teacher_formats,
         )
     ]
     if quantized.int8 is None:
-        return [*models, ExportedModel("student", name, student, False, params, fp32(student))]
+        student_model = ExportedModel(
+            "student", name, student, False, params, fp32(student), formats
+        )
+        return [*models, student_model]
     if recipe.quantize.mode == "qat":
         against = "fake-quantized QAT model it was converted from"
     else:
@@ -254,8 +264,10 @@ def _models(
     int8 = FormatSource(quantized.int8, student, quantized.reference, True, against, qat_train)
     return [
         *models,
-        ExportedModel("student-fp32", f"{name}-fp32", student, False, params, fp32(student)),
-        ExportedModel("student", name, quantized.int8, True, params, int8),
+        ExportedModel(
+            "student-fp32", f"{name}-fp32", student, False, params, fp32(student), formats
+        ),
+        ExportedModel("student", name, quantized.int8, True, params, int8, formats),
     ]
 
 
@@ -282,10 +294,10 @@ def _qat_trainer(recipe: Recipe, data: DataStage, distilled: DistilledStudent):
     return run
 
 
-def _scores(recipe: Recipe, directory: Path, data: DataStage) -> dict[str, dict]:
+def _scores(formats: list[str], directory: Path, data: DataStage) -> dict[str, dict]:
     """Test and validation accuracy of each format's file, re-loaded."""
     out = {}
-    for fmt in recipe.export.formats:
+    for fmt in formats:
         model = load_runtime(directory / MODEL_FILES[fmt], threads=torch.get_num_threads())
         out[fmt] = {
             "test_accuracy": evaluate(model, data.test),
@@ -294,17 +306,33 @@ def _scores(recipe: Recipe, directory: Path, data: DataStage) -> dict[str, dict]
     return out
 
 
-def _log_int8_speedup(metrics: dict[str, dict], log: Callable[[str], None]) -> None:
-    """The int8 files' batch-8 latency against the fp32 student's, per format: a compiled
-    package that silently fell back to fp32 kernels shows here as ~1x."""
+def _log_int8_speedup(metrics: dict[str, dict], log: Callable[[str], None], final: Path) -> None:
+    """The int8 files' latency against the fp32 student's, per format (a compiled package that
+    silently fell back to fp32 kernels shows here as ~1x), and which file to ship where int8
+    is the slower one: on a tiny model a fixed per-call cost outweighs the int8 kernels."""
     if "student-fp32" not in metrics or not metrics["student"]["quantized"]:
         return
+    name = metrics["student-fp32"]["model_name"]
     for fmt, record in metrics["student"]["formats"].items():
-        fp32 = metrics["student-fp32"]["formats"][fmt]["latency_ms_batch8"]
+        fp32 = metrics["student-fp32"]["formats"][fmt]
+        ratios = {
+            batch: fp32[f"latency_ms_batch{batch}"] / max(record[f"latency_ms_batch{batch}"], 1e-9)
+            for batch in (1, 8)
+        }
+        record["int8_speedup"] = {f"batch{b}": round(r, 3) for b, r in ratios.items()}
         log(
             f"export: {fmt} int8 {record['latency_ms_batch8']:.3f} ms at batch 8 against fp32 "
-            f"{fp32:.3f} ms ({fp32 / max(record['latency_ms_batch8'], 1e-9):.2f}x)"
+            f"{fp32['latency_ms_batch8']:.3f} ms ({ratios[8]:.2f}x; batch 1: {ratios[1]:.2f}x)"
         )
+        if min(ratios.values()) < 1.0:
+            log(
+                f"export: NOTE: the {fmt} int8 file is slower than fp32 here "
+                f"({min(ratios.values()):.2f}x): on a model this small a fixed cost per call "
+                "(quantizing the input, dequantizing the output) outweighs the int8 kernels; "
+                f"where speed matters more than {record['size_bytes']:,} against "
+                f"{fp32['size_bytes']:,} bytes, ship {name} in that format "
+                f"(distillserve archive {final / 'student-fp32'} --format {fmt})"
+            )
 
 
 def _measure(
@@ -323,7 +351,7 @@ def _measure(
     worker_threads = recipe.archive.worker_threads
     shape = (recipe.data.channels, *recipe.data.image_size)
     formats = {}
-    for fmt in recipe.export.formats:
+    for fmt in model.formats:
         path = directory / MODEL_FILES[fmt]
         record = dict(parity[fmt])
         export_seconds = record.pop("export_seconds")
@@ -341,13 +369,13 @@ def _measure(
             **scores[fmt],
             "parity": record,
         }
-    primary = formats[recipe.export.formats[0]]
+    primary = formats[model.formats[0]]
     return {
         "role": model.role,
         "model_name": model.model_name,
         "quantized": model.quantized,
         "params": model.params,
-        "format": recipe.export.formats[0],
+        "format": model.formats[0],
         "size_bytes": primary["size_bytes"],
         "latency_ms_batch1": primary["latency_ms_batch1"],
         "latency_threads": worker_threads,

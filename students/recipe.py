@@ -16,6 +16,7 @@ import yaml
 
 from distillserve.errors import RecipeError
 from distillserve.students import recipe_sections
+from distillserve.students.checkpoint_files import is_torchscript
 from distillserve.students.recipe_sections import (  # noqa: F401 - re-exported
     ArchiveConfig,
     DataConfig,
@@ -84,12 +85,54 @@ class Recipe:
                 f"{', '.join(other)} cannot carry quantize.mode mixed (an eager-mode layer "
                 "choice); use torchscript, or quantize.mode static, qat or dynamic",
             )
+        _check_torchscript_teacher(recipe)
         return recipe
+
+    @property
+    def teacher_is_torchscript(self) -> bool:
+        """Whether the teacher is a TorchScript file (it runs as it is, without its code)."""
+        return bool(self.teacher.checkpoint) and is_torchscript(self.teacher.checkpoint)
+
+    @property
+    def teacher_formats(self) -> list[str]:
+        """The formats the teacher is exported to: ``export.teacher_formats``, or else
+        ``export.formats`` (only TorchScript for a TorchScript teacher)."""
+        if self.export.teacher_formats is not None:
+            return list(self.export.teacher_formats)
+        return ["torchscript"] if self.teacher_is_torchscript else list(self.export.formats)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "seed": self.seed}
         out.update({key: getattr(self, key).to_dict() for key in self.SECTIONS})
         return out
+
+
+def _check_torchscript_teacher(recipe: Recipe) -> None:
+    """What a TorchScript teacher cannot do, refused before any work, with the fix."""
+    if not recipe.teacher_is_torchscript:
+        return
+    path = recipe.teacher.checkpoint
+    fix = f"give a state dict of teacher.arch ({recipe.teacher.arch}) instead of {path}"
+    asked = [f for f in recipe.export.teacher_formats or [] if f != "torchscript"]
+    if asked:
+        raise RecipeError(
+            "export.teacher_formats",
+            f"a TorchScript teacher ({path}) can only be exported as torchscript: "
+            f"torch.export and the ONNX exporter need the eager model, not {', '.join(asked)}; "
+            f"{fix}, or leave export.teacher_formats out (the teacher is then archived as "
+            "TorchScript only)",
+        )
+    for key, on in (
+        ("distill.feature", recipe.distill.feature),
+        ("tune.feature_kd", recipe.tune.feature_kd),
+    ):
+        if not on:
+            continue
+        raise RecipeError(
+            key,
+            f"feature KD hooks the teacher's layers, and a TorchScript teacher ({path}) has "
+            f"none to hook: {fix}, or remove {key}",
+        )
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -404,10 +404,12 @@ class PruneConfig(_Section):
 @dataclass
 class ExportConfig(_Section):
     """The formats every model is exported to (the first is the artifact's primary one), and
-    the parity checks each must pass before an artifact is written."""
+    the parity checks each must pass before an artifact is written. ``teacher_formats`` (default:
+    ``formats``, less those a TorchScript teacher cannot be exported to) are the teacher's."""
 
     SECTION: ClassVar[str] = "export"
     formats: list[str] = field(default_factory=lambda: ["torchscript"])
+    teacher_formats: list[str] | None = None
     method: str = "trace"  # TorchScript: trace | script
     atol: float = 1e-4
     min_int8_agreement: float = 0.99
@@ -417,10 +419,16 @@ class ExportConfig(_Section):
             raise RecipeError(
                 "export.formats", f"needs at least one of {', '.join(EXPORT_FORMATS)}"
             )
-        for value in self.formats:
-            _choice("export.formats", value, EXPORT_FORMATS)
-        if len(set(self.formats)) != len(self.formats):
-            raise RecipeError("export.formats", f"lists a format twice: {self.formats}")
+        for key in ("formats", "teacher_formats"):
+            listed = getattr(self, key)
+            for value in listed or []:
+                _choice(f"export.{key}", value, EXPORT_FORMATS)
+            if listed is not None and len(set(listed)) != len(listed):
+                raise RecipeError(f"export.{key}", f"lists a format twice: {listed}")
+        if self.teacher_formats == []:
+            raise RecipeError(
+                "export.teacher_formats", f"needs at least one of {', '.join(EXPORT_FORMATS)}"
+            )
         _choice("export.method", self.method, EXPORT_METHODS)
         _at_least("export.atol", self.atol, 0.0)
         _between("export.min_int8_agreement", self.min_int8_agreement, 0.0, 1.0)

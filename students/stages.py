@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from distillserve.errors import RecipeError
 from distillserve.handlers.imageprep import PreprocessSpec
 from distillserve.students import teacher_cache
+from distillserve.students.checkpoint_files import is_torchscript, load_state
 from distillserve.students.data import (
     Splits,
     labelled_fraction,
@@ -25,7 +26,7 @@ from distillserve.students.data import (
     make_loader,
     preprocess_spec,
 )
-from distillserve.students.distill import train
+from distillserve.students.distill import evaluate, train
 from distillserve.students.export import load_torchscript
 from distillserve.students.features import FeatureKD
 from distillserve.students.finetune import make_trainable
@@ -142,31 +143,37 @@ def data_stage(recipe: Recipe, splits: Splits, log: Log) -> DataStage:
     )
 
 
-def load_state(model: nn.Module, path: str | Path, key: str) -> None:
-    """Load a state dict (or a checkpoint dict with ``state_dict``) into ``model``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, KeyError...
-        text = str(err).strip()
-        first_line = text.splitlines()[0] if text else type(err).__name__
-        raise RecipeError(
-            key, f"{path} is not a state dict for {type(model).__name__}: {first_line}"
-        ) from None
-
-
 def load_teacher(config: TeacherConfig, num_classes: int, channels: int) -> nn.Module:
-    """A teacher from a TorchScript file, or the recipe's architecture plus a state-dict file."""
+    """A teacher from a TorchScript file, or the recipe's architecture plus a state-dict file
+    (``students.checkpoint_files``: errors name the cause and the accepted kinds)."""
     path = Path(config.checkpoint or "")
-    try:
-        return load_torchscript(path)
-    except RuntimeError:
-        pass  # not TorchScript: try a state dict
+    if is_torchscript(path):
+        try:
+            return load_torchscript(path)
+        except RuntimeError as err:
+            raise RecipeError(
+                "teacher.checkpoint", f"{path} is a TorchScript file torch cannot load: {err}"
+            ) from None
     model = build_model(config.arch, num_classes, channels, config.kwargs)
-    load_state(model, path, "teacher.checkpoint")
+    load_state(model, path, "teacher.checkpoint", config.arch)
     return model.eval()
+
+
+def _check_loaded_teacher(recipe: Recipe, teacher: nn.Module, data: DataStage, log: Log) -> None:
+    """Log the loaded teacher's validation accuracy, and say so when it is near chance: the
+    usual cause is a teacher trained on other input than the recipe's preprocessing."""
+    accuracy = evaluate(teacher, data.val)
+    chance = 1.0 / max(1, data.classes)
+    log(f"teacher: loaded {recipe.teacher.checkpoint}, validation accuracy {accuracy:.2%}")
+    if accuracy < min(1.0, 2 * chance):
+        d = recipe.data
+        log(
+            f"teacher: WARNING: {accuracy:.2%} is near chance ({chance:.0%} for {data.classes} "
+            f"classes): the teacher must have been trained on this data's classes in order "
+            f"({', '.join(data.splits.classes[:5])}{', ...' if data.classes > 5 else ''}) and "
+            f"on this recipe's input: {d.channels}x{d.image_size[0]}x{d.image_size[1]}, "
+            f"(pixel/255 - mean)/std with mean {d.mean} and std {d.std}"
+        )
 
 
 def _train_members(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) -> list:
@@ -212,7 +219,7 @@ def make_teacher(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) 
     """Load the recipe's teacher checkpoint, or train its members (reusing cached ones)."""
     if recipe.teacher.checkpoint:
         members = [load_teacher(recipe.teacher, data.classes, recipe.data.channels)]
-        log(f"teacher: loaded {recipe.teacher.checkpoint}")
+        _check_loaded_teacher(recipe, members[0], data, log)
     else:
         members = _train_members(recipe, data, log, cache)
     teacher = (members[0] if len(members) == 1 else Ensemble(members)).eval()
@@ -276,7 +283,7 @@ def distill_student(
     config = recipe.student
     student = build_model(config.arch, data.classes, channels, config.kwargs)
     if config.checkpoint:
-        load_state(student, config.checkpoint, "student.checkpoint")
+        load_state(student, config.checkpoint, "student.checkpoint", config.arch)
         log(f"student: initialised from {config.checkpoint}")
     params = count_parameters(student)
     if config.max_params and params > config.max_params:

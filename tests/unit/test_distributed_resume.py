@@ -117,7 +117,8 @@ def test_torchrun_restarts_a_killed_process_and_the_build_resumes(tmp_path, one_
 
 def test_resume_refuses_checkpoints_of_another_recipe(tmp_path):
     Checkpointer(tmp_path / "ckpt", {"name": "a"}, resume=False)
-    with pytest.raises(RecipeError, match="written by another recipe"):
+    (tmp_path / "ckpt" / "student-1.pt").write_bytes(b"an epoch")
+    with pytest.raises(RecipeError, match="written by another recipe, with another name"):
         Checkpointer(tmp_path / "ckpt", {"name": "b"}, resume=True)
 
 
