@@ -385,6 +385,9 @@ def test_export_kserve_layout_manifests_and_real_start(
     )
     assert result.returncode == 0, result.stderr
     build_torch = inspect_archive(store / "digits-student.mar")["build_info"]["versions"]["torch"]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"wrote {sum(p.is_file() for p in out.rglob('*'))} files to {out}")
+    assert f"the image installs torch=={build_torch.split('+')[0]}, torchvision==" in summary
     dockerfile = (out / "Dockerfile").read_text()
     assert dockerfile.startswith("# ") and "FROM pytorch/torchserve:0.12.0-cpu" in dockerfile
     assert f"torch=={build_torch.split('+')[0]} " in dockerfile  # the archives' own torch

@@ -106,3 +106,12 @@ def test_concurrent_builds_of_one_model_do_not_collide(build_result, tmp_path):
             manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
             assert manifest["model"]["modelVersion"] == version
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+
+
+def test_an_onnx_archive_needs_onnxruntime_in_its_image(model_store):
+    from distillserve.archiver.image import dockerfile, runtime_versions
+
+    onnx = runtime_versions([model_store / "digits-student-onnx.mar"])
+    assert set(onnx) == {"torch", "torchvision", "onnxruntime"}
+    assert f"onnxruntime=={onnx['onnxruntime']}" in dockerfile(onnx)
+    assert set(runtime_versions([model_store / "digits-student.mar"])) == {"torch", "torchvision"}

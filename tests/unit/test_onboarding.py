@@ -281,3 +281,26 @@ def test_kserve_image_installs_what_each_format_needs():
     assert "torch==2.14.1 torchvision==0.29.1\n" in text
     assert "RUN python -m pip install --no-cache-dir onnxruntime==1.32.0\n" in text
     assert "onnxruntime" not in dockerfile({"torch": "2.14.1", "torchvision": "0.29.1"})
+
+
+def test_the_build_says_when_int8_is_slower_than_fp32():
+    from distillserve.students.pipeline import _log_int8_speedup
+
+    def formats(b1: float, b8: float) -> dict:
+        return {"latency_ms_batch1": b1, "latency_ms_batch8": b8, "size_bytes": 1000}
+
+    metrics = {
+        "student-fp32": {"model_name": "s-fp32", "formats": {"onnx": formats(0.033, 0.04),
+                                                             "torchscript": formats(0.1, 0.4)}},
+        "student": {"quantized": True, "formats": {"onnx": formats(0.060, 0.05),
+                                                   "torchscript": formats(0.05, 0.2)}},
+    }  # fmt: skip
+    lines: list[str] = []
+    _log_int8_speedup(metrics, lines.append, Path("build/s/1.0"))
+    notes = [line for line in lines if "NOTE" in line]
+    assert len(notes) == 1 and "the onnx int8 file is slower than fp32 here (0.55x)" in notes[0]
+    assert "distillserve archive build/s/1.0/student-fp32 --format onnx" in notes[0]
+    assert metrics["student"]["formats"]["torchscript"]["int8_speedup"] == {
+        "batch1": 2.0,
+        "batch8": 2.0,
+    }

@@ -128,3 +128,24 @@ def test_near_ties_are_reported_not_judged_and_decisive_flips_count():
     flipped_decisive[2] = torch.tensor([0.0, 1.0, 5.0])
     far = compare_top1(lambda _: flipped_decisive, lambda _: reference, batches, tie_margin=0.25)
     assert far.decisive_agreement == 0.5 and far.top1_agreement == 0.75
+
+
+def test_eager_qat_trains_with_the_teachers_weights(monkeypatch):
+    """Multi-teacher KD (``teacher.combine: soft_targets``) weights its teachers in QAT too."""
+    from distillserve.students import distill
+    from distillserve.students.quantize import quantize_qat
+    from distillserve.students.recipe import QuantizeConfig
+    from distillserve.students.zoo import TinyCNN
+
+    seen = []
+
+    def record(model, *_args, **kwargs):  # one forward pass, so that the observers see data
+        seen.append(kwargs)
+        model(torch.randn(4, 1, 8, 8))
+
+    monkeypatch.setattr(distill, "train", record)
+    teachers = [TinyCNN(10), TinyCNN(10)]
+    quantize_qat(TinyCNN(10), [], [], QuantizeConfig(mode="qat"), teacher=teachers,
+                 teacher_weights=[0.7, 0.3], epochs=2)  # fmt: skip
+    assert [call["teacher_weights"] for call in seen] == [[0.7, 0.3], [0.7, 0.3]]
+    assert all(call["teacher"] is teachers for call in seen)

@@ -1,0 +1,124 @@
+"""The README's "Your own data and teacher" walkthrough, shortened, through the command line: an
+ImageFolder, a torchvision ResNet-18 trained in plain PyTorch and saved as a state dict and as
+TorchScript, a recipe asking for all three formats, the archives served with
+``serve start --models`` on the shipped profile (free ports), predictions over REST and gRPC,
+a wrong model name answered with what the server has, and an archive of another model refused
+where it would have replaced the digits student."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillserve.archiver.mar import sha256_file
+from tests.helpers import ROOT, shipped_profile
+
+pytestmark = pytest.mark.slow
+WALKTHROUGH = ROOT / "docs" / "own-data"
+
+
+def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distillserve.scripts.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _python(script: str, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, str(WALKTHROUGH / script), *args], check=True, capture_output=True
+    )
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory) -> dict[str, Path]:
+    """The walkthrough's data and teacher files, and its recipe shortened for CI."""
+    root = tmp_path_factory.mktemp("own")
+    _python("make_shapes.py", str(root / "data"), "--per-class", "20")
+    _python("train_teacher.py", str(root / "data"), str(root / "teacher"), "--epochs", "3")
+    raw = yaml.safe_load((WALKTHROUGH / "shapes.yaml").read_text())
+    raw["data"]["root"] = str(root / "data")
+    raw["distill"]["epochs"] = 4
+    # a student of 4 epochs on 70 images is not what int8 parity is judged on here
+    raw["export"]["min_int8_agreement"] = 0.5
+    recipes = {}
+    for kind, version in (("state", "1.0"), ("torchscript", "2.0")):
+        raw["teacher"]["checkpoint"] = str(root / "teacher" / f"teacher-{kind}.pt")
+        raw["archive"]["version"] = version
+        # the ResNet-18 teacher's .pt2 compile alone takes half a minute: the CI build's
+        # trained teacher goes through every format, this one only where the kinds differ
+        raw["export"]["teacher_formats"] = ["torchscript", "onnx"] if kind == "state" else None
+        recipes[kind] = root / f"shapes-{kind}.yaml"
+        recipes[kind].write_text(yaml.safe_dump(raw))
+    return {"root": root, **recipes}
+
+
+def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store, tmp_path):
+    out = own["root"] / "build"
+    for kind, version in (("state", "1.0"), ("torchscript", "2.0")):
+        built = _cli("build", str(own[kind]), "--out", str(out))
+        assert built.returncode == 0, built.stderr[-3000:]
+        assert "[train] student: epoch 4/4" in built.stderr  # a line per epoch off a terminal
+        teacher = out / "shapes" / version / "teacher"
+        files = sorted(p.name for p in teacher.glob("model.*"))
+        assert files == (
+            ["model.onnx", "model.pt", "model.pt2"] if kind == "state" else ["model.pt"]
+        )
+    assert "the teacher as torchscript only" in built.stderr  # the TorchScript teacher's build
+
+    mine = tmp_path / "mine"
+    for fmt in ("torchscript", "pt2", "onnx"):
+        archived = _cli("archive", str(out / "shapes" / "1.0"), "--format", fmt,
+                        "--model-store", str(mine))  # fmt: skip
+        assert archived.returncode == 0, archived.stderr
+    ts = shipped_profile("config.properties", mine, tmp_path / "serve")
+    config, run_dir = str(ts.config_file), str(tmp_path / "serve" / "run")
+    server = ["--config", config, "--run-dir", run_dir]
+    try:
+        started = _cli("serve", "start", "--models", str(mine), *server, timeout=300)
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert "serving shapes-student-onnx.mar, shapes-student-pt2.mar, shapes-student.mar" in (
+            started.stdout
+        )
+        image = next((own["root"] / "data" / "test" / "ring").glob("*.png"))
+        for model in ("shapes-student", "shapes-student-pt2", "shapes-student-onnx"):
+            for route in ([], ["--grpc"]):
+                answer = _cli("predict", model, str(image), *route, *server)
+                assert answer.returncode == 0, answer.stderr
+                result = json.loads(answer.stdout.splitlines()[0])
+                assert result["status"] == 200 and set(result["result"]) <= {
+                    "circle", "cross", "ring", "square", "triangle"
+                }  # fmt: skip
+        for route in ([], ["--grpc"]):
+            wrong = _cli("predict", "shapes-studnet", str(image), *route, *server)
+            assert wrong.returncode == 2
+            (line,) = wrong.stderr.strip().splitlines()
+            assert "no model 'shapes-studnet': it has shapes-student (1.0*);" in line
+        wrong = _cli("predict", "shapes-student", str(image), "--version", "3.0", "--grpc", *server)
+        assert wrong.returncode == 2 and "version '3.0'" in wrong.stderr
+    finally:
+        _cli("serve", "stop", "--run-dir", run_dir)
+
+    # The data-loss case: the user's model archived under the digits student's name and version
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy2(model_store / "digits-student.mar", store / "digits-student.mar")
+    index = _cli("archive", str(out / "shapes" / "1.0"), "--model-name", "digits-student",
+                 "--model-store", str(store))  # fmt: skip
+    assert index.returncode == 2
+    (line,) = index.stderr.strip().splitlines()
+    assert "holds digits-student 1.0 (recipe 'digits', 10 labels" in line
+    assert "another recipe, labels, model sha256" in line and "--force" in line
+    assert sha256_file(store / "digits-student.mar") == sha256_file(
+        model_store / "digits-student.mar"
+    )
+    assert not (store / "index.json").exists()  # nothing recorded either
