@@ -31,7 +31,7 @@ from distillserve.students.artifact import write_artifact
 from distillserve.students.checkpoints import Checkpointer
 from distillserve.students.distill import evaluate, train
 from distillserve.students.export_formats import FormatSource, export_formats
-from distillserve.students.measure import latency_ms, threads
+from distillserve.students.measure import latency_ms, log_int8_speedup, threads
 from distillserve.students.quantize import check_engine
 from distillserve.students.recipe import Recipe
 from distillserve.students.recipe_sections import AUTO
@@ -199,7 +199,7 @@ def _export_and_write(
             )
             for m in models
         }
-        _log_int8_speedup(metrics, log, final)
+        log_int8_speedup(metrics, log, final)
         timer.done("measure")
         metrics["student"].update(
             stage_seconds=timer.seconds,
@@ -304,35 +304,6 @@ def _scores(formats: list[str], directory: Path, data: DataStage) -> dict[str, d
             "val_accuracy": evaluate(model, data.val),
         }
     return out
-
-
-def _log_int8_speedup(metrics: dict[str, dict], log: Callable[[str], None], final: Path) -> None:
-    """The int8 files' latency against the fp32 student's, per format (a compiled package that
-    silently fell back to fp32 kernels shows here as ~1x), and which file to ship where int8
-    is the slower one: on a tiny model a fixed per-call cost outweighs the int8 kernels."""
-    if "student-fp32" not in metrics or not metrics["student"]["quantized"]:
-        return
-    name = metrics["student-fp32"]["model_name"]
-    for fmt, record in metrics["student"]["formats"].items():
-        fp32 = metrics["student-fp32"]["formats"][fmt]
-        ratios = {
-            batch: fp32[f"latency_ms_batch{batch}"] / max(record[f"latency_ms_batch{batch}"], 1e-9)
-            for batch in (1, 8)
-        }
-        record["int8_speedup"] = {f"batch{b}": round(r, 3) for b, r in ratios.items()}
-        log(
-            f"export: {fmt} int8 {record['latency_ms_batch8']:.3f} ms at batch 8 against fp32 "
-            f"{fp32['latency_ms_batch8']:.3f} ms ({ratios[8]:.2f}x; batch 1: {ratios[1]:.2f}x)"
-        )
-        if min(ratios.values()) < 1.0:
-            log(
-                f"export: NOTE: the {fmt} int8 file is slower than fp32 here "
-                f"({min(ratios.values()):.2f}x): on a model this small a fixed cost per call "
-                "(quantizing the input, dequantizing the output) outweighs the int8 kernels; "
-                f"where speed matters more than {record['size_bytes']:,} against "
-                f"{fp32['size_bytes']:,} bytes, ship {name} in that format "
-                f"(distillserve archive {final / 'student-fp32'} --format {fmt})"
-            )
 
 
 def _measure(

@@ -284,7 +284,7 @@ def test_kserve_image_installs_what_each_format_needs():
 
 
 def test_the_build_says_when_int8_is_slower_than_fp32():
-    from distillserve.students.pipeline import _log_int8_speedup
+    from distillserve.students.measure import log_int8_speedup
 
     def formats(b1: float, b8: float) -> dict:
         return {"latency_ms_batch1": b1, "latency_ms_batch8": b8, "size_bytes": 1000}
@@ -296,7 +296,7 @@ def test_the_build_says_when_int8_is_slower_than_fp32():
                                                    "torchscript": formats(0.05, 0.2)}},
     }  # fmt: skip
     lines: list[str] = []
-    _log_int8_speedup(metrics, lines.append, Path("build/s/1.0"))
+    log_int8_speedup(metrics, lines.append, Path("build/s/1.0"))
     notes = [line for line in lines if "NOTE" in line]
     assert len(notes) == 1 and "the onnx int8 file is slower than fp32 here (0.55x)" in notes[0]
     assert "distillserve archive build/s/1.0/student-fp32 --format onnx" in notes[0]
