@@ -50,6 +50,9 @@ HANDLER_PACKAGE = "distillserve.handlers"
 HANDLER_MODULE = "distill_classifier.py"
 HANDLER_FILES = (
     HANDLER_MODULE,
+    "core_handler.py",
+    "core.py",
+    "image_task.py",
     "classification.py",
     "imageprep.py",
     "kserve_v2.py",

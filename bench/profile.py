@@ -32,9 +32,12 @@ __all__ = ["CATEGORIES", "categorise", "fixed_serving_archive", "profile_worker"
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("ts/metrics/", "_add_metric")),
     ("decode", ("decode_image", "PIL/")),
-    ("preprocess", ("imageprep.py", "preprocess (")),
-    ("forward", ("inference (", "Runtime.__call__", "torch/nn/modules")),
-    ("answer", ("postprocess", "topk_answers", "v2_response", "json/")),
+    ("preprocess", ("imageprep.py", "preprocess (", "collate (")),
+    ("forward", ("inference (", "HandlerCore.forward", "Runtime.__call__", "torch/nn/modules")),
+    (
+        "answer",
+        ("postprocess", "HandlerCore.encode", "topk_answers", "v2_response", "v2_outputs", "json/"),
+    ),
     ("TorchServe protocol", ("otf_message_handler", "model_service_worker", "ts/service")),
 )
 WAITING = "waiting for requests"

@@ -1,13 +1,13 @@
-"""KServe v2 / Open Inference Protocol requests and responses for the classification handler.
+"""KServe v2 / Open Inference Protocol requests and responses, for any task (``core``).
 
-A v2 request is a JSON object ``{"id", "inputs": [{"name", "shape", "datatype", "data"}]}``. The
-first input is either ``BYTES`` (image files: base64 strings in JSON, the files themselves in
-binary) or ``FP32`` (model input, already normalised with the model's mean/std, shaped
-``[N, C, H, W]``). The binary tensor extension (tritonclient's default) is understood both ways: a
-request whose ``Inference-Header-Content-Length`` header splits it into a JSON header and raw
-tensor bytes, and a binary answer when the request asks for one (``binary_data_output`` or an
-output's ``binary_data``). Every function here returns a value or raises ``InputError`` for that
-request alone, whatever a client sends.
+A v2 request is a JSON object ``{"id", "inputs": [{"name", "shape", "datatype", "data"}]}``. Its
+first input is read as ``BYTES`` (elements: base64 strings in JSON, raw bytes in binary) or
+``FP32`` (a float tensor); what the elements mean is the task adapter's to say (image files,
+normalised model input, ...). The binary tensor extension (tritonclient's default) is
+understood both ways: a request whose ``Inference-Header-Content-Length`` header splits it into
+a JSON header and raw tensor bytes, and a binary answer when the request asks for one
+(``binary_data_output`` or an output's ``binary_data``). Every function here returns a value or
+raises ``InputError`` for that request alone, whatever a client sends.
 
 Ships inside every .mar next to ``imageprep``; imports nothing from TorchServe.
 """
@@ -25,12 +25,10 @@ from typing import Any
 import torch
 
 try:  # inside this repository
-    from .classification import ranked
-    from .imageprep import InputError, PreprocessSpec
+    from .imageprep import InputError
     from .payloads import b64decode, body_of, parse_json
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
-    from classification import ranked
-    from imageprep import InputError, PreprocessSpec
+    from imageprep import InputError
     from payloads import b64decode, body_of, parse_json
 
 __all__ = [
@@ -38,7 +36,9 @@ __all__ = [
     "MAX_DIMS",
     "MAX_ELEMENTS",
     "V2Request",
-    "parse_v2_inputs",
+    "V2Tensor",
+    "bytes_element",
+    "first_input",
     "v2_payload",
     "v2_request_id",
     "v2_response",
@@ -205,20 +205,22 @@ def _bytes_elements(raw: bytes, count: int) -> list[bytes]:
     return elements
 
 
-def _image_bytes(element: bytes) -> bytes:
-    """A binary BYTES element: the image file itself, or (accepted too) its base64 text."""
-    try:
-        return base64.b64decode(element, validate=True) if element else element
-    except (binascii.Error, ValueError):
-        return element
+@dataclass(frozen=True)
+class V2Tensor:
+    """A v2 request's first input, checked against the protocol but not against any model:
+    ``values`` is a list of BYTES elements (``str`` from JSON, ``bytes`` from binary data) or a
+    float32 tensor of ``shape`` (FP32)."""
+
+    name: str
+    datatype: str  # BYTES | FP32
+    shape: list[int]
+    values: list | torch.Tensor
+    binary: bool = False  # BYTES elements came as binary data (raw bytes, not JSON strings)
 
 
-def parse_v2_inputs(
-    request: V2Request | dict, spec: PreprocessSpec
-) -> tuple[str, list[bytes] | torch.Tensor]:
-    """The first input tensor of a v2 request as ``("images", [encoded image bytes, ...])`` for
-    BYTES or ``("tensor", float (N, C, H, W))`` for FP32 model input, from JSON data or from the
-    binary data after the request's JSON header."""
+def first_input(request: V2Request | dict) -> V2Tensor:
+    """The first input tensor of a v2 request, from JSON data or from the binary data after the
+    request's JSON header (``InputError`` for anything the protocol does not allow)."""
     if isinstance(request, dict):
         request = V2Request(request)
     inputs = request.body.get("inputs")
@@ -226,6 +228,7 @@ def parse_v2_inputs(
         raise InputError('v2 request needs "inputs": [{"name", "shape", "datatype", "data"}]')
     tensor = inputs[0]
     datatype, shape = tensor.get("datatype"), _shape(tensor.get("shape"))
+    name = tensor.get("name") if isinstance(tensor.get("name"), str) else ""
     expected = math.prod(shape)
     if expected > MAX_ELEMENTS:
         raise InputError(f"v2 input shape {shape} has more than {MAX_ELEMENTS} values", 413)
@@ -238,57 +241,63 @@ def parse_v2_inputs(
         raise InputError(f"binary_data_size is {size} but {len(request.binary)} bytes follow")
     if datatype == "BYTES":
         if size is not None:
-            raw = _bytes_elements(request.binary[:size], expected)
-            return "images", [_image_bytes(element) for element in raw]
-        values = _tensor_values(tensor.get("data"), shape)
-        return "images", [b64decode(value, "v2 BYTES element") for value in values]
-    model_shape = [spec.channels, *spec.image_size]
-    if shape[-3:] != model_shape or len(shape) not in (3, 4):
-        raise InputError(f"v2 FP32 input must have shape [N, {', '.join(map(str, model_shape))}]")
+            elements = _bytes_elements(request.binary[:size], expected)
+            return V2Tensor(name, datatype, shape, elements, binary=True)
+        return V2Tensor(name, datatype, shape, _tensor_values(tensor.get("data"), shape))
     if size is not None:
         if size != expected * 4:
             raise InputError(f"v2 FP32 binary data is {size} bytes for {expected} values")
-        batch = torch.frombuffer(bytearray(request.binary[:size]), dtype=torch.float32)
-        if not torch.isfinite(batch).all():
+        values = torch.frombuffer(bytearray(request.binary[:size]), dtype=torch.float32)
+        if not torch.isfinite(values).all():
             raise InputError("v2 FP32 input holds NaN or infinite values")
     else:
-        batch = torch.tensor(_fp32(_tensor_values(tensor.get("data"), shape)))
-    return "tensor", batch.reshape(-1, *model_shape)
+        values = torch.tensor(_fp32(_tensor_values(tensor.get("data"), shape)))
+    return V2Tensor(name, datatype, shape, values.reshape(shape))
+
+
+def bytes_element(element: Any, binary: bool) -> bytes:
+    """One BYTES element as the bytes it carries: a JSON element is base64 text; a binary one
+    is the bytes themselves (or, accepted too, their base64 text)."""
+    if not binary:
+        return b64decode(element, "v2 BYTES element")
+    try:
+        return base64.b64decode(element, validate=True) if element else element
+    except (binascii.Error, ValueError):
+        return element
 
 
 def v2_response(
     request_id: str,
     model_name: str,
     model_version: str,
-    logits: torch.Tensor,
-    mapping: dict[str, str],
-    k: int,
+    outputs: list,
     binary: bool = False,
 ) -> dict | tuple[bytes, int]:
-    """The v2 response for one request: top-k ``probabilities`` (FP32) and ``labels`` (BYTES);
-    with ``binary`` the JSON header and the raw outputs after it, and the header's length."""
-    values, indices = ranked(logits, k)
-    labels = [mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
-    shape = [int(logits.shape[0]), int(indices.shape[1])]
-    probabilities = [round(v, 6) for v in values.flatten().tolist()]
-    outputs = [
-        {"name": "probabilities", "datatype": "FP32", "shape": shape},
-        {"name": "labels", "datatype": "BYTES", "shape": shape},
-    ]
+    """The v2 response for one request from its outputs (``core.V2Output``: name, datatype,
+    shape, flat values); with ``binary`` the JSON header and the raw outputs after it, and the
+    header's length."""
+    tensors = [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in outputs]
     answer = {
         "id": request_id,
         "model_name": model_name,
         "model_version": model_version,
-        "outputs": outputs,
+        "outputs": tensors,
     }
     if not binary:
-        outputs[0]["data"], outputs[1]["data"] = probabilities, labels
+        for tensor, output in zip(tensors, outputs):
+            tensor["data"] = list(output.values)
         return answer
-    raw = [
-        struct.pack(f"<{len(probabilities)}f", *probabilities),
-        b"".join(struct.pack("<I", len(b)) + b for b in (label.encode() for label in labels)),
-    ]
-    for output, data in zip(outputs, raw):
-        output["parameters"] = {"binary_data_size": len(data)}
+    raw = [_raw(output.datatype, output.values) for output in outputs]
+    for tensor, data in zip(tensors, raw):
+        tensor["parameters"] = {"binary_data_size": len(data)}
     header = json.dumps(answer).encode()
     return header + b"".join(raw), len(header)
+
+
+def _raw(datatype: str, values: list) -> bytes:
+    """Values in the binary tensor extension's layout: FP32 little-endian, BYTES each as a
+    4-byte length and its UTF-8 bytes."""
+    if datatype == "FP32":
+        return struct.pack(f"<{len(values)}f", *values)
+    encoded = (v if isinstance(v, bytes) else str(v).encode() for v in values)
+    return b"".join(struct.pack("<I", len(b)) + b for b in encoded)

@@ -16,6 +16,9 @@ from distillserve.students.recipe_sections import ArchiveConfig
 EXPECTED_FILES = {
     "model.pt",
     "distill_classifier.py",
+    "core_handler.py",
+    "core.py",
+    "image_task.py",
     "classification.py",
     "imageprep.py",
     "kserve_v2.py",

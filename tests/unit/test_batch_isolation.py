@@ -316,7 +316,7 @@ def test_a_failing_forward_pass_fails_the_batch_with_500_and_a_logged_reason(
     def broken(_batch):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(handler, "model", broken)
+    monkeypatch.setattr(handler.core, "model", broken)
     with caplog.at_level(logging.ERROR), pytest.raises(PredictionException) as failed:
         handle(handler, ctx, [{"body": good[0][0]}, {"body": good[1][0]}])
     assert failed.value.error_code == 500 and "kernel exploded" in str(failed.value)

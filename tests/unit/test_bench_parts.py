@@ -8,8 +8,7 @@ from PIL import Image
 from distillserve.bench.alternatives import v2_images_request
 from distillserve.bench.profile import WAITING, categorise
 from distillserve.bench.report_compare import comparison_targets
-from distillserve.handlers.imageprep import PreprocessSpec
-from distillserve.handlers.kserve_v2 import parse_v2_inputs, v2_payload
+from distillserve.handlers.kserve_v2 import bytes_element, first_input, v2_payload
 
 WORKER = (
     "<module> (ts/model_service_worker.py:301);"
@@ -27,8 +26,9 @@ def _png(value: int) -> bytes:
 def test_a_multi_image_request_is_what_the_handler_reads_as_n_images():
     images = [_png(v) for v in (0, 100, 200)]
     request = v2_payload({"body": v2_images_request(images)})
-    kind, decoded = parse_v2_inputs(request, PreprocessSpec((8, 8), 1, (0.5,), (0.5,)))
-    assert kind == "images" and decoded == images
+    tensor = first_input(request)
+    assert tensor.datatype == "BYTES" and tensor.shape == [3]
+    assert [bytes_element(v, tensor.binary) for v in tensor.values] == images
 
 
 def test_stacks_fall_in_the_category_of_their_innermost_named_frame():
