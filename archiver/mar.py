@@ -12,7 +12,6 @@ finished file is moved into the model store atomically.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ import yaml
 from distillserve.archiver.registry import Registry
 from distillserve.archiver.serving_choice import resolve as resolve_serving
 from distillserve.errors import ArchiveError, RecipeError
-from distillserve.handlers.classification import sha256_file
+from distillserve.handlers.classification import sha256_file, sha256_stream
 from distillserve.students.artifact import Artifact
 from distillserve.students.recipe import ArchiveConfig
 
@@ -343,16 +342,14 @@ def inspect_archive(path: str | Path) -> dict:
             manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
             info = json.loads(mar.read("build-info.json"))
             serialized = manifest["model"].get("serializedFile", "model.pt")
-            digest = hashlib.sha256()
             with mar.open(serialized) as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+                actual = sha256_stream(fh)
     except (zipfile.BadZipFile, KeyError, ValueError) as err:
         raise ArchiveError(f"{path} is not a distillserve archive: {err}") from None
     expected = info.get("sha256", {}).get(serialized)
-    if digest.hexdigest() != expected:
+    if actual != expected:
         raise ArchiveError(
-            f"{path}: {serialized} does not match build-info.json (sha256 {digest.hexdigest()} "
+            f"{path}: {serialized} does not match build-info.json (sha256 {actual} "
             f"!= {expected}); the archive was altered or corrupted"
         )
     return {

@@ -50,7 +50,10 @@ PATH_KEYS = (
 # What each setting is for, written above it in the shipped profiles.
 _COMMENTS = {
     "inference_address": "Every endpoint listens on loopback only.",
-    "model_store": "Archives load from the local model store only; these three at start.",
+    "model_store": (
+        "Archives load from the local model store only; load_models names the demo's at start\n"
+        "(serve your own with `distillserve serve start --models A.mar,B.mar`)."
+    ),
     "disable_token_authorization": (
         "Security: clients send `Authorization: Bearer <key>` with a key from key_file.json."
     ),

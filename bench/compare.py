@@ -14,7 +14,6 @@ interleaved over several rounds, so they compare fairly with each other.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ import torch
 
 from distillserve.errors import RecipeError
 from distillserve.handlers.runtimes import load_runtime
+from distillserve.log import progress
 from distillserve.students.measure import latency_ms, threads
 from distillserve.students.pipeline import BuildResult, build
 from distillserve.students.recipe import Recipe, load_recipe
@@ -40,8 +40,7 @@ __all__ = [
 ROUNDS = 3  # interleaved latency rounds; the best median of each model is kept
 
 
-def _log(message: str) -> None:
-    print(f"[compare] {message}", file=sys.stderr, flush=True)
+_log = progress("compare")
 
 
 def describe(recipe: Recipe) -> str:

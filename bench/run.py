@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -54,6 +53,7 @@ from distillserve.bench.served import (
     unregister,
     worker_peak_rss_mb,
 )
+from distillserve.log import progress
 from distillserve.serving.rest import InferenceClient, timed_predictions
 from distillserve.serving.server import TorchServe
 from distillserve.students.data import encode_png, load_splits
@@ -71,8 +71,7 @@ DIGITS_ROLES = {
 }
 
 
-def _log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+_log = progress("bench")
 
 
 def _cpu_name() -> str:

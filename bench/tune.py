@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from distillserve.bench.tune_cv import cross_validated_accuracy
 from distillserve.errors import DistillServeError, RecipeError
+from distillserve.log import progress
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, load_recipe, merge
 
@@ -37,8 +37,7 @@ OBJECTIVES = ("latency", "size", "served")
 COST_KEYS = {"latency": "latency_ms_batch1", "size": "size_bytes", "served": "latency_ms_batch1"}
 
 
-def _log(message: str) -> None:
-    print(f"[tune] {message}", file=sys.stderr, flush=True)
+_log = progress("tune")
 
 
 def _scaled_student(recipe: Recipe, width: float, depth: int) -> dict:

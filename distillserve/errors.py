@@ -4,7 +4,7 @@ DistillServeError
  ├── RecipeError        a recipe key or value is wrong (names the key and what is allowed)
  ├── DataError          a dataset path or content is unusable
  ├── QuantizationError  an engine or mode cannot quantize this model
- ├── ExportError        TorchScript export or its parity check failed
+ ├── ExportError        an export (TorchScript, .pt2, ONNX) or its parity check failed
  ├── ArchiveError       an artifact directory or archive is incomplete or inconsistent
  └── ServerError        TorchServe could not be started, stopped or reached, or refused a call
       └── ConnectionFailed   the server could not be reached, or dropped the connection
@@ -46,7 +46,8 @@ class QuantizationError(DistillServeError):
 
 
 class ExportError(DistillServeError):
-    """The exported TorchScript model does not match the eager model."""
+    """A model could not be exported to a format, or the re-loaded file failed its parity check
+    (fp32 within ``export.atol`` of the eager model; int8 top-1 agreement)."""
 
 
 class ArchiveError(DistillServeError):

@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_torch_version",
     "ranked",
     "sha256_file",
+    "sha256_stream",
     "thread_count",
     "topk_answers",
     "verify_checksum",
@@ -118,13 +120,18 @@ def topk_answers(logits: torch.Tensor, mapping: dict[str, str], k: int) -> list[
     ]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+def sha256_stream(stream: BinaryIO) -> str:
+    """Hex sha256 of what ``stream`` holds, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    with open(path, "rb") as fh:
+        return sha256_stream(fh)
 
 
 def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:

@@ -47,14 +47,16 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _show_progress(verb: str) -> None:
-    """Training progress lines (``students.distill``) on stderr; a search or a benchmark
-    trains many models and keeps them to itself."""
+    """The toolkit's progress lines (``distillserve.log``) on stderr; a search or a benchmark
+    trains many models and keeps their per-epoch lines to itself."""
     logger = logging.getLogger("distillserve")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if verb in ("tune", "bench") else logging.INFO)
+    logger.setLevel(logging.INFO)
+    train = logging.WARNING if verb in ("tune", "bench") else logging.NOTSET
+    logging.getLogger("distillserve.train").setLevel(train)
 
 
 def main(argv: list[str] | None = None) -> int:

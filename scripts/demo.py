@@ -5,7 +5,6 @@ whole test split, and report size, speed and accuracy in process and served."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from distillserve.archiver import build_archive
 from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.log import progress
 from distillserve.serving.rest import InferenceClient, timed_predictions
 from distillserve.serving.server import TorchServe
 from distillserve.serving.versions import record_startup
@@ -34,8 +34,7 @@ ENTRIES = (
 )
 
 
-def _log(message: str) -> None:
-    print(f"[demo] {message}", file=sys.stderr, flush=True)
+_log = progress("demo")
 
 
 def format_table(rows: list[dict]) -> str:

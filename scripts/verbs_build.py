@@ -233,7 +233,6 @@ def add_verbs(verbs) -> None:
     p.add_argument("--model-store", default="model_store", help="where the .mar goes")
     p.add_argument(
         "--format",
-        choices=("torchscript", "pt2", "onnx"),
         help="which model file goes in (default: the first of the recipe's export.formats)",
     )
     p.add_argument(

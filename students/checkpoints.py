@@ -7,7 +7,7 @@ before (``student-1``, ``qat-2``), so a teacher loaded from the teacher cache on
 shift the names. Every phase seeds its own random number generators, so it does not depend on
 the phases before it. After every epoch the
 phase's state (model, optimizer, scheduler, epoch, best epoch so far, history, random number
-generator states) is written to a temporary file and renamed over ``03-student.pt``, so a file is
+generator states) is written to a temporary file and renamed over ``student-1.pt``, so a file is
 always a complete epoch. A finished phase is marked complete with its final weights and the RNG
 state it left. With ``resume`` a rerun of the same recipe skips complete phases and continues the
 interrupted one from its last complete epoch: one process reaches bit-identical final weights.

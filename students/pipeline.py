@@ -13,7 +13,6 @@ when every stage, parity checks included, has passed.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from torch import nn
 from distillserve import __version__
 from distillserve.handlers.classification import HandlerSettings, sha256_file
 from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.log import progress
 from distillserve.students import checkpoints, distributed
 from distillserve.students.artifact import write_artifact
 from distillserve.students.checkpoints import Checkpointer
@@ -75,8 +75,7 @@ class BuildResult:
     models: dict[str, nn.Module] = field(default_factory=dict)  # eager models, by role
 
 
-def _log(message: str) -> None:
-    print(f"[build] {message}", file=sys.stderr, flush=True)
+_log = progress("build")
 
 
 class _Timer:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from distillserve.errors import RecipeError
 from distillserve.handlers.classification import QUANTIZED_ENGINES, thread_count
+from distillserve.handlers.runtimes import MODEL_FILES
 
 __all__ = [
     "ArchiveConfig",
@@ -41,7 +42,7 @@ FEATURE_LOSSES = ("mse", "cosine")
 PRUNE_METHODS = ("none", "channel", "l1_unstructured")
 PRUNE_CRITERIA = ("bn_gamma", "l1")
 EXPORT_METHODS = ("trace", "script")
-EXPORT_FORMATS = ("torchscript", "pt2", "onnx")
+EXPORT_FORMATS = tuple(MODEL_FILES)  # torchscript, pt2, onnx: the runtimes the handler loads
 AUTO = "auto"  # archive.min_workers / max_workers / threads chosen when the archive is built
 
 
@@ -172,7 +173,6 @@ class DataConfig(_Section):
     val_fraction: float = 0.1
     test_fraction: float = 0.25
     batch_size: int = 64
-    augment_shift: int = 1
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
@@ -192,7 +192,6 @@ class DataConfig(_Section):
         _between("data.val_fraction", self.val_fraction, 0.01, 0.5)
         _between("data.test_fraction", self.test_fraction, 0.01, 0.5)
         _at_least("data.batch_size", self.batch_size, 1)
-        _at_least("data.augment_shift", self.augment_shift, 0)
 
 
 @dataclass

@@ -70,9 +70,7 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
         assert "[train] student: epoch 4/4" in built.stderr  # a line per epoch off a terminal
         teacher = out / "shapes" / version / "teacher"
         files = sorted(p.name for p in teacher.glob("model.*"))
-        assert files == (
-            ["model.onnx", "model.pt", "model.pt2"] if kind == "state" else ["model.pt"]
-        )
+        assert files == (["model.onnx", "model.pt"] if kind == "state" else ["model.pt"])
     assert "the teacher as torchscript only" in built.stderr  # the TorchScript teacher's build
 
     mine = tmp_path / "mine"

@@ -16,8 +16,6 @@ from distillserve.archiver.properties import read_properties
 from distillserve.serving.load import run_load
 from tests.helpers import ROOT, register, shipped_profile
 
-pytestmark = pytest.mark.slow
-
 
 def _is_loopback(ip: str) -> bool:
     address = ipaddress.ip_address(ip)

@@ -11,8 +11,6 @@ from distillserve.scripts.cli import main
 from distillserve.students.recipe import load_recipe
 from tests.helpers import DIGITS_RECIPE, small_recipe_dict
 
-pytestmark = pytest.mark.slow  # trains models
-
 
 def _tiny(tmp_path, name: str, **sections) -> str:
     raw = small_recipe_dict()
@@ -29,6 +27,7 @@ def _tiny(tmp_path, name: str, **sections) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # trains
 def test_compare_builds_variants_reuses_the_teacher_and_writes_table_json_and_plot(
     tmp_path, capsys
 ):
@@ -86,6 +85,7 @@ def test_pareto_front_keeps_only_undominated_rows():
     assert pareto_front(rows, "cost") == {0, 1}
 
 
+@pytest.mark.slow  # trains
 def test_teacher_cache_is_reused_only_when_the_teacher_would_train_the_same(tmp_path):
     from distillserve.students.pipeline import build
 

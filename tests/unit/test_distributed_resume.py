@@ -22,8 +22,6 @@ from distillserve.students.recipe import DataConfig
 from distillserve.students.zoo import build_model
 from tests.helpers import ROOT, small_recipe_dict
 
-pytestmark = pytest.mark.slow
-
 
 def _recipe(tmp_path: Path, teacher_epochs: int = 3, distill_epochs: int = 10) -> Path:
     """A quick digits recipe: a small teacher, fp32 student, TorchScript only."""
@@ -62,6 +60,7 @@ def one_process(tmp_path_factory) -> tuple[Path, Path]:
     return recipe, tmp / "out" / "digits" / "1.0"
 
 
+@pytest.mark.slow  # trains
 def test_a_killed_build_resumes_to_the_same_weights(tmp_path, one_process):
     recipe, whole = one_process
 
@@ -92,6 +91,7 @@ def test_a_killed_build_resumes_to_the_same_weights(tmp_path, one_process):
     assert all(torch.equal(expected[k], got[k]) for k in expected), "weights differ after resume"
 
 
+@pytest.mark.slow  # trains
 def test_torchrun_restarts_a_killed_process_and_the_build_resumes(tmp_path, one_process):
     import psutil
 
@@ -122,6 +122,7 @@ def test_resume_refuses_checkpoints_of_another_recipe(tmp_path):
         Checkpointer(tmp_path / "ckpt", {"name": "b"}, resume=True)
 
 
+@pytest.mark.slow  # trains
 def test_two_processes_reach_the_accuracy_of_one(tmp_path, one_process):
     recipe, one = one_process
     two = _cli(
@@ -137,6 +138,7 @@ def test_two_processes_reach_the_accuracy_of_one(tmp_path, one_process):
     assert abs(metrics[0]["test_accuracy"] - metrics[1]["test_accuracy"]) * samples <= 1 + 1e-6
 
 
+@pytest.mark.slow  # trains
 def test_two_processes_train_the_weights_of_one(tmp_path):
     """The global batches, their augmentation and BatchNorm statistics are those of one process:
     the weights agree to float rounding (a padded, differently dealt epoch drifts 2e-3)."""
@@ -165,6 +167,7 @@ class _Counted(torch.nn.Module):
         return self.model(x)
 
 
+@pytest.mark.slow  # trains
 def test_teacher_outputs_are_computed_once_without_augmentation(digits_splits):
     spec = preprocess_spec(DataConfig())
     loaders = {

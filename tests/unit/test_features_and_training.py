@@ -10,8 +10,6 @@ from distillserve.students.features import FeatureKD
 from distillserve.students.recipe import DataConfig
 from distillserve.students.zoo import CifarResNet, TinyCNN
 
-pytestmark = pytest.mark.slow  # trains models
-
 SPEC = preprocess_spec(DataConfig())
 
 
@@ -59,6 +57,7 @@ def test_unknown_layer_names_the_known_ones():
         FeatureKD(TinyCNN(10), TinyCNN(10), [("features.0", "features.9")], torch.zeros(1, 1, 8, 8))
 
 
+@pytest.mark.slow  # trains
 def test_feature_kd_trains_with_the_student(digits_splits):
     torch.manual_seed(0)
     teacher = CifarResNet(10, widths=(16, 32, 64), blocks=1).eval()
@@ -74,6 +73,7 @@ def test_feature_kd_trains_with_the_student(digits_splits):
     assert result.best_val_accuracy > 0.3
 
 
+@pytest.mark.slow  # trains
 def test_early_stopping_stops(digits_splits):
     torch.manual_seed(0)
     loader = make_loader(digits_splits.train, SPEC, 64, shuffle=True)

@@ -12,8 +12,6 @@ from distillserve.students.schedules import make_schedule
 from distillserve.students.stages import AUGMENT
 from distillserve.students.zoo import TinyCNN
 
-pytestmark = pytest.mark.slow  # trains models
-
 SPEC = preprocess_spec(DataConfig())
 
 
@@ -31,6 +29,7 @@ def test_schedules():
         make_schedule({"key": "step", "kwargs": {"values": [1], "milestones": [3]}}, 4.0, "t")
 
 
+@pytest.mark.slow  # trains
 def test_train_follows_the_schedule(digits_splits):
     loader = make_loader(digits_splits.train, SPEC, 256)
     val = make_loader(digits_splits.val, SPEC, 256)
@@ -51,6 +50,7 @@ def test_train_follows_the_schedule(digits_splits):
     assert {h["temperature"] for h in result.history} == {2.0}
 
 
+@pytest.mark.slow  # trains
 def test_frozen_backbone_trains_only_the_head(digits_splits):
     model = TinyCNN(10)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("fc")}
@@ -95,6 +95,7 @@ def test_layerwise_unfreezes_one_block_from_the_top_per_step():
         make_trainable("half")
 
 
+@pytest.mark.slow  # trains
 def test_kd_beats_cross_entropy_with_ten_percent_of_the_labels(build_result, digits_splits):
     """The teacher saw every label; the students see 10 % of them (116 images)."""
     teacher = build_result.models["teacher"]

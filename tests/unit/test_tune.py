@@ -14,8 +14,6 @@ from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, load_recipe
 from tests.helpers import small_recipe_dict
 
-pytestmark = pytest.mark.slow  # trains
-
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory):
@@ -46,6 +44,7 @@ def test_overrides_scale_the_student_and_set_the_search_values():
     assert out["quantize"] == {"mode": "qat"} and out["distill"]["temperature"] == 3
 
 
+@pytest.mark.slow  # trains
 def test_a_three_trial_search_reports_chooses_and_resumes(recipe_file, tmp_path):
     out = tmp_path / "tune"
     cache = tmp_path / "cache"
@@ -112,6 +111,7 @@ def test_a_space_with_feature_kd_needs_its_pairs():
         Recipe.from_dict({**small_recipe_dict(), "tune": {"width": [1.0, 0.5]}})
 
 
+@pytest.mark.slow  # trains
 def test_cross_validation_stops_once_the_floor_is_out_of_reach(recipe_file, tmp_path):
     from distillserve.bench.tune_cv import cross_validated_accuracy
 
