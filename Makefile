@@ -29,7 +29,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-# Full benchmark (about 25 min on 2 cores): bench/results/<date>.json, plots, README section.
+# Full benchmark (about 25 min on 2 cores): docs/bench/<date>.json, plots, README section.
 bench: $(STAMP)
 	$(BIN)/distillserve bench --readme README.md
 

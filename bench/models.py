@@ -6,25 +6,30 @@
 - ``photo_jpegs``: photo-like JPEGs (smooth gradients, shapes, sensor noise), made offline.
 - ``model_ceiling``: the TorchScript model alone, in process, per batch size;
   ``served_model_ceiling`` the same at an archive's workers and threads.
-- ``handler_ceiling``: our handler's ``handle()`` in process on JPEG payloads, per batch size.
+- ``handler_ceiling``: our handler core (``handlers.core``, the archive's own settings, image
+  adapter and model file) in process on JPEG payloads, per batch size.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import statistics
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from distillserve.bench.inprocess import handle, load_handler
 from distillserve.bench.served import archive_serving
-from distillserve.handlers.classification import HandlerSettings
+from distillserve.handlers.classification import HandlerSettings, thread_count
+from distillserve.handlers.core import HandlerCore, Request
+from distillserve.handlers.image_task import ImageClassification
 from distillserve.handlers.imageprep import PreprocessSpec
 from distillserve.handlers.runtimes import load_runtime
 from distillserve.students.artifact import write_artifact
@@ -190,24 +195,34 @@ def handler_ceiling(
     repeats: int = 5,
     min_seconds: float = 1.0,
 ) -> dict[str, dict]:
-    """Images/s of our handler's ``handle()`` in process (decode, preprocess, forward, top-k),
-    with the archive's threads, times the workers its model-config runs in parallel (at most
-    cores ÷ threads): ``ms_per_batch`` is one worker's time over that count."""
+    """Images/s of our handler core in process (decode, preprocess, forward, top-k: what a
+    worker runs per batch, less TorchServe's protocol), with the archive's threads, times the
+    workers its model-config runs in parallel (at most cores ÷ threads): ``ms_per_batch`` is one
+    worker's time over that count."""
     out = {}
-    previous = torch.get_num_threads()  # initialize() sets the archive's threads process-wide
+    previous = torch.get_num_threads()
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(workdir / "unpacked")
+    unpacked = workdir / "unpacked"
+    config = yaml.safe_load((unpacked / "model-config.yaml").read_text())
+    settings = HandlerSettings.from_dict(config["handler"])
+    workers_configured = int(config.get("maxWorkers") or config.get("minWorkers") or 1)
+    threads = thread_count(settings.threads, workers_configured)
+    serialized = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
+    mapping = json.loads((unpacked / "index_to_name.json").read_text())
     for batch in batch_sizes:
-        handler, ctx = load_handler(archive, workdir / f"b{batch}", batch)
-        config = ctx.model_yaml_config
-        threads = max(1, torch.get_num_threads())  # what initialize() set from the archive
+        if settings.quantized:
+            torch.backends.quantized.engine = settings.engine
+        torch.set_num_threads(threads)
+        model = load_runtime(unpacked / serialized["serializedFile"], threads=threads)
+        core = HandlerCore(ImageClassification(settings, mapping), model)
         workers = max(
             1, min(int(config.get("minWorkers") or 1), len(os.sched_getaffinity(0)) // threads)
         )
-        requests = [{"body": payloads[i % len(payloads)]} for i in range(batch)]
+        requests = [Request({"body": payloads[i % len(payloads)]}) for i in range(batch)]
         for _ in range(2):
-            handle(handler, ctx, requests)
-        seconds = _median_seconds(
-            lambda h=handler, c=ctx, r=requests: handle(h, c, r), repeats, min_seconds
-        )
+            core.handle(requests)
+        seconds = _median_seconds(lambda c=core, r=requests: c.handle(r), repeats, min_seconds)
         out[str(batch)] = {
             "ms_per_batch": round(seconds * 1000 / workers, 3),
             "images_per_s": round(batch * workers / seconds, 2),

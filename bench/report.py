@@ -157,7 +157,7 @@ def summary(results: dict, stamp: str) -> str:
         + ", ".join(f"{n} {w['workers']}×{w['threads']}" for n, w in meta["serving"].items())
         + "); load generator on the same machine; "
         f"{meta['plan']['seconds_per_point']:g} s per point. Raw data: "
-        f"`bench/results/{stamp}.json`.",
+        f"`docs/bench/{stamp}.json`.",
         "",
         "**Served throughput and efficiency** (requests/s; in brackets served ÷ handler ceiling "
         "and served ÷ model ceiling at the batch size TorchServe actually formed, shown after @, "

@@ -1,7 +1,7 @@
 """``distillserve bench`` / ``make bench``: how close the served student gets to the raw model,
 and how far ahead of the alternatives, measured side by side in one run on one machine.
 
-Writes ``bench/results/<date>.json``, ``<date>-served.png``, ``<date>-models.png`` and
+Writes ``docs/bench/<date>.json``, ``<date>-served.png``, ``<date>-models.png`` and
 ``<date>.md`` (the summary that ``--readme`` puts into the README's "Performance" section).
 Nothing here asserts anything about time: the figures are written, and the summary says plainly
 where one misses its target.
@@ -100,7 +100,7 @@ def _int8_features() -> list[str]:
 
 def run_bench(
     quick: bool = False,
-    out: str | Path = "bench/results",
+    out: str | Path = "docs/bench",
     recipe_path: str | Path = "recipes/digits.yaml",
     work: str | Path = "build/bench",
     log: Callable[[str], None] = _log,

@@ -54,7 +54,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from distillserve.bench.compare import run_compare
+    from distillserve.search.compare import run_compare
 
     cache = None if args.no_teacher_cache else args.teacher_cache
     report = run_compare(args.recipes, args.out, teacher_cache_dir=cache)
@@ -67,7 +67,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from distillserve.bench.tune import run_tune
+    from distillserve.search.tune import run_tune
 
     cache = None if args.no_teacher_cache else args.teacher_cache
     report = run_tune(
@@ -138,7 +138,7 @@ def _export_kserve(args: argparse.Namespace) -> int:
 
 
 def _cpp_check(args: argparse.Namespace) -> int:
-    from distillserve.bench.cpp_check import cpp_check
+    from distillserve.students.cpp_check import cpp_check
 
     report = cpp_check(args.artifact_dir, args.build_dir)
     print(f"{report['artifact']}: LibTorch C++ ({report['program']}) against Python")
@@ -222,7 +222,7 @@ def add_verbs(verbs) -> None:
         "bench", help="measure models, handler and served throughput; JSON, plots, summary"
     )
     p.add_argument("--quick", action="store_true", help="a few-minute smoke run (CI)")
-    p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
+    p.add_argument("--out", default="docs/bench", help="results folder (default: docs/bench)")
     p.add_argument("--recipe", default="recipes/digits.yaml", help="the digits pipeline to time")
     p.add_argument("--work", default="build/bench", help="scratch folder (default: build/bench)")
     p.add_argument("--readme", help="write the summary into this README's Performance section")

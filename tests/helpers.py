@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from distillserve.bench.inprocess import handle, handler_context, load_handler
+from tests.inprocess import handle, handler_context, load_handler
 
 __all__ = [
     "DIGITS_RECIPE",

@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
-from distillserve.bench.compare import pareto_front
 from distillserve.errors import RecipeError
 from distillserve.scripts.cli import main
+from distillserve.search.compare import pareto_front
 from distillserve.students.recipe import load_recipe
 from tests.helpers import DIGITS_RECIPE, small_recipe_dict
 

@@ -127,7 +127,7 @@ def test_archive_picks_the_format(build_result, model_store, tmp_path):
 
 
 def test_cpp_program_predicts_like_python(build_result, tmp_path):
-    from distillserve.bench.cpp_check import cpp_check, missing_toolchain
+    from distillserve.students.cpp_check import cpp_check, missing_toolchain
 
     reason = missing_toolchain()
     if reason:

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from distillserve.bench.tune import run_tune, trial_overrides
+from distillserve.search.tune import run_tune, trial_overrides
 from distillserve.students.data import load_splits
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, load_recipe
@@ -91,7 +91,7 @@ def test_a_three_trial_search_reports_chooses_and_resumes(recipe_file, tmp_path)
 def test_a_trial_far_below_the_target_is_stopped_at_half_its_epochs():
     import optuna
 
-    from distillserve.bench.tune import _Threshold
+    from distillserve.search.tune import _Threshold
 
     threshold = _Threshold(target=0.95, margin=0.05)
     threshold(0, 10, 0.5)  # too early to judge
@@ -113,7 +113,7 @@ def test_a_space_with_feature_kd_needs_its_pairs():
 
 @pytest.mark.slow  # trains
 def test_cross_validation_stops_once_the_floor_is_out_of_reach(recipe_file, tmp_path):
-    from distillserve.bench.tune_cv import cross_validated_accuracy
+    from distillserve.search.tune_cv import cross_validated_accuracy
 
     recipe = load_recipe(recipe_file)
     train_images = len(load_splits(recipe.data, recipe.seed).train)

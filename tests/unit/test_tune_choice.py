@@ -3,7 +3,7 @@ by parameters, and only a student whose cross-validated accuracy also keeps the 
 
 from __future__ import annotations
 
-from distillserve.bench.tune_choice import choose, limits, ranked, verdict
+from distillserve.search.tune_choice import choose, limits, ranked, verdict
 
 
 def row(trial: int, latency: float, params: int, val: float = 1.0, **extra) -> dict:

@@ -5,7 +5,7 @@ Candidates are the students whose validation accuracy is within the budget of th
 cheapest first (costs within ``TIE`` of each other count as equal, won by the student with fewer
 parameters). The validation split is small, so before one is chosen the cheapest candidates
 (up to ``tune.finalists``) are checked by cross-validation on the training split
-(``bench.tune_cv``): the first whose cross-validated accuracy is also within the budget wins.
+(``search.tune_cv``): the first whose cross-validated accuracy is also within the budget wins.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ single-objective (``trial.report`` is not available to a multi-objective study),
 pruned by a threshold instead: from half its epochs on, a student whose best validation accuracy
 is more than ``tune.prune_margin`` below the target (teacher's minus the budget) stops. The
 cheapest students within the budget are then cross-validated on the training split before one
-is chosen (``bench.tune_choice``): the small validation split cannot tell them apart, and the
+is chosen (``search.tune_choice``): the small validation split cannot tell them apart, and the
 cheapest of many that pass it is the luckiest draw. ``--time-limit`` bounds the search; the
 check adds at most ``tune.finalists`` x ``tune.cv_folds`` trainings.
 
@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from distillserve.bench.tune_cv import cross_validated_accuracy
 from distillserve.errors import DistillServeError, RecipeError
 from distillserve.log import progress
+from distillserve.search.tune_cv import cross_validated_accuracy
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe, load_recipe, merge
 
@@ -168,7 +168,7 @@ def run_tune(
     import optuna
     from tqdm.auto import tqdm
 
-    from distillserve.bench import tune_report
+    from distillserve.search import tune_report
 
     if objective not in OBJECTIVES:
         raise RecipeError(None, f"--objective must be one of: {', '.join(OBJECTIVES)}")
@@ -259,7 +259,7 @@ def run_tune(
     folds = recipe.tune.cv_folds
 
     def confirm(row: dict, floor: float) -> dict:
-        """The trial's student cross-validated (``bench.tune_cv``, stopped once it cannot reach
+        """The trial's student cross-validated (``search.tune_cv``, stopped once it cannot reach
         ``floor``), kept in the study so that a re-run does not repeat it."""
         nonlocal interrupted
         key = f"{row['trial']}/{folds}"

@@ -5,7 +5,7 @@ the input) for the chosen student, which ``distillserve build`` reproduces.
 
 Latencies and sizes are those of the recipe's primary export format (``export.formats[0]``),
 re-measured here, every finished student side by side in one process over interleaved rounds,
-so they compare fairly. How the student is chosen: ``bench.tune_choice``.
+so they compare fairly. How the student is chosen: ``search.tune_choice``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from distillserve.bench import tune_choice
-from distillserve.bench.compare import measure_latencies, pareto_front
 from distillserve.handlers.runtimes import MODEL_FILES
+from distillserve.search import tune_choice
+from distillserve.search.compare import measure_latencies, pareto_front
 from distillserve.students.measure import weight_bytes
 from distillserve.students.recipe import Recipe
 
@@ -235,7 +235,7 @@ def write(
 ) -> dict:
     """Write the report, table, plot and (when a student meets the budget) ``best.yaml``.
     ``started`` is the run's ``time.perf_counter()`` at its start. ``confirm(row, floor)``
-    cross-validates a candidate (``bench.tune_cv``); without it the choice is made on validation
+    cross-validates a candidate (``search.tune_cv``); without it the choice is made on validation
     accuracy alone, for the reason ``unconfirmed``."""
     rows = _rows(study)
     _remeasure(rows, recipe, log)
@@ -247,7 +247,7 @@ def write(
     floor = _within(study, budget)
     good = [r for r in done if floor is not None and r["val_accuracy"] >= floor]
     if objective == "served" and front:
-        from distillserve.bench.tune_served import served_throughput
+        from distillserve.search.tune_served import served_throughput
 
         served_throughput([done[i] for i in sorted(front)], out, log)
     best, how = tune_choice.choose(
