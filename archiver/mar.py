@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from distillserve.archiver.registry import Registry
-from distillserve.archiver.serving_choice import resolve as resolve_serving
+from distillserve.archiver.serving_measure import resolve as resolve_serving
 from distillserve.errors import ArchiveError, RecipeError
 from distillserve.handlers.classification import sha256_file, sha256_stream
 from distillserve.students.artifact import Artifact
@@ -57,6 +57,7 @@ HANDLER_FILES = (
     "kserve_v2.py",
     "payloads.py",
     "runtimes.py",
+    "serving_policy.py",
 )
 
 # torch-model-archiver stages files in tempfile.gettempdir()/<model name>: point that at a

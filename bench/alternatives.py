@@ -28,6 +28,7 @@ from distillserve.bench.served import (
     served_point,
     unregister,
 )
+from distillserve.handlers.serving_policy import AUTO
 from distillserve.serving.server import TorchServe
 
 __all__ = [
@@ -241,7 +242,7 @@ def profile_rows(
     rows = []
     concurrency, seconds = max(plan.concurrencies), plan.seconds * 2
     for name, (artifact, archive, images) in sources.items():
-        variants = [("auto", archive)]
+        variants = [(AUTO, archive)]
         if plan.levers:
             fixed = fixed_serving_archive(artifact, store, f"{name}-1x{cores}", 1, cores, work)
             variants.append((f"1 worker × {cores} threads", fixed))

@@ -27,11 +27,12 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from distillserve.bench.served import archive_serving
-from distillserve.handlers.classification import HandlerSettings, thread_count
+from distillserve.handlers.classification import HandlerSettings
 from distillserve.handlers.core import HandlerCore, Request
 from distillserve.handlers.image_task import ImageClassification
 from distillserve.handlers.imageprep import PreprocessSpec
 from distillserve.handlers.runtimes import load_runtime
+from distillserve.handlers.serving_policy import AUTO, serve_threads
 from distillserve.students.artifact import write_artifact
 from distillserve.students.export import export_torchscript
 from distillserve.students.measure import threads
@@ -83,9 +84,9 @@ def vision_artifact(name: str, out: Path, batch_size: int = 8, max_batch_delay: 
             "version": "1.0",
             "batch_size": batch_size,
             "max_batch_delay": max_batch_delay,
-            "min_workers": "auto",  # as recipes/digits.yaml: chosen when archived
-            "max_workers": "auto",
-            "threads": "auto",
+            "min_workers": AUTO,  # as recipes/digits.yaml: chosen when archived
+            "max_workers": AUTO,
+            "threads": AUTO,
         },
     }
     write_artifact(
@@ -207,7 +208,7 @@ def handler_ceiling(
     config = yaml.safe_load((unpacked / "model-config.yaml").read_text())
     settings = HandlerSettings.from_dict(config["handler"])
     workers_configured = int(config.get("maxWorkers") or config.get("minWorkers") or 1)
-    threads = thread_count(settings.threads, workers_configured)
+    threads = serve_threads(settings.threads, workers_configured)
     serialized = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
     mapping = json.loads((unpacked / "index_to_name.json").read_text())
     for batch in batch_sizes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -16,8 +15,10 @@ import torch
 
 try:  # inside this repository
     from .imageprep import ImageLimits, PreprocessSpec
+    from .serving_policy import AUTO
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     from imageprep import ImageLimits, PreprocessSpec
+    from serving_policy import AUTO
 
 __all__ = [
     "QUANTIZED_ENGINES",
@@ -26,7 +27,6 @@ __all__ = [
     "ranked",
     "sha256_file",
     "sha256_stream",
-    "thread_count",
     "topk_answers",
     "verify_checksum",
 ]
@@ -44,7 +44,7 @@ class HandlerSettings:
     topk: int = 3
     quantized: bool = False
     engine: str = "x86"
-    threads: int = 0
+    threads: int | str = 0  # a number, 0 = cores / workers, or serving_policy.AUTO (archived)
     warmup_iterations: int = 2
     limits: ImageLimits = field(default_factory=ImageLimits)
 
@@ -73,7 +73,7 @@ class HandlerSettings:
             topk=topk,
             quantized=bool(settings.get("quantized", False)),
             engine=engine,
-            threads=int(settings.get("threads", 0)),
+            threads=_threads(settings.get("threads", 0)),
             warmup_iterations=int(settings.get("warmup_iterations", 2)),
             limits=limits,
         )
@@ -93,12 +93,9 @@ class HandlerSettings:
         }
 
 
-def thread_count(configured: int, workers: int, cores: int | None = None) -> int:
-    """Intra-op threads for one worker: the configured number, or cores ÷ workers (at least 1)."""
-    if configured > 0:
-        return configured
-    cores = cores or len(os.sched_getaffinity(0))
-    return max(1, cores // max(1, workers))
+def _threads(value) -> int | str:
+    """``handler.threads``: a number, or the policy's sentinel for a choice not yet made."""
+    return value if value == AUTO else int(value)
 
 
 def ranked(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

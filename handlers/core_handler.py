@@ -27,11 +27,12 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 try:  # inside this repository
-    from . import classification, core, runtimes
+    from . import classification, core, runtimes, serving_policy
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     import classification
     import core
     import runtimes
+    import serving_policy
 
 __all__ = ["CoreHandler"]
 
@@ -66,7 +67,7 @@ class CoreHandler(BaseHandler):
                 )
             torch.backends.quantized.engine = self.settings.engine
         workers = int(yaml_config.get("maxWorkers") or yaml_config.get("minWorkers") or 1)
-        threads = classification.thread_count(self.settings.threads, workers)
+        threads = serving_policy.serve_threads(self.settings.threads, workers)
         torch.set_num_threads(threads)
         use_cuda = (
             model_format == "torchscript"  # the compiled .pt2 and the ONNX session are CPU ones

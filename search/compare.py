@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from distillserve.errors import RecipeError
+from distillserve.handlers import serving_policy
 from distillserve.handlers.runtimes import load_runtime
 from distillserve.log import progress
 from distillserve.students.measure import latency_ms, threads
@@ -252,7 +253,7 @@ def run_compare(
         candidates += _rows(path, recipe, result, with_teacher=not candidates)
         test_samples = result.metrics["student"]["test_samples"]
     first = recipes[0][1]
-    count = first.archive.worker_threads
+    count = serving_policy.build_threads(first.archive.threads)
     example = torch.zeros(1, first.data.channels, *first.data.image_size)
     log(f"measuring batch-1 latency of {len(candidates)} models, {ROUNDS} interleaved rounds")
     for row, value in zip(

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from distillserve.handlers import serving_policy
 from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.search import tune_choice
 from distillserve.search.compare import measure_latencies, pareto_front
@@ -86,7 +87,7 @@ def _remeasure(rows: list[dict], recipe: Recipe, log: Callable[[str], None]) -> 
     if not done:
         return
     fmt = recipe.export.formats[0]
-    count = recipe.archive.worker_threads
+    count = serving_policy.build_threads(recipe.archive.threads)
     example = torch.zeros(1, recipe.data.channels, *recipe.data.image_size)
     log(f"re-measuring the batch-1 latency of {len(done)} students ({fmt}) side by side")
     paths = [Path(r["artifact"]) / MODEL_FILES[fmt] for r in done]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from distillserve import __version__
+from distillserve.handlers import serving_policy
 from distillserve.handlers.classification import HandlerSettings, sha256_file
 from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.log import progress
@@ -34,7 +35,6 @@ from distillserve.students.export_formats import FormatSource, export_formats
 from distillserve.students.measure import latency_ms, log_int8_speedup, threads
 from distillserve.students.quantize import check_engine
 from distillserve.students.recipe import Recipe
-from distillserve.students.recipe_sections import AUTO
 from distillserve.students.stages import (
     DataStage,
     DistilledStudent,
@@ -318,7 +318,7 @@ def _measure(
     of the primary (first) format. Latency is measured with one worker's threads on a freshly
     loaded file: a TorchScript module that has already run other batch shapes (the
     evaluation's) is specialised for them and runs batch 1 up to 2x slower."""
-    worker_threads = recipe.archive.worker_threads
+    worker_threads = serving_policy.build_threads(recipe.archive.threads)
     shape = (recipe.data.channels, *recipe.data.image_size)
     formats = {}
     for fmt in model.formats:
@@ -371,7 +371,7 @@ def _write(
         topk=recipe.archive.topk,
         quantized=model.quantized,
         engine=recipe.quantize.engine,
-        threads=0 if recipe.archive.threads == AUTO else recipe.archive.threads,  # set at archive
+        threads=recipe.archive.threads,  # AUTO is resolved when the archive is built
     )
     write_artifact(
         directory, classes=data.splits.classes, handler=handler, metrics=metrics, recipe=resolved

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from distillserve.errors import RecipeError
-from distillserve.handlers.classification import QUANTIZED_ENGINES, thread_count
+from distillserve.handlers import serving_policy
+from distillserve.handlers.classification import QUANTIZED_ENGINES
 from distillserve.handlers.runtimes import MODEL_FILES
 
 __all__ = [
@@ -43,7 +44,6 @@ PRUNE_METHODS = ("none", "channel", "l1_unstructured")
 PRUNE_CRITERIA = ("bn_gamma", "l1")
 EXPORT_METHODS = ("trace", "script")
 EXPORT_FORMATS = tuple(MODEL_FILES)  # torchscript, pt2, onnx: the runtimes the handler loads
-AUTO = "auto"  # archive.min_workers / max_workers / threads chosen when the archive is built
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -442,11 +442,12 @@ class ArchiveConfig(_Section):
     version: str = "1.0"
     batch_size: int = 8
     max_batch_delay: int = 50
-    min_workers: int | str = 1  # or "auto": chosen from the model's measured cost at archive time
+    # numbers, or serving_policy.AUTO: chosen from the model's measured cost at archive time
+    min_workers: int | str = 1
     max_workers: int | str = 1
     response_timeout: int = 120
     topk: int = 3
-    threads: int | str = 0  # 0 = cores / max_workers on the host; "auto" as for workers
+    threads: int | str = 0  # 0 = cores / max_workers on the inference host
 
     def __post_init__(self) -> None:
         if not self.model_name or not all(c.isalnum() or c in "-_" for c in self.model_name):
@@ -457,35 +458,18 @@ class ArchiveConfig(_Section):
             raise RecipeError("archive.version", f"{self.version!r} may use letters, digits, . _ -")
         _at_least("archive.batch_size", self.batch_size, 1)
         _at_least("archive.max_batch_delay", self.max_batch_delay, 1)
-        for key in ("min_workers", "max_workers", "threads"):
-            value = getattr(self, key)
-            if isinstance(value, str) and value != AUTO:
-                raise RecipeError(
-                    f"archive.{key}", f"must be an integer or {AUTO!r}, got {value!r}"
-                )
-        if AUTO in (self.min_workers, self.max_workers) and self.min_workers != self.max_workers:
-            raise RecipeError("archive.max_workers", "auto workers need min_workers: auto too")
-        if self.min_workers != AUTO:
-            _at_least("archive.min_workers", self.min_workers, 1)
-            _at_least("archive.max_workers", self.max_workers, self.min_workers)
+        try:
+            serving_policy.check(self.min_workers, self.max_workers, self.threads)
+        except serving_policy.PolicyError as err:
+            value = getattr(self, err.key.split(".")[1])
+            raise RecipeError(err.key, f"{err}, got {value!r}") from None
         _at_least("archive.response_timeout", self.response_timeout, 1)
         _at_least("archive.topk", self.topk, 1)
-        if self.threads != AUTO:
-            _at_least("archive.threads", self.threads, 0)
 
     @property
     def is_auto(self) -> bool:
         """Whether the archive step chooses workers or threads from the model's measured cost."""
-        return AUTO in (self.min_workers, self.max_workers, self.threads)
-
-    @property
-    def worker_threads(self) -> int:
-        """The intra-op threads one worker runs with, as far as known before archiving: ``auto``
-        counts as one thread (its choice unless a single given worker gains from more)."""
-        if self.threads == AUTO:
-            return 1
-        workers = 1 if self.max_workers == AUTO else self.max_workers
-        return thread_count(self.threads, workers)
+        return serving_policy.is_auto(self.min_workers, self.max_workers, self.threads)
 
 
 def _range(key: str, value: list | None, low: float, high: float) -> None:

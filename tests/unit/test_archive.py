@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from distillserve.archiver import build_archive
-from distillserve.archiver.serving_choice import Measured, choose
 from distillserve.errors import ArchiveError
+from distillserve.handlers.serving_policy import AUTO, Measured, choose
 from distillserve.students.recipe_sections import ArchiveConfig
 
 EXPECTED_FILES = {
@@ -24,6 +24,7 @@ EXPECTED_FILES = {
     "kserve_v2.py",
     "payloads.py",
     "runtimes.py",
+    "serving_policy.py",
     "index_to_name.json",
     "model-config.yaml",
     "build-info.json",
@@ -51,10 +52,13 @@ def test_student_archive_contents(build_result, model_store):
     assert config["batchSize"] == recipe["batch_size"] == 8
     assert config["maxBatchDelay"] == recipe["max_batch_delay"] == 20
     assert config["responseTimeout"] == recipe["response_timeout"] == 120
-    # workers and threads: "auto", resolved from the model's cost measured at archive time
-    assert recipe["min_workers"] == recipe["max_workers"] == recipe["threads"] == "auto"
+    # workers and threads: auto, resolved from the model's cost measured at archive time
+    assert recipe["min_workers"] == recipe["max_workers"] == recipe["threads"] == AUTO
     serving = info["serving"]
-    chosen = choose(ArchiveConfig.parse(recipe), Measured(**serving["measured"]))
+    section = ArchiveConfig.parse(recipe)
+    chosen = choose(
+        section.min_workers, section.max_workers, section.threads, Measured(**serving["measured"])
+    )
     assert serving == chosen.record() and "worker" in serving["why"]
     assert config["minWorkers"] == config["maxWorkers"] == serving["min_workers"] >= 1
     assert config["handler"]["threads"] == serving["threads"] >= 1

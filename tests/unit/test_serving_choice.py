@@ -1,18 +1,26 @@
 """``archive: min_workers/max_workers/threads: auto``: the rule that turns a model's measured
-cost into workers and threads, and the recipe keys that ask for it."""
+cost into workers and threads (``handlers.serving_policy``, its one home), the recipe keys that
+ask for it, and the counts the build and a worker use."""
 
 import pytest
 
-from distillserve.archiver.serving_choice import (
+from distillserve.errors import RecipeError
+from distillserve.handlers.serving_policy import (
+    AUTO,
     MIN_THREAD_SPEEDUP,
     SERVER_MS_PER_REQUEST,
     Measured,
-    choose,
+    build_threads,
+    serve_threads,
 )
-from distillserve.errors import RecipeError
+from distillserve.handlers.serving_policy import choose as choose_counts
 from distillserve.students.recipe_sections import ArchiveConfig
 
-AUTO = {"min_workers": "auto", "max_workers": "auto", "threads": "auto"}
+ALL_AUTO = {"min_workers": AUTO, "max_workers": AUTO, "threads": AUTO}
+
+
+def choose(config: ArchiveConfig, cost: Measured):
+    return choose_counts(config.min_workers, config.max_workers, config.threads, cost)
 
 
 def measured(forward_ms: float, speedup: float, decode_ms: float = 0.1, cores: int = 4):
@@ -23,14 +31,14 @@ def test_a_model_cheaper_than_the_server_gets_one_worker_and_one_thread():
     # 0.1 ms forward per batch of 8 + 0.1 ms decode: far below TorchServe's own cost per request
     cost = measured(forward_ms=0.8, speedup=3.0)
     assert cost.ms_per_image_1_thread < SERVER_MS_PER_REQUEST
-    choice = choose(ArchiveConfig.parse(AUTO), cost)
+    choice = choose(ArchiveConfig.parse(ALL_AUTO), cost)
     assert (choice.min_workers, choice.max_workers, choice.threads) == (1, 1, 1)
     assert "1 worker (" in choice.why and "contend" in choice.why
     assert choice.measured["forward_ms_1_thread"] == 0.8
 
 
 def test_a_model_dearer_than_the_server_gets_one_one_thread_worker_per_core():
-    choice = choose(ArchiveConfig.parse(AUTO), measured(forward_ms=40.0, speedup=3.5))
+    choice = choose(ArchiveConfig.parse(ALL_AUTO), measured(forward_ms=40.0, speedup=3.5))
     assert (choice.min_workers, choice.max_workers, choice.threads) == (4, 4, 1)
     assert "4 workers" in choice.why and "no core left over" in choice.why
 
@@ -39,7 +47,7 @@ def test_a_model_dearer_than_the_server_gets_one_one_thread_worker_per_core():
     ("speedup", "threads"), [(MIN_THREAD_SPEEDUP + 0.5, 2), (MIN_THREAD_SPEEDUP - 0.2, 1)]
 )
 def test_given_workers_get_the_spare_cores_only_when_threads_pay(speedup, threads):
-    config = ArchiveConfig.parse({"min_workers": 1, "max_workers": 2, "threads": "auto"})
+    config = ArchiveConfig.parse({"min_workers": 1, "max_workers": 2, "threads": AUTO})
     choice = choose(config, measured(forward_ms=40.0, speedup=speedup))
     assert (choice.min_workers, choice.max_workers, choice.threads) == (1, 2, threads)
     assert choice.why.startswith(f"{threads} thread")  # the workers were given, not chosen
@@ -47,7 +55,7 @@ def test_given_workers_get_the_spare_cores_only_when_threads_pay(speedup, thread
 
 
 def test_auto_workers_keep_given_threads():
-    config = ArchiveConfig.parse({"min_workers": "auto", "max_workers": "auto", "threads": 3})
+    config = ArchiveConfig.parse({"min_workers": AUTO, "max_workers": AUTO, "threads": 3})
     choice = choose(config, measured(forward_ms=40.0, speedup=2.0))
     assert (choice.max_workers, choice.threads) == (4, 3)
     assert "per worker" not in choice.why and choice.why.startswith("4 workers")
@@ -57,7 +65,7 @@ def test_auto_workers_keep_given_threads():
     ("section", "field"),
     [
         ({"threads": "many"}, "archive.threads"),
-        ({"min_workers": "auto", "max_workers": 2}, "archive.max_workers"),
+        ({"min_workers": AUTO, "max_workers": 2}, "archive.max_workers"),
         ({"min_workers": 0}, "archive.min_workers"),
         ({"threads": -1}, "archive.threads"),
     ],
@@ -70,5 +78,11 @@ def test_a_bad_workers_or_threads_value_names_its_key(section, field):
 def test_numbers_stay_numbers_and_auto_is_reported():
     assert not ArchiveConfig.parse({"threads": 2}).is_auto
     assert ArchiveConfig.parse({"threads": 2}).threads == 2
-    config = ArchiveConfig.parse(AUTO)
-    assert config.is_auto and config.worker_threads == 1
+    assert ArchiveConfig.parse(ALL_AUTO).is_auto
+
+
+def test_the_build_measures_at_a_stated_count_and_a_worker_applies_the_serve_rule():
+    assert [build_threads(t) for t in (AUTO, 0, 3)] == [1, 1, 3]
+    assert serve_threads(3, workers=2, cores=8) == 3
+    assert serve_threads(0, workers=2, cores=8) == 4  # cores / workers on the inference host
+    assert serve_threads(AUTO, workers=16, cores=8) == 1

@@ -1,0 +1,105 @@
+"""Measure a model for ``archive.min_workers/max_workers/threads: auto`` when its archive is
+built, and resolve them by the policy (``handlers.serving_policy``, the rule and its reasons).
+
+Measured on the build host, at the archive's batch size: one batch's forward pass at one thread
+and at every core, and one image's decode and preprocessing in the shipped handler's own code,
+in a fresh Python process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from distillserve.errors import ArchiveError
+from distillserve.handlers import imageprep
+from distillserve.handlers.classification import HandlerSettings
+from distillserve.handlers.runtimes import load_runtime
+from distillserve.handlers.serving_policy import Measured, ServingChoice, choose
+from distillserve.students.measure import latency_ms, threads
+from distillserve.students.recipe_sections import ArchiveConfig
+
+__all__ = ["measure", "resolve"]
+
+
+def resolve(
+    config: ArchiveConfig, model_path: Path, handler: HandlerSettings
+) -> ServingChoice | None:
+    """The choice for an archive whose section says ``auto`` somewhere (None otherwise)."""
+    if not config.is_auto:
+        return None
+    measured = measure(model_path, handler, config.batch_size)
+    return choose(config.min_workers, config.max_workers, config.threads, measured)
+
+
+def measure(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
+    """Time the model file and the handler's decode on this host (a few seconds), in a fresh
+    Python process: the caller's thread pools, quantized engine and loaded modules stay as they
+    are, and a caller that forked after torch started its threads cannot deadlock in them."""
+    command = [sys.executable, "-m", __name__, str(model_path), json.dumps(handler.to_dict())]
+    done = subprocess.run(
+        [*command, str(batch_size)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        raise ArchiveError(
+            f"measuring {model_path.name} for archive workers/threads 'auto' failed: "
+            + (done.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+    return Measured(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _measure_here(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
+    """``measure`` in this process."""
+    cores = len(os.sched_getaffinity(0))
+    spec = handler.spec
+    if handler.quantized:
+        torch.backends.quantized.engine = handler.engine
+    example = torch.zeros((batch_size, spec.channels, *spec.image_size))
+    with threads(1):
+        model = load_runtime(model_path, threads=1)
+        one = latency_ms(model, example, warmup=3, repeats=15)
+    with threads(cores):
+        model = load_runtime(model_path, threads=cores)
+        every = latency_ms(model, example, warmup=3, repeats=15)
+    payload = _sample_image(spec)
+    with threads(1):
+        decode = latency_ms(_decoder(payload, handler), None, warmup=3, repeats=30)
+    return Measured(cores, batch_size, round(one, 4), round(every, 4), round(decode, 4))
+
+
+def _decoder(payload: bytes, handler: HandlerSettings):
+    """A callable that decodes and preprocesses ``payload`` as the shipped handler does."""
+    spec = handler.spec
+
+    def run(_: None) -> torch.Tensor:
+        image = imageprep.decode_image(payload, spec.channels, handler.limits, spec.image_size)
+        return imageprep.preprocess([image], spec)
+
+    return run
+
+
+def _sample_image(spec: imageprep.PreprocessSpec) -> bytes:
+    """An image at the model's input size as a client sends one: PNG up to 64 pixels a side
+    (sketches, digits), JPEG above (photos)."""
+    width, height = spec.image_size[1], spec.image_size[0]
+    mode = "L" if spec.channels == 1 else "RGB"
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 256, (8, 8, spec.channels), generator=generator)
+    image = Image.fromarray(coarse.byte().squeeze(-1).numpy(), mode)
+    image = image.resize((width, height), Image.Resampling.BICUBIC)  # smooth, like a photo
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG" if max(width, height) <= 64 else "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+if __name__ == "__main__":  # measure's subprocess: MODEL_PATH HANDLER_JSON BATCH_SIZE
+    settings = HandlerSettings.from_dict(json.loads(sys.argv[2]))
+    print(json.dumps(asdict(_measure_here(Path(sys.argv[1]), settings, int(sys.argv[3])))))

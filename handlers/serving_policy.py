@@ -1,0 +1,164 @@
+"""How many workers and intra-op threads a model is served with: the one home of that policy.
+
+The recipe's ``archive.min_workers``, ``max_workers`` and ``threads`` are numbers or ``AUTO``
+(this module's sentinel, the only one). ``check`` validates them (the recipe's
+``ArchiveConfig`` calls it); ``choose`` resolves ``AUTO`` from the model's cost, measured when
+the archive is built (``archiver.serving_measure``); ``serve_threads`` is the rule a worker
+applies at start on the inference host; ``build_threads`` the count the build measures latency
+at. Ships inside every .mar (the handler needs ``serve_threads``); imports nothing of
+distillserve.
+
+The rule (``choose``), from what ``make bench`` measured on TorchServe 0.12 (README, Performance):
+
+- **workers**: one when a worker at one thread needs less than ``SERVER_MS_PER_REQUEST`` per
+  image: TorchServe's own cost per request (frontend, batching, the worker's Python protocol) is
+  about that, so one worker keeps up with what the server hands it, and a second one only adds
+  batches and contention. Otherwise one worker per core: decoding runs under each worker's GIL,
+  so only more workers decode in parallel (MobileNetV3 and ResNet-18 int8 at 224x224 served
+  1.3-1.5x more at concurrency 32 with two one-thread workers than one two-thread worker).
+- **threads**: one for a model cheaper than the server (its intra-op threads only wait at
+  barriers while the frontend holds the other cores: the digits student served 1.85x more at one
+  thread than at two, though two run its batch 1.5x faster in isolation) and when the workers
+  take every core; otherwise cores ÷ workers when that many threads make one batch's forward
+  pass at least ``MIN_THREAD_SPEEDUP`` faster than one thread.
+
+The worker count is the build host's cores: an inference host with more cores wants more
+workers (``PUT /models/{name}?min_worker=N``, or a number in the recipe). The choice, the
+measurements and the sentence saying why go into ``build-info.json`` (``serving``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+__all__ = [
+    "AUTO",
+    "MIN_THREAD_SPEEDUP",
+    "SERVER_MS_PER_REQUEST",
+    "Measured",
+    "PolicyError",
+    "ServingChoice",
+    "build_threads",
+    "check",
+    "choose",
+    "is_auto",
+    "serve_threads",
+]
+
+AUTO = "auto"  # workers or threads chosen from the model's measured cost when archived
+SERVER_MS_PER_REQUEST = 1.0  # TorchServe's own CPU time per request, about (bench: no-op floor)
+MIN_THREAD_SPEEDUP = 1.5  # what more intra-op threads must gain on one batch to be used
+
+Count = int | str  # a number, or AUTO
+
+
+class PolicyError(ValueError):
+    """A workers/threads setting that cannot work; ``key`` is the recipe key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def check(min_workers: Count, max_workers: Count, threads: Count) -> None:
+    """Validate the three settings (``PolicyError`` naming the key)."""
+    for key, value in (("min_workers", min_workers), ("max_workers", max_workers)):
+        if value != AUTO and (isinstance(value, str) or value < 1):
+            raise PolicyError(f"archive.{key}", f"must be an integer >= 1 or {AUTO!r}")
+    if threads != AUTO and (isinstance(threads, str) or threads < 0):
+        raise PolicyError("archive.threads", f"must be an integer >= 0 or {AUTO!r}")
+    if AUTO in (min_workers, max_workers) and min_workers != max_workers:
+        raise PolicyError("archive.max_workers", "auto workers need min_workers: auto too")
+    if min_workers != AUTO and max_workers < min_workers:
+        raise PolicyError("archive.max_workers", f"must be >= min_workers ({min_workers})")
+
+
+def is_auto(min_workers: Count, max_workers: Count, threads: Count) -> bool:
+    """Whether the archive step chooses workers or threads from the model's measured cost."""
+    return AUTO in (min_workers, max_workers, threads)
+
+
+def build_threads(threads: Count) -> int:
+    """The intra-op threads the build measures latency at: the recipe's number, else one (what
+    ``AUTO`` chooses for a model cheaper than the server, and a worker's least)."""
+    return threads if isinstance(threads, int) and threads > 0 else 1
+
+
+def serve_threads(configured: Count, workers: int, cores: int | None = None) -> int:
+    """Intra-op threads for one worker on this host: the configured number, or cores ÷ workers
+    (at least 1) for 0 (and for an ``AUTO`` that was never resolved)."""
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, workers))
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The model's cost on the build host, in milliseconds."""
+
+    cores: int
+    batch_size: int
+    forward_ms_1_thread: float  # one batch
+    forward_ms_all_cores: float  # one batch, ``cores`` threads
+    decode_ms_per_image: float  # decode + preprocess of one image at the model's input size
+
+    @property
+    def ms_per_image_1_thread(self) -> float:
+        return self.forward_ms_1_thread / self.batch_size + self.decode_ms_per_image
+
+    @property
+    def thread_speedup(self) -> float:
+        return self.forward_ms_1_thread / max(self.forward_ms_all_cores, 1e-9)
+
+
+@dataclass(frozen=True)
+class ServingChoice:
+    """Workers and threads for model-config.yaml, with what decided them."""
+
+    min_workers: int
+    max_workers: int
+    threads: int
+    why: str
+    measured: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """What ``build-info.json`` keeps under ``serving``."""
+        return asdict(self)
+
+
+def choose(min_workers: Count, max_workers: Count, threads: Count, measured: Measured):
+    """Resolve every ``AUTO`` of the three settings from ``measured`` (the module docstring)."""
+    reasons = []
+    per_image = measured.ms_per_image_1_thread
+    cheap = per_image < SERVER_MS_PER_REQUEST
+    cost = (
+        f"one image costs {per_image:.2f} ms at one thread, "
+        f"{'below' if cheap else 'above'} TorchServe's ~{SERVER_MS_PER_REQUEST:g} ms per request"
+    )
+    if min_workers == AUTO:
+        low = high = 1 if cheap else measured.cores
+        reasons.append(f"{high} worker{'s' if high > 1 else ''} ({cost})")
+    else:
+        low, high = int(min_workers), int(max_workers)
+    if threads == AUTO:
+        count, because = _auto_threads(measured, high, cheap)
+        reasons.append(f"{count} thread{'s' if count > 1 else ''} per worker ({because})")
+    else:
+        count = int(threads)
+    return ServingChoice(low, high, count, "; ".join(reasons), asdict(measured))
+
+
+def _auto_threads(measured: Measured, workers: int, cheap: bool) -> tuple[int, str]:
+    share = max(1, measured.cores // workers)
+    if cheap:
+        return 1, "cheaper than the server: more threads only contend with it"
+    if share == 1:
+        return 1, f"no core left over with {workers} workers"
+    pays = measured.thread_speedup >= MIN_THREAD_SPEEDUP
+    speedup = (
+        f"{measured.cores} threads run a batch of {measured.batch_size} "
+        f"{measured.thread_speedup:.2f}x faster than one"
+    )
+    return (share if pays else 1), speedup + ("" if pays else f", under {MIN_THREAD_SPEEDUP:g}x")
