@@ -4,13 +4,16 @@ DistillServeError
  ├── RecipeError        a recipe key or value is wrong (names the key and what is allowed)
  ├── DataError          a dataset path or content is unusable
  ├── QuantizationError  an engine or mode cannot quantize this model
- ├── ExportError        an export (TorchScript, .pt2, ONNX) or its parity check failed
+ ├── ExportError        an export (TorchScript, .pt2, ONNX), its re-loading or parity check failed
  ├── ArchiveError       an artifact directory or archive is incomplete or inconsistent
  └── ServerError        TorchServe could not be started, stopped or reached, or refused a call
       └── ConnectionFailed   the server could not be reached, or dropped the connection
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 __all__ = [
     "ArchiveError",
@@ -21,6 +24,7 @@ __all__ = [
     "QuantizationError",
     "RecipeError",
     "ServerError",
+    "map_exceptions",
 ]
 
 
@@ -66,3 +70,21 @@ class ServerError(DistillServeError):
 
 class ConnectionFailed(ServerError):
     """The server could not be reached, or the connection broke before an answer arrived."""
+
+
+@contextlib.contextmanager
+def map_exceptions(
+    mapping: dict[type[Exception], type[DistillServeError]], context: str = ""
+) -> Iterator[None]:
+    """Translate a lower layer's exceptions into this tree at a boundary (as httpx's
+    ``map_exceptions``): the first ``mapping`` entry the exception is an instance of names the
+    error raised, with ``context`` before its message; the original stays as its cause."""
+    try:
+        yield
+    except DistillServeError:
+        raise
+    except tuple(mapping) as err:
+        for source, target in mapping.items():
+            if isinstance(err, source):
+                raise target(f"{context}{err}") from err
+        raise

@@ -71,7 +71,13 @@ def load_runtime(path: str | Path, device: torch.device | None = None, threads: 
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
-            module = torch.jit.load(str(path), map_location=device).eval()
+            try:
+                module = torch.jit.load(str(path), map_location=device).eval()
+            except (RuntimeError, ValueError) as err:
+                raise RuntimeLoadError(
+                    f"{path.name}: not a TorchScript file torch {torch.__version__} can load "
+                    f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                ) from err
         return Runtime(fmt, path, module)
     if fmt == "pt2":
         return Runtime(fmt, path, _load_pt2(path))
@@ -107,7 +113,15 @@ def _load_onnx(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tenso
     if threads > 0:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:  # onnxruntime's own error types derive from Exception alone
+        raise RuntimeLoadError(
+            f"{path.name}: ONNX Runtime cannot load it ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
     name = session.get_inputs()[0].name
 
     def run(batch: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from distillserve.archiver import build_archive
-from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.log import progress
 from distillserve.serving.rest import InferenceClient, timed_predictions
 from distillserve.serving.server import TorchServe
 from distillserve.serving.versions import record_startup
 from distillserve.students.data import encode_png, load_splits, make_loader, preprocess_spec
 from distillserve.students.distill import predict
+from distillserve.students.exported import load_exported
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import load_recipe
 
@@ -92,7 +93,7 @@ def run_demo(
     in_process = {}
     for role, fmt, _ in entries:
         logits, _ = predict(
-            load_runtime(result.artifacts[role] / MODEL_FILES[fmt]),
+            load_exported(result.artifacts[role] / MODEL_FILES[fmt]),
             make_loader(splits.test, spec, 256),
         )
         in_process[role, fmt] = [splits.classes[i] for i in logits.argmax(1).tolist()]

@@ -23,8 +23,8 @@ import torch
 
 from distillserve.errors import RecipeError
 from distillserve.handlers import serving_policy
-from distillserve.handlers.runtimes import load_runtime
 from distillserve.log import progress
+from distillserve.students.exported import load_exported
 from distillserve.students.measure import latency_ms, threads
 from distillserve.students.pipeline import BuildResult, build
 from distillserve.students.recipe import Recipe, load_recipe
@@ -89,7 +89,7 @@ def pareto_front(rows: Sequence[dict], cost: str, accuracy: str = "test_accuracy
 def measure_latencies(paths: Sequence[Path], example: torch.Tensor, count: int) -> list[float]:
     """Batch-1 latency of each model file (any format ``handlers.runtimes`` loads) in ms, with
     ``count`` threads: the best median over interleaved rounds."""
-    models = [load_runtime(path, threads=count) for path in paths]
+    models = [load_exported(path, threads=count) for path in paths]
     best = [float("inf")] * len(models)
     with threads(count):
         for _ in range(ROUNDS):

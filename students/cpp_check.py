@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from distillserve.errors import ArchiveError
-from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.students.artifact import Artifact
+from distillserve.students.exported import load_exported
 
 __all__ = ["CPP_FORMATS", "CPP_SOURCE", "build_program", "cpp_check", "missing_toolchain"]
 
@@ -84,7 +85,7 @@ def write_split(artifact: Artifact, path: Path) -> torch.Tensor:
 
 def _python(model_path: Path, images: torch.Tensor) -> list[int]:
     """Python's top-1 labels for the same file, batches and threads."""
-    model = load_runtime(model_path, threads=1)
+    model = load_exported(model_path, threads=1)
     with torch.inference_mode():
         return [
             int(label)

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from distillserve.errors import ExportError
-from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.students.export import check_parity, export_torchscript, logit_step
+from distillserve.students.exported import load_exported
 from distillserve.students.recipe import Recipe
 
 __all__ = ["FormatSource", "export_formats"]
@@ -125,7 +126,7 @@ def _onnx(recipe: Recipe, source: FormatSource, path: Path, example, data) -> tu
 
 def _check(recipe: Recipe, path: Path, data, *, eager=None, reference=None) -> dict:
     """The re-loaded file's parity (``ExportError`` and the file removed when it fails)."""
-    loaded = load_runtime(path, threads=torch.get_num_threads())
+    loaded = load_exported(path, threads=torch.get_num_threads())
     margin = 2.5 * logit_step(reference, data.test) if reference is not None else 0.0
     return check_parity(
         loaded,

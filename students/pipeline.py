@@ -25,13 +25,14 @@ from torch import nn
 from distillserve import __version__
 from distillserve.handlers import serving_policy
 from distillserve.handlers.classification import HandlerSettings, sha256_file
-from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.log import progress
 from distillserve.students import checkpoints, distributed
 from distillserve.students.artifact import write_artifact
 from distillserve.students.checkpoints import Checkpointer
 from distillserve.students.distill import evaluate, train
 from distillserve.students.export_formats import FormatSource, export_formats
+from distillserve.students.exported import load_exported
 from distillserve.students.measure import latency_ms, log_int8_speedup, threads
 from distillserve.students.quantize import check_engine
 from distillserve.students.recipe import Recipe
@@ -297,7 +298,7 @@ def _scores(formats: list[str], directory: Path, data: DataStage) -> dict[str, d
     """Test and validation accuracy of each format's file, re-loaded."""
     out = {}
     for fmt in formats:
-        model = load_runtime(directory / MODEL_FILES[fmt], threads=torch.get_num_threads())
+        model = load_exported(directory / MODEL_FILES[fmt], threads=torch.get_num_threads())
         out[fmt] = {
             "test_accuracy": evaluate(model, data.test),
             "val_accuracy": evaluate(model, data.val),
@@ -326,7 +327,7 @@ def _measure(
         record = dict(parity[fmt])
         export_seconds = record.pop("export_seconds")
         with threads(worker_threads):
-            loaded = load_runtime(path, threads=worker_threads)
+            loaded = load_exported(path, threads=worker_threads)
             batch1 = latency_ms(loaded, torch.zeros(1, *shape))
             batch8 = latency_ms(loaded, torch.zeros(8, *shape), repeats=30)
         formats[fmt] = {
