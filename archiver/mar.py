@@ -19,12 +19,13 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
 import yaml
 
+from distillserve.archiver.identity import ArchiveIdentity, label_tuple, refuse_to_overwrite
 from distillserve.archiver.registry import Registry
 from distillserve.archiver.serving_measure import resolve as resolve_serving
 from distillserve.errors import ArchiveError, RecipeError
@@ -34,7 +35,6 @@ from distillserve.students.recipe import ArchiveConfig
 
 __all__ = [
     "HANDLER_FILES",
-    "ArchiveIdentity",
     "ArchiveResult",
     "archive_file_name",
     "archiver_tempdir",
@@ -138,94 +138,6 @@ def archive_file_name(model_name: str, version: str, recipe_version: str) -> str
     return f"{model_name}.mar" if version == recipe_version else f"{model_name}-{version}.mar"
 
 
-@dataclass(frozen=True)
-class ArchiveIdentity:
-    """What an archive holds, whatever its file is called: the served name and version, the
-    recipe that built the model, its labels and the model file's sha256."""
-
-    model_name: str
-    version: str
-    recipe: str | None
-    labels: tuple[str, ...]
-    model_sha256: str | None
-
-    @classmethod
-    def of_archive(cls, path: Path) -> ArchiveIdentity | None:
-        """The identity of the ``.mar`` at ``path``; ``None`` when it is not a readable one."""
-        try:
-            with zipfile.ZipFile(path) as mar:
-                model = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
-                names = set(mar.namelist())
-                info = json.loads(mar.read("build-info.json")) if "build-info.json" in names else {}
-                labels = (
-                    json.loads(mar.read("index_to_name.json"))
-                    if "index_to_name.json" in names
-                    else {}
-                )
-            serialized = model.get("serializedFile", "")
-            return cls(
-                str(model["modelName"]),
-                str(model["modelVersion"]),
-                (info.get("recipe") or {}).get("name"),
-                _label_tuple(labels),
-                (info.get("sha256") or {}).get(serialized),
-            )
-        except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError):
-            return None
-
-    def describe(self) -> str:
-        labels = ", ".join(self.labels[:4]) + (", ..." if len(self.labels) > 4 else "")
-        sha = (self.model_sha256 or "unknown")[:12]
-        return (
-            f"{self.model_name} {self.version} (recipe {self.recipe!r}, {len(self.labels)} "
-            f"labels: {labels}; model sha256 {sha})"
-        )
-
-
-def _label_tuple(index_to_name: dict) -> tuple[str, ...]:
-    """The labels in class order."""
-    return tuple(str(index_to_name[k]) for k in sorted(index_to_name, key=lambda k: int(k)))
-
-
-def _refuse_to_overwrite(target: Path, new: ArchiveIdentity, replace_rebuild: bool) -> None:
-    """An archive at ``target`` that holds another model is a released version: keep it.
-
-    Only an archive of the same model (name, version, recipe, labels and model sha256) is
-    replaced: re-archiving it with other serving settings. With ``replace_rebuild`` a rebuild of
-    the same recipe (same name, version, recipe and labels, new weights) is replaced too.
-    """
-    held = ArchiveIdentity.of_archive(target)
-    if held == new:
-        return
-    if (
-        replace_rebuild
-        and held is not None
-        and held == replace(new, model_sha256=held.model_sha256)
-    ):
-        return
-    if held is None:
-        what = "a file that is not a readable .mar"
-    else:
-        what = held.describe()
-        differs = [
-            name
-            for name, a, b in (
-                ("name", held.model_name, new.model_name),
-                ("version", held.version, new.version),
-                ("recipe", held.recipe, new.recipe),
-                ("labels", held.labels, new.labels),
-                ("model sha256", held.model_sha256, new.model_sha256),
-            )
-            if a != b
-        ]
-        what += f"; another {', '.join(differs)}"
-    raise ArchiveError(
-        f"{target} holds {what}; archiving {new.describe()} there would replace it: pass "
-        f"--model-name or --file-name {new.model_name}-{new.version}.mar to keep both, or "
-        "--force to replace it"
-    )
-
-
 def build_archive(
     artifact_dir: str | Path,
     model_store: str | Path = "model_store",
@@ -247,15 +159,40 @@ def build_archive(
     name, version, recipe, labels or model sha256) is never replaced unless ``force``;
     ``replace_rebuild`` also replaces a rebuild of the same recipe (``make demo`` run again).
     """
-    from model_archiver.model_archiver import ModelArchiver
-    from model_archiver.model_archiver_config import ModelArchiverConfig
-
     artifact = Artifact.read(artifact_dir)
     model_format = model_format or artifact.formats[0]
     model_path = artifact.model_file(model_format)
     if model_name is None and model_format != artifact.formats[0]:
         model_name = f"{artifact.archive.model_name}-{model_format}"
     config = _archive_config(artifact, model_name, version)
+    model_config, build_info = _describe(artifact, config, model_path, model_format)
+    store = Path(model_store)
+    store.mkdir(parents=True, exist_ok=True)
+    name = file_name or archive_file_name(
+        config.model_name, config.version, artifact.archive.version
+    )
+    target = store / name
+    if target.exists() and not force:
+        identity = ArchiveIdentity(
+            config.model_name,
+            config.version,
+            artifact.recipe.get("name"),
+            label_tuple(artifact.index_to_name),
+            build_info["sha256"][model_path.name],
+        )
+        refuse_to_overwrite(target, identity, replace_rebuild)
+    _pack(artifact, config, model_path, model_config, build_info, target)
+    Registry(store).record_archive(
+        config.model_name, config.version, target.name, build_info, sha256_file(target)
+    )
+    return ArchiveResult(target, config.model_name, config.version, model_config, build_info)
+
+
+def _describe(
+    artifact: Artifact, config: ArchiveConfig, model_path: Path, model_format: str
+) -> tuple[dict, dict]:
+    """``model-config.yaml`` (batching, workers, the handler's settings; ``auto`` resolved by
+    measuring the model) and ``build-info.json`` of the archive."""
     choice = resolve_serving(config, model_path, artifact.handler)
     handler_settings = dict(artifact.handler_dict)
     if choice is not None:
@@ -280,23 +217,23 @@ def build_archive(
     }
     if choice is not None:
         build_info["serving"] = choice.record()
+    return model_config, build_info
 
-    store = Path(model_store)
-    store.mkdir(parents=True, exist_ok=True)
-    name = file_name or archive_file_name(
-        config.model_name, config.version, artifact.archive.version
-    )
-    target = store / name
-    if target.exists() and not force:
-        identity = ArchiveIdentity(
-            config.model_name,
-            config.version,
-            artifact.recipe.get("name"),
-            _label_tuple(artifact.index_to_name),
-            build_info["sha256"][model_path.name],
-        )
-        _refuse_to_overwrite(target, identity, replace_rebuild)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
+
+def _pack(
+    artifact: Artifact,
+    config: ArchiveConfig,
+    model_path: Path,
+    model_config: dict,
+    build_info: dict,
+    target: Path,
+) -> None:
+    """torch-model-archiver packs the files in a private staging directory beside ``target``;
+    the finished archive is moved over ``target`` atomically."""
+    from model_archiver.model_archiver import ModelArchiver
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
         files = staging / "files"
         files.mkdir()
@@ -324,10 +261,6 @@ def build_archive(
         (out / f"{config.model_name}.mar").replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    Registry(store).record_archive(
-        config.model_name, config.version, target.name, build_info, sha256_file(target)
-    )
-    return ArchiveResult(target, config.model_name, config.version, model_config, build_info)
 
 
 def inspect_archive(path: str | Path) -> dict:

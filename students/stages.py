@@ -229,32 +229,14 @@ def make_teacher(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) 
     return TeacherStage(teacher, members, [teacher], None)
 
 
-def distill_student(
-    recipe: Recipe,
-    data: DataStage,
-    teacher: TeacherStage,
-    log: Log,
-    on_epoch: Callable[[int, int, float], None] | None = None,
-) -> DistilledStudent:
-    """Progressive stages (each distilled from the one before), then the student itself
-    (``on_epoch`` sees the student's epochs: ``students.distill.train``)."""
+def _distill_stages(
+    recipe: Recipe, data: DataStage, teacher: TeacherStage, fit: Callable, log: Log
+) -> tuple[list[nn.Module], list[float] | None, list[dict]]:
+    """Progressive distillation: each of ``distill.stages`` learns from the one before (the
+    first from the teacher); returns what the student learns from and what each stage reached."""
     kd, channels = recipe.distill, recipe.data.channels
-    fit = functools.partial(
-        train,
-        train_loader=data.students,
-        val_loader=data.val,
-        lr=kd.lr,
-        weight_decay=kd.weight_decay,
-        temperature=kd.temperature_at,
-        alpha=kd.alpha_at,
-        patience=kd.patience or None,
-        augment=AUGMENT if kd.augment else None,
-        seed=recipe.seed,
-        cache_teacher_outputs=kd.cache_teacher_outputs,
-        teacher_outputs_mb=kd.teacher_outputs_mb,
-    )
     kd_teachers, kd_weights = teacher.kd_teachers, teacher.kd_weights
-    stages_run = []
+    stages_run: list[dict] = []
     for index, stage in enumerate(kd.stages):
         torch.manual_seed(recipe.seed + 100 + index)
         middle = build_model(stage.arch, data.classes, channels, stage.kwargs)
@@ -279,6 +261,34 @@ def distill_student(
         )
         kd_teachers, kd_weights = [middle.eval()], None
 
+    return kd_teachers, kd_weights, stages_run
+
+
+def distill_student(
+    recipe: Recipe,
+    data: DataStage,
+    teacher: TeacherStage,
+    log: Log,
+    on_epoch: Callable[[int, int, float], None] | None = None,
+) -> DistilledStudent:
+    """Progressive stages (each distilled from the one before), then the student itself
+    (``on_epoch`` sees the student's epochs: ``students.distill.train``)."""
+    kd, channels = recipe.distill, recipe.data.channels
+    fit = functools.partial(
+        train,
+        train_loader=data.students,
+        val_loader=data.val,
+        lr=kd.lr,
+        weight_decay=kd.weight_decay,
+        temperature=kd.temperature_at,
+        alpha=kd.alpha_at,
+        patience=kd.patience or None,
+        augment=AUGMENT if kd.augment else None,
+        seed=recipe.seed,
+        cache_teacher_outputs=kd.cache_teacher_outputs,
+        teacher_outputs_mb=kd.teacher_outputs_mb,
+    )
+    kd_teachers, kd_weights, stages_run = _distill_stages(recipe, data, teacher, fit, log)
     torch.manual_seed(recipe.seed)
     config = recipe.student
     student = build_model(config.arch, data.classes, channels, config.kwargs)
