@@ -54,7 +54,8 @@ def _digits(args: argparse.Namespace) -> dict:
 def _resnet(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distillserve.students.distill import train
+    from distillserve.students.distill_settings import DistillSettings
+    from distillserve.students.training import train
     from distillserve.students.zoo import build_model
 
     generator = torch.Generator().manual_seed(0)
@@ -67,16 +68,14 @@ def _resnet(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     teacher = build_model("resnet50", 10, 3).eval()
     student = build_model("resnet18", 10, 3)
-    result = train(
-        student,
-        loader,
-        val,
+    settings = DistillSettings(
         epochs=args.epochs,
         lr=0.01,
         weight_decay=0.0,
-        teacher=teacher,
+        teachers=[teacher],
         cache_teacher_outputs=args.cache == "on",
     )
+    result = train(student, loader, val, settings)
     return {
         "distill_images_per_s": result.images_per_s,
         "distill_teacher_share": result.teacher_share,

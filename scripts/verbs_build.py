@@ -75,6 +75,7 @@ def _tune(args: argparse.Namespace) -> int:
         budget=args.budget,
         trials=args.trials,
         time_limit=args.time_limit,
+        cv_folds=args.cv_folds,
         objective=args.objective,
         out=args.out,
         teacher_cache_dir=cache,
@@ -204,7 +205,17 @@ def add_verbs(verbs) -> None:
         help="largest validation-accuracy drop from the teacher allowed (0.01 = one point)",
     )
     p.add_argument("--trials", type=int, default=20, help="trials in all, resumed ones included")
-    p.add_argument("--time-limit", type=float, help="stop starting trials after this many seconds")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help="seconds for the whole run: trials, then as many finalists' cross-validation "
+        "checks as fit",
+    )
+    p.add_argument(
+        "--cv-folds",
+        type=int,
+        help="cross-validation folds per finalist (default: the recipe's tune.cv_folds; 0 = off)",
+    )
     p.add_argument(
         "--objective",
         choices=("latency", "size", "served"),

@@ -11,8 +11,9 @@ pruned by a threshold instead: from half its epochs on, a student whose best val
 is more than ``tune.prune_margin`` below the target (teacher's minus the budget) stops. The
 cheapest students within the budget are then cross-validated on the training split before one
 is chosen (``search.tune_choice``): the small validation split cannot tell them apart, and the
-cheapest of many that pass it is the luckiest draw. ``--time-limit`` bounds the search; the
-check adds at most ``tune.finalists`` x ``tune.cv_folds`` trainings.
+cheapest of many that pass it is the luckiest draw. The check adds up to (``tune.finalists`` + 1)
+x ``tune.cv_folds`` trainings (said before the search starts; ``--cv-folds 0`` skips it), and
+``--time-limit`` bounds the whole run: a check that would not finish in time is not started.
 
 The study lives in ``OUT/study.db`` (SQLite): the same command after an interruption resumes it.
 """
@@ -152,23 +153,36 @@ class _Threshold:
             )
 
 
+def _median_trial_seconds(study) -> float:
+    """The median wall time of the study's finished trials (a training's cost, about)."""
+    seconds = sorted(
+        t.duration.total_seconds() for t in study.trials if t.state.is_finished() and t.duration
+    )
+    return seconds[len(seconds) // 2] if seconds else 0.0
+
+
 def run_tune(
     recipe_path: str | Path,
     *,
     budget: float = 0.01,
     trials: int = 20,
     time_limit: float | None = None,
+    cv_folds: int | None = None,
     objective: str = "latency",
     out: str | Path = "build/tune",
     teacher_cache_dir: str | Path | None = "build/teacher-cache",
     log: Callable[[str], None] = _log,
 ) -> dict:
     """Run (or resume) the study and write ``report.json``, ``report.md``, ``pareto.png`` and
-    ``best.yaml`` under ``out``; returns the report."""
+    ``best.yaml`` under ``out``; returns the report.
+
+    ``time_limit`` bounds the whole run, the finalists' cross-validation included: a finalist
+    whose check would not finish in time is not started, and the choice says so. ``cv_folds``
+    overrides ``tune.cv_folds`` (0: no cross-validation)."""
     import optuna
     from tqdm.auto import tqdm
 
-    from distillserve.search import tune_report
+    from distillserve.search import tune_choice, tune_report
 
     if objective not in OBJECTIVES:
         raise RecipeError(None, f"--objective must be one of: {', '.join(OBJECTIVES)}")
@@ -179,6 +193,16 @@ def run_tune(
     if not recipe.tune.searches():
         raise RecipeError(
             "tune", "the recipe declares no search space (see recipes/digits-tune.yaml)"
+        )
+    folds = recipe.tune.cv_folds if cv_folds is None else cv_folds
+    if folds != 0 and not 2 <= folds <= 20:
+        raise RecipeError(None, f"--cv-folds must be 0 (off) or 2 to 20, got {folds}")
+    if folds:
+        checks = (recipe.tune.finalists + 1) * folds
+        log(
+            f"after the trials, cross-validation checks up to {recipe.tune.finalists} finalists "
+            f"and the recipe: up to {checks} more trainings ({folds} folds each; --cv-folds 0 "
+            f"skips it{', --time-limit bounds it too' if time_limit else ''})"
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +280,8 @@ def run_tune(
         log("interrupted: the finished trials are kept; run the same command to resume")
     finally:
         bar.close()
-    folds = recipe.tune.cv_folds
+    per_training = _median_trial_seconds(study)
+    deadline = started + time_limit if time_limit else None
 
     def confirm(row: dict, floor: float) -> dict:
         """The trial's student cross-validated (``search.tune_cv``, stopped once it cannot reach
@@ -266,7 +291,18 @@ def run_tune(
         before = study.user_attrs.get("cv", {}).get(key)
         if before and (before.get("complete", True) or floor >= before["floor"]):
             return before
-        log(f"cross-validating trial {row['trial']} ({folds} folds of the training split)")
+        needed = folds * per_training
+        if deadline is not None and time.perf_counter() + needed > deadline:
+            left = max(0.0, deadline - time.perf_counter())
+            raise tune_choice.OutOfTime(
+                f"--time-limit leaves {left:.0f} s, and cross-validating trial {row['trial']} "
+                f"takes about {needed:.0f} s ({folds} trainings): not checked; run again with a "
+                "larger --time-limit (the study and the checks done resume)"
+            )
+        log(
+            f"cross-validating trial {row['trial']} ({folds} folds of the training split, "
+            f"about {needed / 60:.1f} min)"
+        )
         raw = merge(base, row["overrides"])
         raw["name"] = f"{recipe.name}-cv{row['trial']:04d}"
         try:

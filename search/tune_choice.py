@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["TIE", "choose", "limits", "ranked", "verdict"]
+__all__ = ["TIE", "OutOfTime", "choose", "limits", "ranked", "verdict"]
 
 TIE = 0.03  # costs within 3% of the cheapest are measurement noise apart
 
@@ -30,6 +30,10 @@ def ranked(good: list[dict], cost: str) -> list[dict]:
         rest = [r for r in rest if all(r is not t for t in tied)]
     served = sorted((r for r in order if r.get("served_rps")), key=lambda r: -r["served_rps"])
     return served + [r for r in order if not r.get("served_rps")]
+
+
+class OutOfTime(Exception):
+    """The run's time limit leaves no time to cross-validate the next finalist."""
 
 
 def choose(
@@ -61,6 +65,12 @@ def choose(
     except KeyboardInterrupt:
         log("interrupted during cross-validation: no student confirmed")
         return None, "cross-validation was interrupted before a candidate passed it"
+    except OutOfTime as stop:
+        log(str(stop))
+        unchecked = [r for r in candidates if all(r is not c for c in checked)]
+        if not unchecked:
+            return None, _how(checked, floor)
+        return unchecked[0], f"chosen on validation accuracy alone: {stop}"
     return None, _how(checked, floor)
 
 

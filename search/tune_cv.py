@@ -80,7 +80,7 @@ def cross_validated_accuracy(
         stage = data_stage(recipe, splits, _silent)
         torch.manual_seed(recipe.seed)
         distilled = distill_student(recipe, stage, teacher, _silent)
-        student = prune_student(recipe, distilled, _silent)
+        student = prune_student(recipe, distilled, stage, _silent)
         quantized = quantize_student(recipe, student, stage, distilled, _silent)
         model = quantized.int8 if quantized.int8 is not None else quantized.reference
         logits, labels = predict(model, stage.test)

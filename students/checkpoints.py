@@ -1,26 +1,23 @@
 """Per-epoch checkpoints of every training phase, so that a build can resume where it died.
 
-A build makes one ``Checkpointer`` for ``build/NAME/VERSION/.checkpoints/`` and activates it;
-each call of ``students.distill.train`` (teacher members, stages, the student, prune rounds,
-QAT) is one phase, named by its description and how many phases of that description came
-before (``student-1``, ``qat-2``), so a teacher loaded from the teacher cache on resume does not
-shift the names. Every phase seeds its own random number generators, so it does not depend on
-the phases before it. After every epoch the
-phase's state (model, optimizer, scheduler, epoch, best epoch so far, history, random number
-generator states) is written to a temporary file and renamed over ``student-1.pt``, so a file is
-always a complete epoch. A finished phase is marked complete with its final weights and the RNG
-state it left. With ``resume`` a rerun of the same recipe skips complete phases and continues the
-interrupted one from its last complete epoch: one process reaches bit-identical final weights.
+A build makes one ``Checkpointer`` for ``build/NAME/VERSION/.checkpoints/`` and hands it to each
+stage; each call of ``students.training.train`` (teacher members, stages, the student, prune
+rounds, QAT) is one phase, its ``Phase`` passed to ``train`` explicitly, named by its description
+and how many phases of that description came before (``student-1``, ``qat-2``), so a teacher loaded
+from the teacher cache on resume does not shift the names. Every phase seeds its own random number
+generators, so it does not depend on the phases before it. After every epoch the phase's state
+(model, optimizer, scheduler, epoch, best epoch so far, history, random number generator states) is
+written to a temporary file and renamed over ``student-1.pt``, so a file is always a complete
+epoch. A finished phase is marked complete with its final weights and the RNG state it left. With
+``resume`` a rerun of the same recipe skips complete phases and continues the interrupted one from
+its last complete epoch: one process reaches bit-identical final weights.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,17 +27,13 @@ from distillserve.students import distributed
 
 __all__ = [
     "AFTER_TRAINING",
+    "NO_CHECKPOINTS",
     "Checkpointer",
+    "NoCheckpoints",
     "Phase",
-    "active",
     "first_difference",
-    "phase",
     "training_settings",
 ]
-
-_CURRENT: contextvars.ContextVar[Checkpointer | None] = contextvars.ContextVar(
-    "distillserve_checkpointer", default=None
-)
 
 
 class Phase:
@@ -135,17 +128,11 @@ class Checkpointer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def active(checkpointer: Checkpointer | None) -> Iterator[None]:
-    """Make ``checkpointer`` the one ``phase()`` hands phases from, for the block."""
-    token = _CURRENT.set(checkpointer)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
+class NoCheckpoints:
+    """The checkpointer of a run that keeps none (a library call, a search's trial)."""
+
+    def phase(self, description: str) -> None:
+        return None
 
 
-def phase(description: str) -> Phase | None:
-    """The next phase of the active checkpointer, or ``None`` when none is active."""
-    checkpointer = _CURRENT.get()
-    return None if checkpointer is None else checkpointer.phase(description)
+NO_CHECKPOINTS = NoCheckpoints()

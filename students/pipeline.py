@@ -27,10 +27,11 @@ from distillserve.handlers import serving_policy
 from distillserve.handlers.classification import HandlerSettings, sha256_file
 from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.log import progress
-from distillserve.students import checkpoints, distributed
+from distillserve.students import distributed
 from distillserve.students.artifact import write_artifact
 from distillserve.students.checkpoints import Checkpointer
-from distillserve.students.distill import evaluate, train
+from distillserve.students.distill import evaluate
+from distillserve.students.distill_settings import for_qat
 from distillserve.students.export_formats import FormatSource, export_formats
 from distillserve.students.exported import load_exported
 from distillserve.students.measure import latency_ms, log_int8_speedup, threads
@@ -47,6 +48,7 @@ from distillserve.students.stages import (
     prune_student,
     quantize_student,
 )
+from distillserve.students.training import train
 from distillserve.students.zoo import count_parameters
 
 __all__ = ["BuildResult", "ExportedModel", "build", "load_teacher"]
@@ -122,28 +124,27 @@ def build(
     checkpointer = Checkpointer(final / ".checkpoints", recipe.to_dict(), resume)
     if resume and checkpointer.completed():
         log(f"resuming from {checkpointer.directory}: {', '.join(checkpointer.completed())}")
-    with checkpoints.active(checkpointer):
-        data = load_data(recipe, log)
-        timer.done("data")
-        cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
-        teacher = make_teacher(recipe, data, log, cache)
-        timer.done("teacher")
-        distilled = distill_student(recipe, data, teacher, log, on_epoch)
-        timer.done("distill")
-        student = prune_student(recipe, distilled, log)
-        timer.done("prune")
-        quantized = quantize_student(recipe, student, data, distilled, log)
-        timer.done("quantize")
+    data = load_data(recipe, log)
+    timer.done("data")
+    cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
+    teacher = make_teacher(recipe, data, log, cache, checkpointer)
+    timer.done("teacher")
+    distilled = distill_student(recipe, data, teacher, log, on_epoch, checkpointer)
+    timer.done("distill")
+    student = prune_student(recipe, distilled, data, log, checkpointer)
+    timer.done("prune")
+    quantized = quantize_student(recipe, student, data, distilled, log, checkpointer)
+    timer.done("quantize")
     if distributed.is_distributed():
         log(f"trained in {distributed.world_size()} processes; rank 0 exports")
     main = distributed.is_main()
     distributed.shutdown()  # what follows (export, PT2E QAT, measuring) is rank 0's alone
     if not main:
         return None
-    with checkpoints.active(checkpointer):
-        result = _export_and_write(
-            recipe, data, teacher, distilled, student, quantized, log, timer, final
-        )
+    qat_train = _qat_trainer(recipe, data, distilled, checkpointer)
+    result = _export_and_write(
+        recipe, data, teacher, distilled, student, quantized, log, timer, final, qat_train
+    )
     checkpointer.remove()
     return result
 
@@ -162,12 +163,11 @@ def _export_and_write(
     log: Callable[[str], None],
     timer: _Timer,
     final: Path,
+    qat_train,
 ) -> BuildResult:
     """Export every model in every format with its checks, measure, and write the artifacts
     into ``build/NAME/VERSION/`` (staged, moved into place when everything passed)."""
-    models = _models(
-        recipe, teacher.teacher, student, quantized, _qat_trainer(recipe, data, distilled)
-    )
+    models = _models(recipe, teacher.teacher, student, quantized, qat_train)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     staging.chmod(0o755)
@@ -271,25 +271,15 @@ def _models(
     ]
 
 
-def _qat_trainer(recipe: Recipe, data: DataStage, distilled: DistilledStudent):
+def _qat_trainer(
+    recipe: Recipe, data: DataStage, distilled: DistilledStudent, checkpointer: Checkpointer
+):
     """The QAT loop for a PT2E fake-quantized graph: the KD loss at ``quantize.qat_lr``."""
-    q, kd = recipe.quantize, recipe.distill
+    settings = for_qat(recipe, distilled.settings)
 
     def run(prepared: nn.Module) -> None:
-        train(
-            prepared,
-            data.students,
-            data.val,
-            epochs=q.qat_epochs,
-            lr=q.qat_lr,
-            weight_decay=0.0,
-            teacher=distilled.kd_teachers,
-            teacher_weights=distilled.kd_weights,
-            temperature=kd.temperature,
-            alpha=kd.alpha,
-            seed=recipe.seed,
-            desc="qat-pt2e",
-        )
+        checkpoint = checkpointer.phase("qat-pt2e")
+        train(prepared, data.students, data.val, settings, desc="qat-pt2e", checkpoint=checkpoint)
 
     return run
 

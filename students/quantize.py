@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from distillserve.errors import QuantizationError
+from distillserve.students.checkpoints import NO_CHECKPOINTS, Checkpointer, NoCheckpoints
+from distillserve.students.distill_settings import DistillSettings
 from distillserve.students.recipe import QuantizeConfig
 
 __all__ = [
@@ -129,32 +131,29 @@ def quantize_qat(
     train_loader: Iterable,
     val_loader: Iterable,
     config: QuantizeConfig,
+    settings: DistillSettings,
     *,
-    teacher: nn.Module | Sequence[nn.Module] | None = None,
-    teacher_weights: Sequence[float] | None = None,
-    epochs: int = 3,
-    lr: float = 0.005,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    seed: int = 0,
+    checkpointer: Checkpointer | NoCheckpoints = NO_CHECKPOINTS,
     return_reference: bool = False,
 ) -> nn.Module | tuple[nn.Module, nn.Module]:
     """Quantization-aware training with the distillation loss, then conversion to int8 (a copy).
 
-    With ``return_reference`` also returns the fake-quantized fp32 model the int8 one was
-    converted from: the right reference for its parity check (QAT changes the weights, so the
-    pre-QAT student is not).
+    ``settings`` (``distill_settings.for_qat``: the student's teachers and their weights, the KD
+    loss, the QAT learning rate and epochs) is how it trains. With ``return_reference`` also
+    returns the fake-quantized fp32 model the int8 one was converted from: the right reference
+    for its parity check (QAT changes the weights, so the pre-QAT student is not).
 
     Fuses conv-bn-relu for QAT, inserts fake-quantization with the engine's QAT qconfig
-    (per-channel weights), fine-tunes with ``kd_loss`` against ``teacher`` (cross-entropy without
-    one) at a small learning rate, freezes BatchNorm statistics and observers for the last epoch
-    (when ``epochs`` > 1), and converts. Needs a quantization-ready model, like static PTQ.
+    (per-channel weights), fine-tunes with ``kd_loss`` against the teachers (cross-entropy
+    without any), freezes BatchNorm statistics and observers for the last epoch (when
+    ``settings.epochs`` > 1), and converts. Needs a quantization-ready model, like static PTQ.
     """
-    from distillserve.students.distill import train
+    from distillserve.students.training import train
 
     check_engine(config.engine)
     require_quant_stub(model, "QAT")
     model = copy.deepcopy(model)
+    epochs = settings.epochs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         model.train()
@@ -165,36 +164,21 @@ def quantize_qat(
                 _fuse_for_qat(model)
         model.qconfig = torch.ao.quantization.get_default_qat_qconfig(config.engine)
         torch.ao.quantization.prepare_qat(model, inplace=True)
+        first = settings.replace(epochs=max(1, epochs - 1))
         train(
-            model,
-            train_loader,
-            val_loader,
-            epochs=max(1, epochs - 1),
-            lr=lr,
-            weight_decay=0.0,
-            teacher=teacher,
-            teacher_weights=teacher_weights,
-            temperature=temperature,
-            alpha=alpha,
-            seed=seed,
-            desc="qat",
+            model, train_loader, val_loader, first, desc="qat", checkpoint=checkpointer.phase("qat")
         )
         if epochs > 1:  # a last epoch with observers and BatchNorm statistics frozen
             model.apply(torch.ao.quantization.disable_observer)
             model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+            last = settings.replace(epochs=1, lr=settings.lr / 10, seed=settings.seed + 1)
             train(
                 model,
                 train_loader,
                 val_loader,
-                epochs=1,
-                lr=lr / 10,
-                weight_decay=0.0,
-                teacher=teacher,
-                teacher_weights=teacher_weights,
-                temperature=temperature,
-                alpha=alpha,
-                seed=seed + 1,
+                last,
                 desc="qat",
+                checkpoint=checkpointer.phase("qat"),
             )
         model.eval()
         reference = copy.deepcopy(model) if return_reference else None

@@ -5,7 +5,6 @@ then exports and writes the artifacts.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from distillserve.errors import RecipeError
 from distillserve.handlers.imageprep import PreprocessSpec
 from distillserve.students import teacher_cache
 from distillserve.students.checkpoint_files import is_torchscript, load_state
+from distillserve.students.checkpoints import NO_CHECKPOINTS, Checkpointer, NoCheckpoints
 from distillserve.students.data import (
     Splits,
     labelled_fraction,
@@ -26,7 +26,9 @@ from distillserve.students.data import (
     make_loader,
     preprocess_spec,
 )
-from distillserve.students.distill import evaluate, train
+from distillserve.students.distill import evaluate
+from distillserve.students.distill_settings import AUGMENT, DistillSettings, for_qat
+from distillserve.students.distill_settings import of_recipe as distill_settings
 from distillserve.students.export import load_torchscript
 from distillserve.students.features import FeatureKD
 from distillserve.students.finetune import make_trainable
@@ -40,6 +42,7 @@ from distillserve.students.prune import (
 )
 from distillserve.students.quantize import quantize, quantize_qat
 from distillserve.students.recipe import Recipe, TeacherConfig
+from distillserve.students.training import train
 from distillserve.students.zoo import Ensemble, build_model, count_parameters
 
 __all__ = [
@@ -56,7 +59,6 @@ __all__ = [
 ]
 
 Log = Callable[[str], None]
-AUGMENT = {"degrees": 10.0, "translate": 0.1, "scale": 0.1}
 
 
 @dataclass
@@ -92,9 +94,7 @@ class DistilledStudent:
     """The student after distillation, the models it learnt from last, and how it went."""
 
     model: nn.Module
-    kd_teachers: list[nn.Module]
-    kd_weights: list[float] | None
-    fit: Callable  # ``train`` with the recipe's distillation settings bound, for fine-tuning
+    settings: DistillSettings  # how it was distilled: what it learnt from, with what loss
     stages_run: list[dict] = field(default_factory=list)
     epochs_run: int = 0
     throughput: dict = field(default_factory=dict)  # the student's distillation speed
@@ -176,7 +176,13 @@ def _check_loaded_teacher(recipe: Recipe, teacher: nn.Module, data: DataStage, l
         )
 
 
-def _train_members(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) -> list:
+def _train_members(
+    recipe: Recipe,
+    data: DataStage,
+    log: Log,
+    cache: Path | None,
+    checkpointer: Checkpointer | NoCheckpoints,
+) -> list:
     """Train ``teacher.members`` independently seeded models, or reuse them from ``cache``."""
     config, channels = recipe.teacher, recipe.data.channels
     if cache is not None:
@@ -197,17 +203,17 @@ def _train_members(recipe: Recipe, data: DataStage, log: Log, cache: Path | None
         )
         torch.manual_seed(seed)
         member = build_model(config.arch, data.classes, channels, config.kwargs)
-        train(
-            member,
-            data.train,
-            data.val,
+        desc = f"teacher {index + 1}/{config.members}"
+        settings = DistillSettings(
             epochs=config.epochs,
             lr=config.lr,
             weight_decay=config.weight_decay,
             label_smoothing=config.label_smoothing,
             augment=AUGMENT,
             seed=seed,
-            desc=f"teacher {index + 1}/{config.members}",
+        )
+        train(
+            member, data.train, data.val, settings, desc=desc, checkpoint=checkpointer.phase(desc)
         )
         members.append(member.eval())
     if cache is not None:
@@ -215,13 +221,19 @@ def _train_members(recipe: Recipe, data: DataStage, log: Log, cache: Path | None
     return members
 
 
-def make_teacher(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) -> TeacherStage:
+def make_teacher(
+    recipe: Recipe,
+    data: DataStage,
+    log: Log,
+    cache: Path | None,
+    checkpointer: Checkpointer | NoCheckpoints = NO_CHECKPOINTS,
+) -> TeacherStage:
     """Load the recipe's teacher checkpoint, or train its members (reusing cached ones)."""
     if recipe.teacher.checkpoint:
         members = [load_teacher(recipe.teacher, data.classes, recipe.data.channels)]
         _check_loaded_teacher(recipe, members[0], data, log)
     else:
-        members = _train_members(recipe, data, log, cache)
+        members = _train_members(recipe, data, log, cache, checkpointer)
     teacher = (members[0] if len(members) == 1 else Ensemble(members)).eval()
     if recipe.teacher.combine == "soft_targets" and len(members) > 1:
         log(f"teacher: multi-teacher KD over {len(members)} members' soft targets")
@@ -230,12 +242,16 @@ def make_teacher(recipe: Recipe, data: DataStage, log: Log, cache: Path | None) 
 
 
 def _distill_stages(
-    recipe: Recipe, data: DataStage, teacher: TeacherStage, fit: Callable, log: Log
-) -> tuple[list[nn.Module], list[float] | None, list[dict]]:
+    recipe: Recipe,
+    data: DataStage,
+    settings: DistillSettings,
+    log: Log,
+    checkpointer: Checkpointer | NoCheckpoints,
+) -> tuple[DistillSettings, list[dict]]:
     """Progressive distillation: each of ``distill.stages`` learns from the one before (the
-    first from the teacher); returns what the student learns from and what each stage reached."""
+    first from the teacher); returns the settings the student learns with (from the last
+    stage) and what each stage reached."""
     kd, channels = recipe.distill, recipe.data.channels
-    kd_teachers, kd_weights = teacher.kd_teachers, teacher.kd_weights
     stages_run: list[dict] = []
     for index, stage in enumerate(kd.stages):
         torch.manual_seed(recipe.seed + 100 + index)
@@ -245,12 +261,14 @@ def _distill_stages(
             f"stage {index + 1}/{len(kd.stages)}: distilling {stage.arch} "
             f"({count_parameters(middle)} params) for {epochs} epochs"
         )
-        result = fit(
+        desc = f"stage {index + 1}"
+        result = train(
             middle,
-            epochs=epochs,
-            teacher=kd_teachers,
-            teacher_weights=kd_weights,
-            desc=f"stage {index + 1}",
+            data.students,
+            data.val,
+            settings.replace(epochs=epochs),
+            desc=desc,
+            checkpoint=checkpointer.phase(desc),
         )
         stages_run.append(
             {
@@ -259,9 +277,8 @@ def _distill_stages(
                 "val_accuracy": result.best_val_accuracy,
             }
         )
-        kd_teachers, kd_weights = [middle.eval()], None
-
-    return kd_teachers, kd_weights, stages_run
+        settings = settings.learning_from([middle.eval()])
+    return settings, stages_run
 
 
 def distill_student(
@@ -270,25 +287,13 @@ def distill_student(
     teacher: TeacherStage,
     log: Log,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    checkpointer: Checkpointer | NoCheckpoints = NO_CHECKPOINTS,
 ) -> DistilledStudent:
     """Progressive stages (each distilled from the one before), then the student itself
-    (``on_epoch`` sees the student's epochs: ``students.distill.train``)."""
+    (``on_epoch`` sees the student's epochs: ``students.training.train``)."""
     kd, channels = recipe.distill, recipe.data.channels
-    fit = functools.partial(
-        train,
-        train_loader=data.students,
-        val_loader=data.val,
-        lr=kd.lr,
-        weight_decay=kd.weight_decay,
-        temperature=kd.temperature_at,
-        alpha=kd.alpha_at,
-        patience=kd.patience or None,
-        augment=AUGMENT if kd.augment else None,
-        seed=recipe.seed,
-        cache_teacher_outputs=kd.cache_teacher_outputs,
-        teacher_outputs_mb=kd.teacher_outputs_mb,
-    )
-    kd_teachers, kd_weights, stages_run = _distill_stages(recipe, data, teacher, fit, log)
+    settings = distill_settings(recipe).learning_from(teacher.kd_teachers, teacher.kd_weights)
+    settings, stages_run = _distill_stages(recipe, data, settings, log, checkpointer)
     torch.manual_seed(recipe.seed)
     config = recipe.student
     student = build_model(config.arch, data.classes, channels, config.kwargs)
@@ -307,22 +312,23 @@ def distill_student(
         example = torch.zeros(2, channels, *recipe.data.image_size)
         pairs = [(pair[0], pair[1]) for pair in kd.feature.pairs]
         feature_kd = FeatureKD(
-            kd_teachers[0], student, pairs, example, kd.feature.loss, kd.feature.weight
+            settings.teachers[0], student, pairs, example, kd.feature.loss, kd.feature.weight
         )
     log(
         f"student: distilling {config.arch} ({params} params) for {kd.epochs} epochs, "
         f"T={kd.temperature:g}, alpha={kd.alpha:g}"
         + (f", feature KD on {len(kd.feature.pairs)} layer pair(s)" if kd.feature else "")
     )
-    distilled = fit(
+    distilled = train(
         student,
-        epochs=kd.epochs,
-        teacher=kd_teachers,
-        teacher_weights=kd_weights,
+        data.students,
+        data.val,
+        settings,
+        desc="student",
         feature_kd=feature_kd,
         trainable=make_trainable(kd.finetune, kd.unfreeze_every),
-        desc="student",
         on_epoch=on_epoch,
+        checkpoint=checkpointer.phase("student"),
     )
     if feature_kd is not None:
         feature_kd.remove()
@@ -337,12 +343,16 @@ def distill_student(
         "distill_teacher_share": distilled.teacher_share,
         "teacher_outputs": distilled.teacher_outputs,
     }
-    return DistilledStudent(
-        student, kd_teachers, kd_weights, fit, stages_run, len(distilled.history), throughput
-    )
+    return DistilledStudent(student, settings, stages_run, len(distilled.history), throughput)
 
 
-def prune_student(recipe: Recipe, distilled: DistilledStudent, log: Log) -> nn.Module:
+def prune_student(
+    recipe: Recipe,
+    distilled: DistilledStudent,
+    data: DataStage,
+    log: Log,
+    checkpointer: Checkpointer | NoCheckpoints = NO_CHECKPOINTS,
+) -> nn.Module:
     """``prune.rounds`` rounds of pruning, each followed by ``finetune_epochs`` of KD."""
     config, student = recipe.prune, distilled.model
     if config.method == "none":
@@ -363,13 +373,17 @@ def prune_student(recipe: Recipe, distilled: DistilledStudent, log: Log) -> nn.M
             f"{count_parameters(student)} params, sparsity {sparsity(student):.2f}"
         )
         if config.finetune_epochs:
-            distilled.fit(
+            desc = f"prune {round_index + 1}"
+            settings = distilled.settings.replace(
+                epochs=config.finetune_epochs, lr=recipe.distill.lr / 10
+            )
+            train(
                 student,
-                epochs=config.finetune_epochs,
-                teacher=distilled.kd_teachers,
-                teacher_weights=distilled.kd_weights,
-                lr=recipe.distill.lr / 10,
-                desc=f"prune {round_index + 1}",
+                data.students,
+                data.val,
+                settings,
+                desc=desc,
+                checkpoint=checkpointer.phase(desc),
             )
         if config.method == "l1_unstructured":
             student = make_permanent(student)
@@ -382,10 +396,11 @@ def quantize_student(
     data: DataStage,
     distilled: DistilledStudent,
     log: Log,
+    checkpointer: Checkpointer | NoCheckpoints = NO_CHECKPOINTS,
 ) -> QuantizedStudent:
     """int8 by ``quantize.mode``: static/dynamic post-training, QAT with the KD loss, or mixed
     precision within the accuracy budget; ``none`` keeps the fp32 student."""
-    q, kd = recipe.quantize, recipe.distill
+    q = recipe.quantize
     if q.mode == "mixed":
         int8, report = quantize_mixed(student, data.calibration, data.val, q)
         log(
@@ -401,13 +416,8 @@ def quantize_student(
             data.students,
             data.val,
             q,
-            teacher=distilled.kd_teachers,
-            teacher_weights=distilled.kd_weights,
-            epochs=q.qat_epochs,
-            lr=q.qat_lr,
-            temperature=kd.temperature,
-            alpha=kd.alpha,
-            seed=recipe.seed,
+            for_qat(recipe, distilled.settings),
+            checkpointer=checkpointer,
             return_reference=True,
         )
         quantized = QuantizedStudent(int8, fake_quantized)

@@ -7,9 +7,9 @@ import torch
 
 from distillserve.students import distributed
 from distillserve.students.data import load_splits, make_loader, preprocess_spec
-from distillserve.students.distill import train
+from distillserve.students.distill_settings import AUGMENT, DistillSettings
 from distillserve.students.recipe import DataConfig
-from distillserve.students.stages import AUGMENT
+from distillserve.students.training import train
 from distillserve.students.zoo import build_model
 
 if __name__ == "__main__":
@@ -22,7 +22,7 @@ if __name__ == "__main__":
     ]
     torch.manual_seed(0)
     model = build_model("tiny_cnn", 10, 1, {"widths": [16, 32, 32]})
-    train(model, *loaders, epochs=2, lr=0.05, weight_decay=1e-4, augment=AUGMENT)
+    train(model, *loaders, DistillSettings(epochs=2, lr=0.05, weight_decay=1e-4, augment=AUGMENT))
     if distributed.is_main():
         torch.save(model.state_dict(), sys.argv[1])
     distributed.shutdown()

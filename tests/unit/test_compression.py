@@ -11,6 +11,7 @@ from distillserve.archiver import build_archive
 from distillserve.errors import QuantizationError, RecipeError
 from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.distill import evaluate
+from distillserve.students.distill_settings import DistillSettings
 from distillserve.students.export import export_torchscript
 from distillserve.students.mixed_precision import quantize_mixed
 from distillserve.students.prune import channel_prune, l1_unstructured, sparsity
@@ -49,9 +50,8 @@ def _serve_in_process(artifact_dir, model, tmp_path, digits_splits):
 def test_qat_with_kd_is_at_least_as_accurate_as_static_ptq(build_result, loaders):
     student, teacher = build_result.models["student-fp32"], build_result.models["teacher"]
     ptq = quantize_static(student, loaders["calib"], QuantizeConfig())
-    qat = quantize_qat(
-        student, loaders["train"], loaders["val"], QuantizeConfig(), teacher=teacher, epochs=3
-    )
+    settings = DistillSettings(epochs=3, lr=0.005, weight_decay=0.0, teachers=[teacher])
+    qat = quantize_qat(student, loaders["train"], loaders["val"], QuantizeConfig(), settings)
     ptq_acc, qat_acc = evaluate(ptq, loaders["test"]), evaluate(qat, loaders["test"])
     # Both int8 models come from one student; which of a few near-tie test images each gets
     # right depends on the CPU's int8 kernels (QAT was 2 images ahead with AVX-512 VNNI kernels
@@ -103,8 +103,7 @@ def test_qat_variant_is_served_by_the_handler(build_result, loaders, tmp_path, d
         loaders["train"],
         loaders["val"],
         QuantizeConfig(),
-        teacher=build_result.models["teacher"],
-        epochs=1,
+        DistillSettings(1, 0.005, 0.0, teachers=[build_result.models["teacher"]]),
     )
     _serve_in_process(build_result.artifacts["student"], qat, tmp_path, digits_splits)
 

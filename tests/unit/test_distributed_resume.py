@@ -17,8 +17,10 @@ import yaml
 from distillserve.errors import RecipeError
 from distillserve.students.checkpoints import Checkpointer
 from distillserve.students.data import make_loader, preprocess_spec
-from distillserve.students.distill import evaluate, train
+from distillserve.students.distill import evaluate
+from distillserve.students.distill_settings import DistillSettings
 from distillserve.students.recipe import DataConfig
+from distillserve.students.training import train
 from distillserve.students.zoo import build_model
 from tests.helpers import ROOT, small_recipe_dict
 
@@ -176,22 +178,16 @@ def test_teacher_outputs_are_computed_once_without_augmentation(digits_splits):
     }
     torch.manual_seed(0)
     teacher = build_model("tiny_cnn", 10, 1, {"widths": [16, 32, 32]})
-    train(teacher, loaders["train"], loaders["val"], epochs=3, lr=0.05, weight_decay=0.0)
+    train(teacher, loaders["train"], loaders["val"], DistillSettings(3, lr=0.05, weight_decay=0.0))
     results = {}
     for cache in (True, False):
         counted = _Counted(teacher.eval())
         torch.manual_seed(1)
         student = build_model("tiny_cnn", 10, 1, {"widths": [8, 16, 16]})
-        result = train(
-            student,
-            loaders["train"],
-            loaders["val"],
-            epochs=4,
-            lr=0.05,
-            weight_decay=0.0,
-            teacher=counted,
-            cache_teacher_outputs=cache,
+        settings = DistillSettings(
+            epochs=4, lr=0.05, weight_decay=0.0, teachers=[counted], cache_teacher_outputs=cache
         )
+        result = train(student, loaders["train"], loaders["val"], settings)
         results[cache] = (result, counted.calls, evaluate(student, loaders["test"]))
     cached, calls, accuracy = results[True]
     assert cached.teacher_outputs.startswith("cached: the teacher's logits of 1167 images")
@@ -205,10 +201,6 @@ def test_teacher_outputs_are_computed_once_without_augmentation(digits_splits):
         build_model("tiny_cnn", 10, 1, {"widths": [8, 16, 16]}),
         loaders["train"],
         loaders["val"],
-        epochs=1,
-        lr=0.05,
-        weight_decay=0.0,
-        teacher=teacher,
-        augment={"degrees": 10.0},
+        DistillSettings(1, 0.05, 0.0, teachers=[teacher], augment={"degrees": 10.0}),
     )
     assert "random augmentation" in augmented.teacher_outputs

@@ -5,9 +5,10 @@ import torch
 
 from distillserve.errors import RecipeError
 from distillserve.students.data import make_loader, preprocess_spec
-from distillserve.students.distill import train
+from distillserve.students.distill_settings import DistillSettings
 from distillserve.students.features import FeatureKD
 from distillserve.students.recipe import DataConfig
+from distillserve.students.training import train
 from distillserve.students.zoo import CifarResNet, TinyCNN
 
 SPEC = preprocess_spec(DataConfig())
@@ -66,9 +67,8 @@ def test_feature_kd_trains_with_the_student(digits_splits):
     before = kd.adapters[0].weight.detach().clone()
     loader = make_loader(digits_splits.train, SPEC, 64, shuffle=True)
     val = make_loader(digits_splits.val, SPEC, 256)
-    result = train(
-        student, loader, val, epochs=2, lr=0.05, weight_decay=0.0, teacher=teacher, feature_kd=kd
-    )
+    settings = DistillSettings(epochs=2, lr=0.05, weight_decay=0.0, teachers=[teacher])
+    result = train(student, loader, val, settings, feature_kd=kd)
     assert not torch.equal(before, kd.adapters[0].weight)
     assert result.best_val_accuracy > 0.3
 
@@ -79,7 +79,8 @@ def test_early_stopping_stops(digits_splits):
     loader = make_loader(digits_splits.train, SPEC, 64, shuffle=True)
     val = make_loader(digits_splits.val, SPEC, 256)
     # a learning rate this high makes the validation loss stop improving quickly
-    result = train(TinyCNN(10), loader, val, epochs=40, lr=5.0, weight_decay=0.0, patience=2)
+    settings = DistillSettings(epochs=40, lr=5.0, weight_decay=0.0, patience=2)
+    result = train(TinyCNN(10), loader, val, settings)
     assert result.stopped_early
     assert len(result.history) < 40
     losses = [h["val_loss"] for h in result.history]

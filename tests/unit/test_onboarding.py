@@ -20,10 +20,10 @@ from torch import nn
 
 from distillserve.errors import ExportError, RecipeError
 from distillserve.scripts.cli import main
-from distillserve.students import checkpoints
 from distillserve.students.checkpoints import Checkpointer, first_difference
-from distillserve.students.distill import train
+from distillserve.students.distill_settings import DistillSettings
 from distillserve.students.recipe import Recipe
+from distillserve.students.training import train
 from tests.helpers import ROOT
 
 SHAPES = ROOT / "docs" / "own-data"
@@ -164,15 +164,30 @@ def test_every_epoch_is_a_line_off_a_terminal_and_resume_names_its_epoch(tmp_pat
             raise KeyboardInterrupt
 
     first = Checkpointer(tmp_path, {"name": "x"}, resume=False)
-    with checkpoints.active(first), pytest.raises(KeyboardInterrupt):
-        train(nn.Linear(4, 2), data, data, epochs=4, lr=0.1, weight_decay=0.0,
-                  desc="teacher 1/1", on_epoch=stop_after_two)  # fmt: skip
+    settings = DistillSettings(epochs=4, lr=0.1, weight_decay=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            nn.Linear(4, 2),
+            data,
+            data,
+            settings,
+            desc="teacher 1/1",
+            on_epoch=stop_after_two,
+            checkpoint=first.phase("teacher 1/1"),
+        )
     epochs = [r.message for r in caplog.records if "epoch" in r.message]
     assert epochs[0].startswith("[train] teacher 1/1: epoch 1/4 loss ")
     assert len(epochs) == 2  # the second was interrupted after its line, before its checkpoint
     caplog.clear()
-    with checkpoints.active(Checkpointer(tmp_path, {"name": "x"}, resume=True)):
-        train(nn.Linear(4, 2), data, data, epochs=4, lr=0.1, weight_decay=0.0, desc="teacher 1/1")
+    again = Checkpointer(tmp_path, {"name": "x"}, resume=True)
+    train(
+        nn.Linear(4, 2),
+        data,
+        data,
+        settings,
+        desc="teacher 1/1",
+        checkpoint=again.phase("teacher 1/1"),
+    )
     messages = [r.message for r in caplog.records]
     assert "resuming at epoch 2/4" in messages[0]
     assert [m.split(": ")[1].split(" loss")[0] for m in messages[1:]] == [
@@ -212,8 +227,9 @@ def test_the_int8_parity_failure_suggests_what_to_try(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"x")
     with pytest.raises(ExportError) as failed:
-        check_parity(model, path, reference=other, batches=_tiny_data(), atol=1e-4,
-                     min_agreement=0.99)  # fmt: skip
+        check_parity(
+            model, path, reference=other, batches=_tiny_data(), atol=1e-4, min_agreement=0.99
+        )
     assert "Try: quantize.mode qat" in str(failed.value)
     assert "export.min_int8_agreement" in str(failed.value)
 
@@ -290,11 +306,15 @@ def test_the_build_says_when_int8_is_slower_than_fp32():
         return {"latency_ms_batch1": b1, "latency_ms_batch8": b8, "size_bytes": 1000}
 
     metrics = {
-        "student-fp32": {"model_name": "s-fp32", "formats": {"onnx": formats(0.033, 0.04),
-                                                             "torchscript": formats(0.1, 0.4)}},
-        "student": {"quantized": True, "formats": {"onnx": formats(0.060, 0.05),
-                                                   "torchscript": formats(0.05, 0.2)}},
-    }  # fmt: skip
+        "student-fp32": {
+            "model_name": "s-fp32",
+            "formats": {"onnx": formats(0.033, 0.04), "torchscript": formats(0.1, 0.4)},
+        },
+        "student": {
+            "quantized": True,
+            "formats": {"onnx": formats(0.060, 0.05), "torchscript": formats(0.05, 0.2)},
+        },
+    }
     lines: list[str] = []
     log_int8_speedup(metrics, lines.append, Path("build/s/1.0"))
     notes = [line for line in lines if "NOTE" in line]

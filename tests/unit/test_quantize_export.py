@@ -131,21 +131,27 @@ def test_near_ties_are_reported_not_judged_and_decisive_flips_count():
 
 
 def test_eager_qat_trains_with_the_teachers_weights(monkeypatch):
-    """Multi-teacher KD (``teacher.combine: soft_targets``) weights its teachers in QAT too."""
-    from distillserve.students import distill
+    """Multi-teacher KD (``teacher.combine: soft_targets``) weights its teachers in QAT too: the
+    QAT settings come from the student's distillation settings, and both QAT passes get them."""
+    from distillserve.students import training
+    from distillserve.students.distill_settings import DistillSettings, for_qat
     from distillserve.students.quantize import quantize_qat
-    from distillserve.students.recipe import QuantizeConfig
-    from distillserve.students.zoo import TinyCNN
+    from distillserve.students.recipe import Recipe
+    from tests.helpers import small_recipe_dict
 
     seen = []
 
-    def record(model, *_args, **kwargs):  # one forward pass, so that the observers see data
-        seen.append(kwargs)
+    def record(model, _train, _val, settings, **kwargs):  # a forward pass: observers see data
+        seen.append(settings)
         model(torch.randn(4, 1, 8, 8))
 
-    monkeypatch.setattr(distill, "train", record)
+    monkeypatch.setattr(training, "train", record)
     teachers = [TinyCNN(10), TinyCNN(10)]
-    quantize_qat(TinyCNN(10), [], [], QuantizeConfig(mode="qat"), teacher=teachers,
-                 teacher_weights=[0.7, 0.3], epochs=2)  # fmt: skip
-    assert [call["teacher_weights"] for call in seen] == [[0.7, 0.3], [0.7, 0.3]]
-    assert all(call["teacher"] is teachers for call in seen)
+    distilled = DistillSettings(60, 0.05, 1e-4, teachers=teachers, teacher_weights=[0.7, 0.3])
+    recipe = Recipe.from_dict(small_recipe_dict())
+    settings = for_qat(recipe, distilled)
+    assert settings.teacher_weights == (0.7, 0.3) and settings.teachers == tuple(teachers)
+    assert (settings.epochs, settings.lr) == (recipe.quantize.qat_epochs, recipe.quantize.qat_lr)
+    quantize_qat(TinyCNN(10), [], [], QuantizeConfig(mode="qat"), settings)
+    assert [s.teacher_weights for s in seen] == [(0.7, 0.3), (0.7, 0.3)]
+    assert all(s.teachers == tuple(teachers) for s in seen)

@@ -5,11 +5,12 @@ import torch
 
 from distillserve.errors import RecipeError
 from distillserve.students.data import labelled_fraction, make_loader, preprocess_spec
-from distillserve.students.distill import evaluate, train
+from distillserve.students.distill import evaluate
+from distillserve.students.distill_settings import AUGMENT, DistillSettings
 from distillserve.students.finetune import blocks_from_top, make_trainable
 from distillserve.students.recipe import DataConfig
 from distillserve.students.schedules import make_schedule
-from distillserve.students.stages import AUGMENT
+from distillserve.students.training import train
 from distillserve.students.zoo import TinyCNN
 
 SPEC = preprocess_spec(DataConfig())
@@ -35,17 +36,10 @@ def test_train_follows_the_schedule(digits_splits):
     val = make_loader(digits_splits.val, SPEC, 256)
     teacher = TinyCNN(10).eval()
     schedule = make_schedule({"key": "linear", "kwargs": {"start": 0.2, "end": 0.8}}, 0.9, "a")
-    result = train(
-        TinyCNN(10),
-        loader,
-        val,
-        epochs=3,
-        lr=0.01,
-        weight_decay=0.0,
-        teacher=teacher,
-        alpha=schedule,
-        temperature=2.0,
+    settings = DistillSettings(
+        epochs=3, lr=0.01, weight_decay=0.0, teachers=[teacher], alpha=schedule, temperature=2.0
     )
+    result = train(TinyCNN(10), loader, val, settings)
     assert [h["alpha"] for h in result.history] == pytest.approx([0.2, 0.5, 0.8])
     assert {h["temperature"] for h in result.history} == {2.0}
 
@@ -58,15 +52,8 @@ def test_frozen_backbone_trains_only_the_head(digits_splits):
     bn_mean = model.features[0][1].running_mean.clone()
     loader = make_loader(digits_splits.train, SPEC, 64, shuffle=True)
     val = make_loader(digits_splits.val, SPEC, 256)
-    train(
-        model,
-        loader,
-        val,
-        epochs=2,
-        lr=0.05,
-        weight_decay=1e-3,
-        trainable=make_trainable("frozen_backbone"),
-    )
+    settings = DistillSettings(epochs=2, lr=0.05, weight_decay=1e-3)
+    train(model, loader, val, settings, trainable=make_trainable("frozen_backbone"))
     for name, before in frozen.items():
         assert torch.equal(dict(model.named_parameters())[name], before), name
     assert torch.equal(model.features[0][1].running_mean, bn_mean)
@@ -107,20 +94,13 @@ def test_kd_beats_cross_entropy_with_ten_percent_of_the_labels(build_result, dig
     accuracy = {}
     for name, kwargs in (
         ("ce", {}),
-        ("kd", {"teacher": teacher, "alpha": 0.9, "temperature": 4.0}),
+        ("kd", {"teachers": [teacher], "alpha": 0.9, "temperature": 4.0}),
     ):
         torch.manual_seed(0)
         student = TinyCNN(10)
-        train(
-            student,
-            loader,
-            val,
-            epochs=40,
-            lr=0.05,
-            weight_decay=1e-4,
-            augment=AUGMENT,
-            seed=0,
-            **kwargs,
+        settings = DistillSettings(
+            epochs=40, lr=0.05, weight_decay=1e-4, augment=AUGMENT, seed=0, **kwargs
         )
+        train(student, loader, val, settings)
         accuracy[name] = evaluate(student, test)
     assert accuracy["kd"] >= accuracy["ce"] + 0.02, accuracy

@@ -119,3 +119,22 @@ def test_when_no_cheaper_finalist_keeps_the_budget_the_recipe_as_written_is_chec
     best, how = choose(candidates, 0.99, finalists=2, confirm=confirm, log=lambda _: None)
     assert best is reference and asked == [2, 1, 0]  # trial 3 is beyond the finalists
     assert "It is the recipe as written" in verdict(best, reference, how)
+
+
+def test_a_time_limit_that_leaves_no_time_for_a_check_is_said_not_overrun():
+    from distillserve.search.tune_choice import OutOfTime
+
+    candidates = [row(2, 0.02, 1_000), row(1, 0.03, 3_000), row(0, 0.04, 14_000)]
+    asked = []
+
+    def confirm(r: dict, _floor: float) -> dict:
+        if asked:  # the first check used the time that was left
+            raise OutOfTime("--time-limit leaves 3 s, and cross-validating trial 1 takes 40 s")
+        asked.append(r["trial"])
+        return cv_result(0.97)
+
+    lines: list[str] = []
+    best, how = choose(candidates, 0.99, 3, confirm, log=lines.append)
+    assert asked == [2] and best["trial"] == 1 and "cv_accuracy" not in best
+    assert how.startswith("chosen on validation accuracy alone: --time-limit leaves 3 s")
+    assert any("--time-limit" in line for line in lines)
