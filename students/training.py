@@ -311,9 +311,8 @@ def train(
             state.best_epoch + 1,
             state.best_acc,
         )
-    images = _loop(
+    run = _Run(
         model,
-        net,
         train_loader,
         val_loader,
         settings,
@@ -325,6 +324,7 @@ def train(
         on_epoch,
         checkpoint,
     )
+    images = _loop(run, net)
     return _finish(model, state, frozen, images, time.perf_counter() - started, checkpoint)
 
 
@@ -375,22 +375,27 @@ def _frozen_teachers(settings, teachers, train_loader, feature_kd) -> _Teachers:
     return _Teachers(teachers, cached, hooks, why if why is not None else "")
 
 
-def _loop(
-    model,
-    net,
-    train_loader,
-    val_loader,
-    settings,
-    state,
-    teachers,
-    desc,
-    feature_kd,
-    trainable,
-    on_epoch,
-    checkpoint,
-) -> int:
-    """The epochs from ``state.first``: train, evaluate, keep the best, checkpoint; the
+@dataclass
+class _Run:
+    """One call of ``train``: what the loop works on and the caller's hooks."""
+
+    model: nn.Module
+    train_loader: Iterable
+    val_loader: Iterable
+    settings: DistillSettings
+    state: LoopState
+    teachers: _Teachers
+    desc: str
+    feature_kd: nn.Module | None
+    trainable: Callable[[nn.Module, int], None] | None
+    on_epoch: Callable[[int, int, float], None] | None
+    checkpoint: Phase | None
+
+
+def _loop(run: _Run, net: nn.Module) -> int:
+    """The epochs from ``run.state.first``: train, evaluate, keep the best, checkpoint; the
     training images seen over all processes."""
+    model, settings, state, desc = run.model, run.settings, run.state, run.desc
     epochs = settings.epochs
     bar = tqdm(
         range(state.first, epochs if not state.stopped_early else state.first),
@@ -406,15 +411,15 @@ def _loop(
     synced.enter_context(synchronized(model))
     for epoch in bar:
         model.train()
-        if trainable is not None:
-            trainable(model, epoch)
+        if run.trainable is not None:
+            run.trainable(model, epoch)
             net = distributed.wrap(model)  # what DDP syncs follows what is trainable now
         total, count = train_one_epoch(
-            net, train_loader, settings, state, teachers, epoch, feature_kd
+            net, run.train_loader, settings, state, run.teachers, epoch, run.feature_kd
         )
         total, count = distributed.all_reduce_sum(total, count)
         images += int(count)
-        val_acc, val_loss = evaluate_epoch(model, val_loader)
+        val_acc, val_loss = evaluate_epoch(model, run.val_loader)
         state.record(epoch, settings, total / max(1, count), val_acc, val_loss, model)
         bar.set_postfix(loss=f"{total / max(1, count):.4f}", val=f"{val_acc:.4f}")
         if lines:
@@ -429,11 +434,11 @@ def _loop(
                 now - epoch_started,
             )
             epoch_started = now
-        if on_epoch is not None:
-            on_epoch(epoch, epochs, val_acc)
+        if run.on_epoch is not None:
+            run.on_epoch(epoch, epochs, val_acc)
         state.judge(val_loss, settings.patience)
-        if checkpoint is not None:
-            checkpoint.save(state.checkpoint(epoch, model, feature_kd))
+        if run.checkpoint is not None:
+            run.checkpoint.save(state.checkpoint(epoch, model, run.feature_kd))
         if state.stopped_early:
             break
     bar.close()

@@ -91,3 +91,18 @@ def test_the_handler_in_an_archive_imports_no_distillserve(extracted_student):
         [sys.executable, "-c", code], cwd=extracted_student, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_small_modules_and_functions():
+    """No module over 450 lines; no function over 80 lines where the product's logic lives."""
+    for role in ROLES:
+        folder = Path(importlib.import_module(f"distillserve.{role}").__path__[0])
+        for path in sorted(folder.glob("*.py")):
+            source = path.read_text()
+            assert len(source.splitlines()) <= 450, f"{role}/{path.name} is over 450 lines"
+            if role not in ("students", "handlers", "archiver"):
+                continue
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    assert length <= 80, f"{role}/{path.name}: {node.name} is {length} lines"
