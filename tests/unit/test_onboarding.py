@@ -324,3 +324,34 @@ def test_the_build_says_when_int8_is_slower_than_fp32():
         "batch1": 2.0,
         "batch8": 2.0,
     }
+
+
+@pytest.mark.slow  # trains a student for an epoch
+def test_a_failed_export_resumes_without_retraining_after_an_export_change(
+    shapes_data, teacher_files, tmp_path, capsys, monkeypatch, caplog
+):
+    from distillserve.students import pipeline
+
+    raw = _recipe(shapes_data, teacher_files["state"])
+    raw["distill"]["epochs"] = 1
+    raw["export"] = {"formats": ["torchscript"], "min_int8_agreement": 0.99}
+    real = pipeline.export_formats
+
+    def parity_fails(*_args, **_kwargs):
+        raise ExportError("model.pt: int8 top-1 agreement with the fp32 model is 0.9895 < 0.99")
+
+    monkeypatch.setattr(pipeline, "export_formats", parity_fails)
+    code, lines = _build(tmp_path, raw, capsys)
+    assert code == 2
+    (line,) = lines
+    assert "the training is checkpointed" in line and "--resume skips it" in line
+    monkeypatch.setattr(pipeline, "export_formats", real)
+    raw["export"]["min_int8_agreement"] = 0.5  # an export-only change
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    caplog.set_level(logging.INFO, logger="distillserve")
+    caplog.clear()
+    assert main(["build", str(recipe), "--out", str(tmp_path / "build"), "--resume"]) == 0
+    restored = [r.message for r in caplog.records if "restored from" in r.message]
+    assert restored and restored[0].startswith("[train] student: finished before")
+    assert not [r.message for r in caplog.records if "student: epoch" in r.message]  # no retraining
