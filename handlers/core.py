@@ -182,10 +182,14 @@ class HandlerCore:
     def _decode_one(self, request: Request, idx: int, batch: Batch) -> list:
         v2 = kserve_v2.v2_payload(request.payload, request.headers)
         if v2 is None:
-            return self.adapter.decode(request)
-        answer_as = (kserve_v2.v2_request_id(v2.body) or "", v2.binary_output)
-        items = self.adapter.decode_v2(kserve_v2.first_input(v2))
-        batch.v2[idx] = answer_as
+            items = self.adapter.decode(request)
+        else:
+            answer_as = (kserve_v2.v2_request_id(v2.body) or "", v2.binary_output)
+            items = self.adapter.decode_v2(kserve_v2.first_input(v2))
+        if not items:  # every answer needs rows of the output
+            raise InputError("the request holds no input", 400, "EmptyRequest")
+        if v2 is not None:
+            batch.v2[idx] = answer_as
         return items
 
     def forward(self, batch: Batch) -> Batch:

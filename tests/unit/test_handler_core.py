@@ -114,3 +114,15 @@ def test_a_batch_of_only_bad_requests_runs_no_forward_pass():
 
     answers = HandlerCore(VectorClassifier(), never).handle([Request({"body": b""})] * 3)
     assert [a.status for a in answers] == [400, 400, 400]
+
+
+def test_a_request_that_decodes_to_nothing_is_its_own_400():
+    class Nothing(VectorClassifier):
+        def decode(self, request: Request) -> list:
+            return [] if request.body[1] == b"[]" else super().decode(request)
+
+    good = Request({"body": json.dumps({"vector": [1, 2, 3, 4]}).encode()})
+    answers = HandlerCore(Nothing(), nn.Linear(4, 3).eval()).handle(
+        [Request({"body": b"[]"}), good]
+    )
+    assert [a.status for a in answers] == [400, 200] and answers[0].kind == "EmptyRequest"
