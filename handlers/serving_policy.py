@@ -1,8 +1,8 @@
 """How many workers and intra-op threads a model is served with: the one home of that policy.
 
-The recipe's ``archive.min_workers``, ``max_workers`` and ``threads`` are numbers or ``AUTO``
-(this module's sentinel, the only one). ``check`` validates them (the recipe's
-``ArchiveConfig`` calls it); ``choose`` resolves ``AUTO`` from the model's cost, measured when
+The recipe's ``archive`` section is this module's ``ArchiveConfig``: its ``min_workers``,
+``max_workers`` and ``threads`` are numbers or ``AUTO`` (this module's sentinel, the only one).
+``check`` validates them; ``choose`` resolves ``AUTO`` from the model's cost, measured when
 the archive is built (``archiver.serving_measure``); ``serve_threads`` is the rule a worker
 applies at start on the inference host; ``build_threads`` the count the build measures latency
 at. Ships inside every .mar (the handler needs ``serve_threads``); imports nothing of
@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "AUTO",
     "MIN_THREAD_SPEEDUP",
     "SERVER_MS_PER_REQUEST",
+    "ArchiveConfig",
     "Measured",
     "PolicyError",
     "ServingChoice",
@@ -59,6 +61,40 @@ class PolicyError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(message)
+
+
+@dataclass
+class ArchiveConfig:
+    """The recipe's ``archive`` section: how the artifact becomes a .mar and how TorchServe
+    batches and scales it; validated on construction (``PolicyError`` naming the key). The
+    recipe reads it through ``students.recipe_sections.ArchiveConfig``, which adds YAML parsing.
+    """
+
+    SECTION: ClassVar[str] = "archive"
+    model_name: str = "student"
+    version: str = "1.0"
+    batch_size: int = 8
+    max_batch_delay: int = 50  # ms TorchServe waits to fill a batch
+    min_workers: int | str = 1  # a number, or AUTO
+    max_workers: int | str = 1
+    response_timeout: int = 120
+    topk: int = 3
+    threads: int | str = 0  # 0 = cores / max_workers on the inference host; or AUTO
+
+    def __post_init__(self) -> None:
+        if not self.model_name or not all(c.isalnum() or c in "-_" for c in self.model_name):
+            raise PolicyError("archive.model_name", "may use only letters, digits, - and _")
+        if not self.version or not all(c.isalnum() or c in "._-" for c in self.version):
+            raise PolicyError("archive.version", "may use letters, digits, . _ -")
+        for key in ("batch_size", "max_batch_delay", "response_timeout", "topk"):
+            if getattr(self, key) < 1:
+                raise PolicyError(f"archive.{key}", "must be >= 1")
+        check(self.min_workers, self.max_workers, self.threads)
+
+    @property
+    def is_auto(self) -> bool:
+        """Whether the archive step chooses workers or threads from the model's measured cost."""
+        return is_auto(self.min_workers, self.max_workers, self.threads)
 
 
 def check(min_workers: Count, max_workers: Count, threads: Count) -> None:

@@ -322,42 +322,18 @@ class ExportConfig(_Section):
 
 
 @dataclass
-class ArchiveConfig(_Section):
-    """How the artifact becomes a .mar and how TorchServe should batch and scale it."""
+class ArchiveConfig(_Section, serving_policy.ArchiveConfig):
+    """``handlers.serving_policy.ArchiveConfig`` (the section's one home: its keys, their
+    checks, ``auto``) read from YAML, its errors as ``RecipeError``s."""
 
-    SECTION: ClassVar[str] = "archive"
-    model_name: str = "student"
-    version: str = "1.0"
-    batch_size: int = 8
-    max_batch_delay: int = 50
-    # numbers, or serving_policy.AUTO: chosen from the model's measured cost at archive time
-    min_workers: int | str = 1
-    max_workers: int | str = 1
-    response_timeout: int = 120
-    topk: int = 3
-    threads: int | str = 0  # 0 = cores / max_workers on the inference host
+    SECTION: ClassVar[str] = serving_policy.ArchiveConfig.SECTION
 
     def __post_init__(self) -> None:
-        if not self.model_name or not all(c.isalnum() or c in "-_" for c in self.model_name):
-            raise RecipeError(
-                "archive.model_name", f"{self.model_name!r} may use only letters, digits, - and _"
-            )
-        if not self.version or not all(c.isalnum() or c in "._-" for c in self.version):
-            raise RecipeError("archive.version", f"{self.version!r} may use letters, digits, . _ -")
-        _at_least("archive.batch_size", self.batch_size, 1)
-        _at_least("archive.max_batch_delay", self.max_batch_delay, 1)
         try:
-            serving_policy.check(self.min_workers, self.max_workers, self.threads)
+            super().__post_init__()
         except serving_policy.PolicyError as err:
             value = getattr(self, err.key.split(".")[1])
-            raise RecipeError(err.key, f"{err}, got {value!r}") from None
-        _at_least("archive.response_timeout", self.response_timeout, 1)
-        _at_least("archive.topk", self.topk, 1)
-
-    @property
-    def is_auto(self) -> bool:
-        """Whether the archive step chooses workers or threads from the model's measured cost."""
-        return serving_policy.is_auto(self.min_workers, self.max_workers, self.threads)
+            raise RecipeError(err.key, f"{value!r}: {err}") from None
 
 
 def _range(key: str, value: list | None, low: float, high: float) -> None:
