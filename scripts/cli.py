@@ -55,6 +55,7 @@ def _show_progress(verb: str) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # torch-model-archiver configures the root logger: no second copy
     train = logging.WARNING if verb in ("tune", "bench") else logging.NOTSET
     logging.getLogger("distillserve.train").setLevel(train)
 

@@ -155,42 +155,58 @@ def _tiny_data(n: int = 32):
     return [(images[i : i + 8], (images[i : i + 8, 0] > 0).long()) for i in range(0, n, 8)]
 
 
-def test_every_epoch_is_a_line_off_a_terminal_and_resume_names_its_epoch(tmp_path, caplog):
+class _Lines(logging.Handler):
+    """The messages a logger emits, whatever else handles them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_every_epoch_is_a_line_off_a_terminal_and_resume_names_its_epoch(tmp_path, monkeypatch):
     data = _tiny_data()
-    caplog.set_level(logging.INFO, logger="distillserve.train")
+    logger, lines = logging.getLogger("distillserve.train"), _Lines()
+    monkeypatch.setattr(logger, "handlers", [lines])
+    previous = logger.level
+    logger.setLevel(logging.INFO)
 
     def stop_after_two(epoch: int, _epochs: int, _acc: float) -> None:
         if epoch == 1:
             raise KeyboardInterrupt
 
-    first = Checkpointer(tmp_path, {"name": "x"}, resume=False)
-    settings = DistillSettings(epochs=4, lr=0.1, weight_decay=0.0)
-    with pytest.raises(KeyboardInterrupt):
+    try:
+        first = Checkpointer(tmp_path, {"name": "x"}, resume=False)
+        settings = DistillSettings(epochs=4, lr=0.1, weight_decay=0.0)
+        with pytest.raises(KeyboardInterrupt):
+            train(
+                nn.Linear(4, 2),
+                data,
+                data,
+                settings,
+                desc="teacher 1/1",
+                on_epoch=stop_after_two,
+                checkpoint=first.phase("teacher 1/1"),
+            )
+        epochs = [line for line in lines.lines if "epoch" in line]
+        assert epochs[0].startswith("[train] teacher 1/1: epoch 1/4 loss ")
+        assert len(epochs) == 2  # the second was interrupted after its line, before its checkpoint
+        lines.lines.clear()
+        again = Checkpointer(tmp_path, {"name": "x"}, resume=True)
         train(
             nn.Linear(4, 2),
             data,
             data,
             settings,
             desc="teacher 1/1",
-            on_epoch=stop_after_two,
-            checkpoint=first.phase("teacher 1/1"),
+            checkpoint=again.phase("teacher 1/1"),
         )
-    epochs = [r.message for r in caplog.records if "epoch" in r.message]
-    assert epochs[0].startswith("[train] teacher 1/1: epoch 1/4 loss ")
-    assert len(epochs) == 2  # the second was interrupted after its line, before its checkpoint
-    caplog.clear()
-    again = Checkpointer(tmp_path, {"name": "x"}, resume=True)
-    train(
-        nn.Linear(4, 2),
-        data,
-        data,
-        settings,
-        desc="teacher 1/1",
-        checkpoint=again.phase("teacher 1/1"),
-    )
-    messages = [r.message for r in caplog.records]
-    assert "resuming at epoch 2/4" in messages[0]
-    assert [m.split(": ")[1].split(" loss")[0] for m in messages[1:]] == [
+    finally:
+        logger.setLevel(previous)
+    assert "resuming at epoch 2/4" in lines.lines[0]
+    assert [m.split(": ")[1].split(" loss")[0] for m in lines.lines[1:]] == [
         "epoch 2/4",
         "epoch 3/4",
         "epoch 4/4",
@@ -328,7 +344,7 @@ def test_the_build_says_when_int8_is_slower_than_fp32():
 
 @pytest.mark.slow  # trains a student for an epoch
 def test_a_failed_export_resumes_without_retraining_after_an_export_change(
-    shapes_data, teacher_files, tmp_path, capsys, monkeypatch, caplog
+    shapes_data, teacher_files, tmp_path, capsys, monkeypatch
 ):
     from distillserve.students import pipeline
 
@@ -349,9 +365,9 @@ def test_a_failed_export_resumes_without_retraining_after_an_export_change(
     raw["export"]["min_int8_agreement"] = 0.5  # an export-only change
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    caplog.set_level(logging.INFO, logger="distillserve")
-    caplog.clear()
     assert main(["build", str(recipe), "--out", str(tmp_path / "build"), "--resume"]) == 0
-    restored = [r.message for r in caplog.records if "restored from" in r.message]
+    lines = capsys.readouterr().err.splitlines()  # what the user sees on stderr
+    restored = [line for line in lines if "restored from" in line]
     assert restored and restored[0].startswith("[train] student: finished before")
-    assert not [r.message for r in caplog.records if "student: epoch" in r.message]  # no retraining
+    assert not [line for line in lines if "student: epoch" in line]  # no retraining
+    assert any(line.startswith("[build] artifacts in") for line in lines)
