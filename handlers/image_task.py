@@ -88,10 +88,13 @@ class ImageClassification:
         return [Normalised(row) for row in tensor.values.reshape(-1, *shape)]
 
     def collate(self, items: Sequence) -> torch.Tensor:
-        pixels = iter(
-            imageprep.preprocess([i.image for i in items if isinstance(i, Pixels)], self.spec)
-        )
-        rows = [next(pixels) if isinstance(i, Pixels) else i.row for i in items]
+        images = [i.image for i in items if isinstance(i, Pixels)]
+        pixels = imageprep.preprocess(images, self.spec) if images else None
+        if len(images) == len(items):  # images only, the usual batch: already in order
+            return pixels.to(self.device)
+        rows, taken = [], iter(pixels if pixels is not None else [])
+        for item in items:
+            rows.append(next(taken) if isinstance(item, Pixels) else item.row)
         return torch.stack(rows).to(self.device)
 
     def empty(self) -> torch.Tensor:
