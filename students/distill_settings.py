@@ -1,6 +1,6 @@
 """One object for how a model is trained: the optimizer's schedule, what it learns from (labels,
 or teachers with their weights), the KD loss's temperature and alpha (constants or schedules),
-early stopping, augmentation and the teacher-output cache. ``students.distill.train`` takes it;
+early stopping, augmentation and the teacher-output cache. ``students.training.train`` takes it;
 ``stages.DistilledStudent`` owns the student's, and pruning and QAT derive theirs from it with
 ``replace``, so no setting is re-listed by hand."""
 

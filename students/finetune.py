@@ -46,7 +46,7 @@ def _set(model: nn.Module, trainable_names: set[str]) -> None:
 
 
 def make_trainable(mode: str, unfreeze_every: int = 2) -> Callable[[nn.Module, int], None] | None:
-    """The per-epoch callback for ``students.distill.train`` (``None`` for ``full``)."""
+    """The per-epoch callback for ``students.training.train`` (``None`` for ``full``)."""
     if mode not in FINETUNE_MODES:
         raise RecipeError(
             "distill.finetune", f"{mode!r} is not one of: {', '.join(FINETUNE_MODES)}"

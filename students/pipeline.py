@@ -107,7 +107,7 @@ def build(
 
     With ``teacher_cache_dir`` a trained teacher is saved there and reused by later builds whose
     seed, data and teacher settings (and training code) are the same. ``on_epoch`` follows the
-    student's distillation epochs (``students.distill.train``). Every training epoch is
+    student's distillation epochs (``students.training.train``). Every training epoch is
     checkpointed in ``build/NAME/VERSION/.checkpoints/`` (``students.checkpoints``); ``resume``
     continues from them (as does a process torchrun restarted). Under torchrun every process
     trains its shard; only rank 0 goes on to export and write, the others return ``None``.
