@@ -171,8 +171,6 @@ class HandlerCore:
                 batch.errors[idx] = err
             except Exception as err:  # the safety net: one request, never its batch
                 batch.errors[idx] = _unreadable(idx, err)
-            if idx in batch.errors:
-                batch.v2.pop(idx, None)
         items = [item for idx in sorted(batch.items) for item in batch.items[idx]]
         batch.inputs = self.adapter.collate(items) if items else self.adapter.empty()
         batch.count = len(items)
