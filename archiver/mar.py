@@ -35,6 +35,7 @@ from distillserve.students.recipe import ArchiveConfig
 
 __all__ = [
     "HANDLER_FILES",
+    "handler_files",
     "ArchiveResult",
     "archive_file_name",
     "archiver_tempdir",
@@ -44,21 +45,33 @@ __all__ = [
     "sha256_file",
 ]
 
-# The handler and its helpers, shipped flat at the root of every .mar (from the installed package).
+# The handler and its helpers, shipped flat at the root of every .mar (from the installed package):
+# the task's handler module and adapter, then the core every task shares.
 HANDLER_PACKAGE = "distillserve.handlers"
 HANDLER_MODULE = "distill_classifier.py"
-HANDLER_FILES = (
-    HANDLER_MODULE,
+TEXT_HANDLER_MODULE = "distill_text_classifier.py"
+CORE_FILES = (
     "core_handler.py",
     "core.py",
-    "image_task.py",
     "classification.py",
     "imageprep.py",
+    "textprep.py",
     "kserve_v2.py",
     "payloads.py",
     "runtimes.py",
     "serving_policy.py",
 )
+TASK_FILES = {
+    "image-classification": (HANDLER_MODULE, "image_task.py"),
+    "text-classification": (TEXT_HANDLER_MODULE, "text_task.py"),
+}
+HANDLER_FILES = (*TASK_FILES["image-classification"], *CORE_FILES)  # an image archive's
+
+
+def handler_files(text: bool) -> tuple[str, ...]:
+    """The handler module (first) and every helper an archive of that task ships."""
+    return (*TASK_FILES["text-classification" if text else "image-classification"], *CORE_FILES)
+
 
 # torch-model-archiver stages files in tempfile.gettempdir()/<model name>: point that at a
 # private directory per build, one build at a time within this process.
@@ -210,7 +223,11 @@ def _describe(
         "version": config.version,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "format": model_format,
-        "sha256": {model_path.name: sha256_file(model_path)},
+        "task": "text-classification" if artifact.handler.is_text else "image-classification",
+        "sha256": {
+            model_path.name: sha256_file(model_path),
+            **{extra.name: sha256_file(extra) for extra in artifact.extra_files},
+        },
         "versions": package_versions(),
         "metrics": _metrics_of(artifact.metrics, model_format),
         "recipe": artifact.recipe,
@@ -238,17 +255,26 @@ def _pack(
         files = staging / "files"
         files.mkdir()
         handlers = resources.files(HANDLER_PACKAGE)
-        for name in HANDLER_FILES:
+        shipped = handler_files(artifact.handler.is_text)
+        for name in shipped:
             (files / name).write_bytes(handlers.joinpath(name).read_bytes())
         (files / "index_to_name.json").write_text(json.dumps(artifact.index_to_name, indent=2))
         (files / "build-info.json").write_text(json.dumps(build_info, indent=2) + "\n")
         (files / "model-config.yaml").write_text(yaml.safe_dump(model_config, sort_keys=False))
+        for extra_file in artifact.extra_files:
+            (files / extra_file.name).write_bytes(extra_file.read_bytes())
         out = staging / "out"
         out.mkdir()
-        extra = (*HANDLER_FILES[1:], "index_to_name.json", "build-info.json")
+        module = shipped[0]
+        extra = (
+            *shipped[1:],
+            "index_to_name.json",
+            "build-info.json",
+            *(extra_file.name for extra_file in artifact.extra_files),
+        )
         archiver_config = ModelArchiverConfig(
             model_name=config.model_name,
-            handler=str(files / HANDLER_MODULE),
+            handler=str(files / module),
             version=config.version,
             serialized_file=str(model_path),
             extra_files=",".join(str(files / name) for name in extra),

@@ -16,9 +16,13 @@ import torch
 try:  # inside this repository
     from .imageprep import ImageLimits, PreprocessSpec
     from .serving_policy import AUTO
+    from .textprep import TASK as TEXT_TASK
+    from .textprep import TextSpec
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     from imageprep import ImageLimits, PreprocessSpec
     from serving_policy import AUTO
+    from textprep import TASK as TEXT_TASK
+    from textprep import TextSpec
 
 __all__ = [
     "QUANTIZED_ENGINES",
@@ -40,7 +44,7 @@ class HandlerSettings:
     """The ``handler:`` section of ``model-config.yaml``: an artifact's ``handler.yaml``, read
     with ``from_dict`` and written with ``to_dict`` (the one definition of that file)."""
 
-    spec: PreprocessSpec
+    spec: PreprocessSpec | TextSpec  # the task's input contract
     topk: int = 3
     quantized: bool = False
     engine: str = "x86"
@@ -50,9 +54,11 @@ class HandlerSettings:
 
     @classmethod
     def from_dict(cls, settings: dict) -> HandlerSettings:
-        """Parse and check the settings; a ``ValueError`` names the bad key."""
+        """Parse and check the settings; a ``ValueError`` names the bad key. ``task:
+        text-classification`` settings hold a ``TextSpec``, any others an image's."""
+        text = settings.get("task") == TEXT_TASK
         missing = [k for k in ("image_size", "channels", "mean", "std") if k not in settings]
-        if missing:
+        if missing and not text:
             raise ValueError(f"handler settings lack {', '.join(missing)}")
         engine = str(settings.get("engine", "x86"))
         if engine not in QUANTIZED_ENGINES:
@@ -69,7 +75,7 @@ class HandlerSettings:
             max_side_ratio=float(settings.get("max_side_ratio", defaults.max_side_ratio)),
         )
         return cls(
-            spec=PreprocessSpec.from_dict(settings),
+            spec=TextSpec.from_dict(settings) if text else PreprocessSpec.from_dict(settings),
             topk=topk,
             quantized=bool(settings.get("quantized", False)),
             engine=engine,
@@ -80,17 +86,27 @@ class HandlerSettings:
 
     def to_dict(self) -> dict:
         """The settings as ``handler.yaml`` / the ``handler:`` section holds them."""
-        return {
+        common = {
             **self.spec.to_dict(),
             "topk": self.topk,
             "quantized": self.quantized,
             "engine": self.engine,
             "threads": self.threads,
             "warmup_iterations": self.warmup_iterations,
+        }
+        if self.is_text:
+            return common
+        return {
+            **common,
             "max_bytes": self.limits.max_bytes,
             "max_pixels": self.limits.max_pixels,
             "max_side_ratio": self.limits.max_side_ratio,
         }
+
+    @property
+    def is_text(self) -> bool:
+        """Whether these are a text classifier's settings."""
+        return isinstance(self.spec, TextSpec)
 
 
 def _threads(value) -> int | str:

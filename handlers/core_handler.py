@@ -44,12 +44,18 @@ class CoreHandler(BaseHandler):
     adapter (``make_adapter``)."""
 
     def make_adapter(self, settings, mapping: dict[str, str], device: torch.device):
-        """The task adapter (``core.TaskAdapter``) for this model."""
+        """The task adapter (``core.TaskAdapter``) for this model (``self.model_dir`` holds
+        the archive's files)."""
         raise NotImplementedError
+
+    def bind(self, model):
+        """What the core calls on a collated batch: the model itself, unless the task's
+        batches carry more than the model's input."""
+        return model
 
     def initialize(self, context) -> None:
         properties = context.system_properties
-        model_dir = Path(properties["model_dir"])
+        model_dir = self.model_dir = Path(properties["model_dir"])
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.settings = classification.HandlerSettings.from_dict(yaml_config.get("handler", {}))
         self.manifest = context.manifest
@@ -82,7 +88,7 @@ class CoreHandler(BaseHandler):
         name = getattr(context, "model_name", None) or self.manifest["model"].get("modelName", "")
         self.core = core.HandlerCore(
             self.adapter,
-            self.model,
+            self.bind(self.model),
             model_name=name,
             model_version=self.version,
             metrics=self._add_metric,

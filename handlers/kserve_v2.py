@@ -295,9 +295,11 @@ def v2_response(
 
 
 def _raw(datatype: str, values: list) -> bytes:
-    """Values in the binary tensor extension's layout: FP32 little-endian, BYTES each as a
-    4-byte length and its UTF-8 bytes."""
+    """Values in the binary tensor extension's layout: FP32 little-endian, BOOL one byte each,
+    BYTES each as a 4-byte length and its UTF-8 bytes."""
     if datatype == "FP32":
         return struct.pack(f"<{len(values)}f", *values)
+    if datatype == "BOOL":
+        return bytes(1 if v else 0 for v in values)
     encoded = (v if isinstance(v, bytes) else str(v).encode() for v in values)
     return b"".join(struct.pack("<I", len(b)) + b for b in encoded)

@@ -7,6 +7,7 @@
     handler.yaml         the handler's settings (``HandlerSettings.to_dict``)
     metrics.json         what was measured: accuracy, size, latency, parity, ...
     recipe.yaml          the resolved recipe that built it (its ``archive`` section packs it)
+    tokenizer.json       a text model's tokenizer (``handler.yaml`` names it)
 
 ``write_artifact`` writes everything but the model; ``Artifact.read`` checks and reads a
 directory. Nothing else writes or parses these files by hand.
@@ -41,6 +42,13 @@ class Artifact:
     metrics: dict
     recipe: dict
     archive: ArchiveConfig
+
+    @property
+    def extra_files(self) -> list[Path]:
+        """The files the handler reads besides the model and labels (a text model's tokenizer)."""
+        if self.handler.is_text:
+            return [self.directory / self.handler.spec.tokenizer]
+        return []
 
     @property
     def formats(self) -> list[str]:
@@ -84,6 +92,9 @@ class Artifact:
             handler = HandlerSettings.from_dict(handler_dict)
         except (ValueError, TypeError, KeyError) as err:
             raise ArchiveError(f"{directory / 'handler.yaml'}: {err}") from None
+        for extra in [directory / handler.spec.tokenizer] if handler.is_text else []:
+            if not extra.is_file():
+                raise ArchiveError(f"{directory} is a text model's artifact without {extra.name}")
         recipe = _yaml(directory / "recipe.yaml")
         try:
             archive = ArchiveConfig.parse(recipe.get("archive"))
@@ -107,8 +118,10 @@ def write_artifact(
     handler: HandlerSettings,
     metrics: dict,
     recipe: dict,
+    files: dict[str, bytes] | None = None,
 ) -> Artifact:
-    """Write the files beside the model files (at least one must exist) and read them back."""
+    """Write the files beside the model files (at least one must exist), and ``files`` (name
+    -> bytes, a tokenizer), and read them back."""
     directory = Path(directory)
     if not any((directory / name).is_file() for name in MODEL_FILES.values()):
         raise ArchiveError(f"a model file must be written to {directory} before the artifact")
@@ -117,6 +130,8 @@ def write_artifact(
     (directory / "handler.yaml").write_text(yaml.safe_dump(handler.to_dict(), sort_keys=False))
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (directory / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    for name, content in (files or {}).items():
+        (directory / name).write_bytes(content)
     return Artifact.read(directory)
 
 

@@ -21,9 +21,10 @@ AUGMENT = {"degrees": 10.0, "translate": 0.1, "scale": 0.1}
 
 @dataclass(frozen=True)
 class DistillSettings:
-    """How ``train`` trains: SGD with Nesterov momentum and a cosine schedule over ``epochs``
-    at ``lr``; with ``teachers`` the KD loss at ``temperature``/``alpha`` (their soft targets
-    weighted by ``teacher_weights``), without them cross-entropy (``label_smoothing``)."""
+    """How ``train`` trains: SGD with Nesterov momentum (or AdamW, ``optimizer``) and a cosine
+    schedule over ``epochs`` at ``lr``; with ``teachers`` the KD loss at ``temperature`` and
+    ``alpha`` (their soft targets weighted by ``teacher_weights``), without them cross-entropy
+    (``label_smoothing``)."""
 
     epochs: int
     lr: float
@@ -38,6 +39,7 @@ class DistillSettings:
     seed: int = 0
     cache_teacher_outputs: bool = True  # a frozen teacher's outputs computed once, unaugmented
     teacher_outputs_mb: float = 256.0
+    optimizer: str = "sgd"  # sgd (Nesterov momentum 0.9) | adamw
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -66,7 +68,7 @@ class DistillSettings:
 def of_recipe(recipe) -> DistillSettings:
     """The student's distillation settings from a recipe's ``distill`` section (the teachers
     are added with ``learning_from``)."""
-    kd = recipe.distill
+    kd, text = recipe.distill, getattr(recipe, "is_text", False)
     return DistillSettings(
         epochs=kd.epochs,
         lr=kd.lr,
@@ -74,10 +76,11 @@ def of_recipe(recipe) -> DistillSettings:
         temperature=kd.temperature_at,
         alpha=kd.alpha_at,
         patience=kd.patience or None,
-        augment=AUGMENT if kd.augment else None,
+        augment=AUGMENT if kd.augment and not text else None,  # affine: images only
         seed=recipe.seed,
         cache_teacher_outputs=kd.cache_teacher_outputs,
         teacher_outputs_mb=kd.teacher_outputs_mb,
+        optimizer=kd.optimizer or ("adamw" if text else "sgd"),
     )
 
 
@@ -95,4 +98,5 @@ def for_qat(recipe, distilled: DistillSettings, epochs: int | None = None) -> Di
         temperature=kd.temperature,
         alpha=kd.alpha,
         seed=recipe.seed,
+        optimizer=distilled.optimizer,
     )

@@ -53,7 +53,7 @@ def export_formats(
 ) -> dict[str, dict]:
     """Write one model's file in each of ``formats`` (default ``export.formats``) into
     ``directory``; each format's parity record (with ``export_seconds``), by format."""
-    example = torch.zeros(1, recipe.data.channels, *recipe.data.image_size)
+    example = data.input_example(2)
     records = {}
     for fmt in formats or recipe.export.formats:
         path = directory / MODEL_FILES[fmt]
@@ -92,14 +92,19 @@ def _pt2(recipe: Recipe, source: FormatSource, path: Path, example, data) -> tup
         quantize_pt2e,
     )
 
-    q = recipe.quantize
+    q, longest = recipe.quantize, data.max_length
     if not source.quantized:
-        compile_package(source.fp32, example, path)
+        compile_package(source.fp32, example, path, longest)
         return _check(recipe, path, data, eager=source.fp32), "eager model"
     int8, reference = quantize_pt2e(
-        source.fp32, example, data.calibration, mode=q.mode, train=source.qat_train
+        source.fp32,
+        example,
+        data.calibration,
+        mode=q.mode,
+        train=source.qat_train,
+        max_length=longest,
     )
-    compile_package(int8, example, path)
+    compile_package(int8, example, path, longest)
     kernels = int8_kernel_calls(path)
     if kernels == 0:
         path.unlink()
@@ -115,11 +120,11 @@ def _onnx(recipe: Recipe, source: FormatSource, path: Path, example, data) -> tu
     from distillserve.students.export_onnx import export_onnx, quantize_onnx
 
     if not source.quantized:
-        export_onnx(source.fp32, example, path)
+        export_onnx(source.fp32, example, path, data.max_length)
         return _check(recipe, path, data, eager=source.fp32), "eager model"
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
-        export_onnx(source.fp32, example, fp32_path)
+        export_onnx(source.fp32, example, fp32_path, data.max_length)
         quantize_onnx(fp32_path, path, data.calibration, recipe.quantize.mode)
     return _check(recipe, path, data, reference=source.fp32), "fp32 model (ONNX Runtime PTQ)"
 

@@ -24,17 +24,20 @@ INPUT_NAME = "input"
 OPSET = 18
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> float:
-    """Export fp32 ``model`` to ``path`` (batch axis dynamic) and check the file; seconds taken."""
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path, max_length: int | None = None
+) -> float:
+    """Export fp32 ``model`` to ``path`` (batch axis dynamic, and with ``max_length`` the
+    sequence axis of token ids) and check the file; seconds taken."""
     import onnx
 
-    from distillserve.students.export_pt2 import MAX_BATCH
+    from distillserve.students.export_pt2 import dynamic_axes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    example = example.expand(2, *example.shape[1:]).contiguous()
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    if len(example) < 2:
+        example = example.expand(2, *example.shape[1:]).contiguous()
     try:
         with (
             warnings.catch_warnings(),
@@ -45,7 +48,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> fl
                 model.eval(),
                 (example,),
                 dynamo=True,
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=(dynamic_axes(max_length),),
                 input_names=[INPUT_NAME],
                 output_names=["logits"],
                 opset_version=OPSET,
@@ -106,7 +109,9 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
+        # symbolic shape inference cannot follow a transformer's dynamic sequence axis;
+        # dynamic quantization needs no inferred shapes
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=mode == "dynamic")
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
         else:

@@ -1,4 +1,5 @@
-"""torch.export + AOTInductor: a ``.pt2`` package with a dynamic batch dimension, fp32 or int8.
+"""torch.export + AOTInductor: a ``.pt2`` package with a dynamic batch dimension (and, for a text
+model's token ids, a dynamic sequence length up to ``max_length``), fp32 or int8.
 
 int8 is PT2E quantization through torchao's ``X86InductorQuantizer`` (torch 2.14 no longer ships
 ``torch.ao.quantization.quantize_pt2e``): export the fp32 model, prepare, calibrate (or train with
@@ -37,15 +38,28 @@ __all__ = [
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
 
 
-def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` in eval mode with a dynamic batch dimension."""
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    example = example.expand(2, *example.shape[1:]).contiguous()  # batch 1 would specialise
+def dynamic_axes(max_length: int | None = None) -> dict[int, torch.export.Dim]:
+    """The input's dynamic axes: the batch, and with ``max_length`` (token ids) the sequence."""
+    axes = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
+    if max_length is not None:
+        axes[1] = torch.export.Dim("sequence", min=2, max=max_length)
+    return axes
+
+
+def export_program(
+    model: nn.Module, example: torch.Tensor, max_length: int | None = None
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode with a dynamic batch dimension (and sequence
+    length, with ``max_length``)."""
+    if len(example) < 2:  # batch 1 would specialise
+        example = example.expand(2, *example.shape[1:]).contiguous()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
             model.eval()  # not chained: an exported graph's eval() returns None
-            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+            return torch.export.export(
+                model, (example,), dynamic_shapes=(dynamic_axes(max_length),)
+            )
     except Exception as err:
         raise ExportError(
             f"torch.export cannot export {type(model).__name__}: {_first_line(err)}"
@@ -135,6 +149,7 @@ def quantize_pt2e(
     *,
     mode: str = "static",
     train: Callable[[nn.Module], None] | None = None,
+    max_length: int | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """The PT2E int8 graph of fp32 ``model`` (a copy) and the reference its parity is judged
     against (``model``; for QAT the fake-quantized graph it was converted from).
@@ -161,7 +176,9 @@ def quantize_pt2e(
             f"called {count} times in one forward pass (torchvision's BasicBlock reuses its "
             "ReLU); give each call its own module, or use a quantizable variant"
         )
-    graph = export_program(with_three_channel_stems(copy.deepcopy(model)), example).module()
+    graph = export_program(
+        with_three_channel_stems(copy.deepcopy(model)), example, max_length
+    ).module()
     quantizer = _quantizer(qat=mode == "qat", dynamic=mode == "dynamic")
     try:
         with warnings.catch_warnings():
@@ -190,7 +207,9 @@ def quantize_pt2e(
     return converted, reference
 
 
-def compile_package(model: nn.Module, example: torch.Tensor, path: str | Path) -> float:
+def compile_package(
+    model: nn.Module, example: torch.Tensor, path: str | Path, max_length: int | None = None
+) -> float:
     """Export ``model`` (eager or a PT2E graph) and compile it with AOTInductor into ``path``;
     returns the compile seconds. Freezing and no_grad, so int8 graphs get int8 kernels."""
     import torch._inductor.config as inductor_config
@@ -198,7 +217,7 @@ def compile_package(model: nn.Module, example: torch.Tensor, path: str | Path) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    program = export_program(model, example)
+    program = export_program(model, example, max_length)
     try:
         with (
             warnings.catch_warnings(),

@@ -48,6 +48,11 @@ from distillserve.students.stages import (
     prune_student,
     quantize_student,
 )
+from distillserve.students.text_stages import (
+    distill_text_student,
+    load_text_data,
+    make_text_teacher,
+)
 from distillserve.students.training import train
 from distillserve.students.zoo import count_parameters
 
@@ -124,12 +129,19 @@ def build(
     checkpointer = Checkpointer(final / ".checkpoints", recipe.to_dict(), resume)
     if resume and checkpointer.completed():
         log(f"resuming from {checkpointer.directory}: {', '.join(checkpointer.completed())}")
-    data = load_data(recipe, log)
-    timer.done("data")
     cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
-    teacher = make_teacher(recipe, data, log, cache, checkpointer)
-    timer.done("teacher")
-    distilled = distill_student(recipe, data, teacher, log, on_epoch, checkpointer)
+    if recipe.is_text:
+        data, loaded = load_text_data(recipe, log)
+        timer.done("data")
+        teacher = make_text_teacher(recipe, data, loaded, log, cache, checkpointer)
+        timer.done("teacher")
+        distilled = distill_text_student(recipe, data, teacher, log, on_epoch, checkpointer)
+    else:
+        data = load_data(recipe, log)
+        timer.done("data")
+        teacher = make_teacher(recipe, data, log, cache, checkpointer)
+        timer.done("teacher")
+        distilled = distill_student(recipe, data, teacher, log, on_epoch, checkpointer)
     timer.done("distill")
     student = prune_student(recipe, distilled, data, log, checkpointer)
     timer.done("prune")
@@ -310,7 +322,7 @@ def _measure(
     loaded file: a TorchScript module that has already run other batch shapes (the
     evaluation's) is specialised for them and runs batch 1 up to 2x slower."""
     worker_threads = serving_policy.build_threads(recipe.archive.threads)
-    shape = (recipe.data.channels, *recipe.data.image_size)
+    one, eight = data.input_example(1), data.input_example(8)
     formats = {}
     for fmt in model.formats:
         path = directory / MODEL_FILES[fmt]
@@ -318,8 +330,8 @@ def _measure(
         export_seconds = record.pop("export_seconds")
         with threads(worker_threads):
             loaded = load_exported(path, threads=worker_threads)
-            batch1 = latency_ms(loaded, torch.zeros(1, *shape))
-            batch8 = latency_ms(loaded, torch.zeros(8, *shape), repeats=30)
+            batch1 = latency_ms(loaded, one)
+            batch8 = latency_ms(loaded, eight, repeats=30)
         formats[fmt] = {
             "file": path.name,
             "size_bytes": path.stat().st_size,
@@ -365,5 +377,10 @@ def _write(
         threads=recipe.archive.threads,  # AUTO is resolved when the archive is built
     )
     write_artifact(
-        directory, classes=data.splits.classes, handler=handler, metrics=metrics, recipe=resolved
+        directory,
+        classes=data.splits.classes,
+        handler=handler,
+        metrics=metrics,
+        recipe=resolved,
+        files=data.files,
     )

@@ -32,6 +32,14 @@ from distillserve.students.recipe_sections import (  # noqa: F401 - re-exported
     _coerce,
     _Section,
 )
+from distillserve.students.recipe_text import (
+    IMAGE_TASK,
+    TEXT_TASK,
+    TextDataConfig,
+    TextModelConfig,
+    TextTeacherConfig,
+    check_task_keys,
+)
 
 __all__ = [*recipe_sections.__all__, "Recipe", "load_recipe", "merge"]
 
@@ -41,9 +49,9 @@ class Recipe:
     """A whole recipe; ``load_recipe`` builds one from YAML."""
 
     name: str
-    data: DataConfig
-    teacher: TeacherConfig
-    student: ModelConfig
+    data: DataConfig | TextDataConfig
+    teacher: TeacherConfig | TextTeacherConfig
+    student: ModelConfig | TextModelConfig
     distill: DistillConfig
     prune: PruneConfig
     quantize: QuantizeConfig
@@ -51,6 +59,7 @@ class Recipe:
     archive: ArchiveConfig
     seed: int = 0
     tune: TuneConfig = field(default_factory=TuneConfig)
+    task: str = IMAGE_TASK  # image-classification | text-classification
 
     SECTIONS: ClassVar[dict[str, type[_Section]]] = {
         "data": DataConfig,
@@ -63,12 +72,18 @@ class Recipe:
         "archive": ArchiveConfig,
         "tune": TuneConfig,
     }
+    # The sections a text-classification recipe reads in place of the image ones.
+    TEXT_SECTIONS: ClassVar[dict[str, type[_Section]]] = {
+        "data": TextDataConfig,
+        "teacher": TextTeacherConfig,
+        "student": TextModelConfig,
+    }
 
     @classmethod
     def from_dict(cls, raw: Any) -> Recipe:
         if not isinstance(raw, dict):
             raise RecipeError(None, "a recipe must be a YAML mapping")
-        allowed = ("name", "seed", *cls.SECTIONS)
+        allowed = ("name", "seed", "task", *cls.SECTIONS)
         for key in raw:
             if key not in allowed:
                 raise RecipeError(key, f"unknown key (allowed: {', '.join(allowed)})")
@@ -76,8 +91,17 @@ class Recipe:
         if not name:
             raise RecipeError("name", "is required")
         seed = _coerce(raw.get("seed", 0), int, "seed")
-        sections = {key: kind.parse(raw.get(key)) for key, kind in cls.SECTIONS.items()}
-        recipe = cls(name=name, seed=seed, **sections)
+        task = _coerce(raw.get("task", IMAGE_TASK), str, "task")
+        check_task_keys(task, raw)
+        kinds = dict(cls.SECTIONS)
+        if task == TEXT_TASK:
+            kinds.update(cls.TEXT_SECTIONS)
+            quantize = raw.get("quantize")
+            raw = {**raw, "quantize": {"mode": "dynamic", **(quantize or {})}}
+        sections = {key: kind.parse(raw.get(key)) for key, kind in kinds.items()}
+        recipe = cls(name=name, seed=seed, task=task, **sections)
+        if task == TEXT_TASK:
+            return recipe
         other = [f for f in recipe.export.formats if f != "torchscript"]
         if other and recipe.quantize.mode == "mixed":
             raise RecipeError(
@@ -89,8 +113,15 @@ class Recipe:
         return recipe
 
     @property
+    def is_text(self) -> bool:
+        """Whether this recipe builds a text classifier."""
+        return self.task == TEXT_TASK
+
+    @property
     def teacher_is_torchscript(self) -> bool:
         """Whether the teacher is a TorchScript file (it runs as it is, without its code)."""
+        if self.is_text:
+            return False
         return bool(self.teacher.checkpoint) and is_torchscript(self.teacher.checkpoint)
 
     @property
@@ -103,6 +134,8 @@ class Recipe:
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        if self.is_text:
+            out["task"] = self.task
         out.update({key: getattr(self, key).to_dict() for key in self.SECTIONS})
         return out
 

@@ -204,6 +204,10 @@ class DistillConfig(_Section):
     augment: bool = True
     cache_teacher_outputs: bool = True
     teacher_outputs_mb: float = 256.0
+    optimizer: str | None = None  # sgd | adamw; default sgd for images, adamw for text
+    hidden_weight: float = 0.0  # text: TinyBERT hidden-state MSE (students.text_kd)
+    attention_weight: float = 0.0  # text: TinyBERT attention-map MSE
+    layer_map: list[list[int]] | None = None  # text: [teacher layer, student layer] pairs
     # built once from the schedules above: (epoch, epochs) -> value
     alpha_at: Callable[[int, int], float] = field(
         init=False, repr=False, compare=False, metadata=DERIVED
@@ -238,6 +242,15 @@ class DistillConfig(_Section):
         _at_least("distill.epochs", self.epochs, 1)
         _at_least("distill.lr", self.lr, 0.0)
         _at_least("distill.weight_decay", self.weight_decay, 0.0)
+        if self.optimizer is not None:
+            _choice("distill.optimizer", self.optimizer, ("sgd", "adamw"))
+        _at_least("distill.hidden_weight", self.hidden_weight, 0.0)
+        _at_least("distill.attention_weight", self.attention_weight, 0.0)
+        for i, pair in enumerate(self.layer_map or []):
+            if len(pair) != 2 or min(pair) < 0:
+                raise RecipeError(
+                    f"distill.layer_map[{i}]", f"must be [teacher layer, student layer], got {pair}"
+                )
 
 
 @dataclass

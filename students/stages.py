@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from distillserve.errors import RecipeError
 from distillserve.handlers.imageprep import PreprocessSpec
+from distillserve.handlers.textprep import TextSpec
 from distillserve.students import teacher_cache
 from distillserve.students.checkpoint_files import is_torchscript, load_state
 from distillserve.students.checkpoints import NO_CHECKPOINTS, Checkpointer, NoCheckpoints
@@ -66,16 +67,29 @@ class DataStage:
     """The splits and the loaders every later stage reads."""
 
     splits: Splits
-    spec: PreprocessSpec
+    spec: PreprocessSpec | TextSpec
     train: DataLoader  # shuffled, for the teacher
     students: DataLoader  # shuffled, the (possibly reduced) labelled share the students see
     calibration: DataLoader
     val: DataLoader
     test: DataLoader
+    files: dict[str, bytes] = field(default_factory=dict)  # more artifact files (a tokenizer)
+    example: Callable[[int], torch.Tensor] | None = None  # the task's typical model input
 
     @property
     def classes(self) -> int:
         return len(self.splits.classes)
+
+    def input_example(self, size: int) -> torch.Tensor:
+        """Model input of ``size`` rows: the task's typical input, or zero images."""
+        if self.example is not None:
+            return self.example(size)
+        return torch.zeros(size, self.spec.channels, *self.spec.image_size)
+
+    @property
+    def max_length(self) -> int | None:
+        """A text model's longest input (its dynamic sequence axis's bound); None for images."""
+        return getattr(self.spec, "max_length", None)
 
 
 @dataclass

@@ -21,7 +21,16 @@ from distillserve.students.recipe import Recipe
 
 __all__ = ["cache_key", "load_members", "save_members"]
 
-_SOURCES = ("data.py", "distill.py", "zoo.py", "schedules.py", "stages.py")
+_SOURCES = (
+    "data.py",
+    "distill.py",
+    "zoo.py",
+    "schedules.py",
+    "stages.py",
+    "text_data.py",
+    "text_models.py",
+    "text_stages.py",
+)
 
 
 def cache_key(recipe: Recipe) -> str:

@@ -174,13 +174,16 @@ def _start(model: nn.Module, settings: DistillSettings, feature_kd, batches: int
     params = list(model.parameters())
     if feature_kd is not None:
         params += list(feature_kd.parameters())
-    optimizer = torch.optim.SGD(
-        params,  # frozen parameters get no gradient, so SGD leaves them alone
-        lr=settings.lr,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=settings.weight_decay,
-    )
+    if settings.optimizer == "adamw":  # transformers: SGD barely moves them
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params,  # frozen parameters get no gradient, so SGD leaves them alone
+            lr=settings.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=settings.weight_decay,
+        )
     steps = max(1, settings.epochs * batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))

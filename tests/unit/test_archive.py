@@ -21,6 +21,7 @@ EXPECTED_FILES = {
     "image_task.py",
     "classification.py",
     "imageprep.py",
+    "textprep.py",
     "kserve_v2.py",
     "payloads.py",
     "runtimes.py",

@@ -33,7 +33,7 @@ def _with(path, tmp_path, **changes):
     ("changes", "key", "hint"),
     [
         ({"distill__tempreature": 3}, "distill.tempreature", "allowed: alpha, alpha_schedule"),
-        ({"distil": {}}, "distil", "allowed: name, seed, data"),
+        ({"distil": {}}, "distil", "allowed: name, seed, task, data"),
         ({"quantize__engine": "fbgemmm"}, "quantize.engine", "x86, fbgemm, qnnpack"),
         ({"quantize__mode": "int4"}, "quantize.mode", "static, dynamic, qat, mixed, none"),
         ({"teacher__checkpoint": "/no/such/teacher.pt"}, "teacher.checkpoint", "file not found"),

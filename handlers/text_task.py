@@ -1,0 +1,169 @@
+"""The text-classification task adapter of the handler core (``core.TaskAdapter``).
+
+decode     a plain request's text (raw UTF-8 body, JSON ``{"text"}``/``{"data"}``) -> one
+           ``Text`` item; a v2 ``BYTES`` input of N strings -> N items (all of them or none);
+           each checked on its own (empty, not UTF-8, over the byte limit, and with
+           ``too_long: refuse`` over ``max_length`` tokens)
+collate    the whole batch tokenized in one call of the fast tokenizer, padded to its longest
+           text (``textprep.encode_batch``)
+answer     ``{"label", "probabilities" (top-k), "truncated"}``; over v2 ``probabilities`` (FP32)
+           and ``labels`` (BYTES), both ``[N, k]``, and ``truncated`` (BOOL, ``[N]``)
+
+The model's output travels with the batch's truncation flags (``bind``), so each answer can say
+whether its text was cut. Ships inside every .mar; imports flat there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+try:  # inside this repository
+    from . import kserve_v2, textprep
+    from .classification import HandlerSettings, ranked
+    from .core import Request, V2Output
+    from .imageprep import InputError
+except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    import kserve_v2
+    import textprep
+    from classification import HandlerSettings, ranked
+    from core import Request, V2Output
+    from imageprep import InputError
+
+__all__ = ["Text", "TextBatch", "TextClassification"]
+
+WARM_UP_TEXT = "a warm-up sentence of about average length for this model to run once"
+
+
+@dataclass(frozen=True)
+class Text:
+    """One request's text, checked."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """The batch's token ids ``(N, longest)`` and whether each text was truncated."""
+
+    ids: torch.Tensor
+    truncated: torch.Tensor  # bool (N,)
+
+
+class TextClassification:
+    """Texts in, the label and top-k probabilities out, for a model of ``settings`` whose
+    tokenizer file sits in ``model_dir``."""
+
+    decode_metric = "TextDecodeTime"
+
+    def __init__(
+        self,
+        settings: HandlerSettings,
+        mapping: dict[str, str],
+        model_dir: Path,
+        device: torch.device | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spec: textprep.TextSpec = settings.spec
+        self.mapping = mapping
+        self.device = device or torch.device("cpu")
+        self.tokenizer = textprep.load_tokenizer(Path(model_dir) / self.spec.tokenizer, self.spec)
+
+    def _checked(self, text: str) -> Text:
+        text = textprep.check_text(text, self.spec)
+        if self.spec.too_long == "refuse" and textprep.too_long(self.tokenizer, text):
+            raise InputError(
+                f"text is longer than this model's {self.spec.max_length} tokens "
+                "(too_long: refuse)",
+                413,
+                "TooLong",
+            )
+        return Text(text)
+
+    def decode(self, request: Request) -> list:
+        return [self._checked(textprep.text_of(request.payload, request.content_type, self.spec))]
+
+    def decode_v2(self, tensor: kserve_v2.V2Tensor) -> list:
+        if tensor.datatype != "BYTES":
+            raise InputError("a text model's v2 input must be BYTES (one UTF-8 string per text)")
+        texts = []
+        for value in tensor.values:
+            if isinstance(value, (bytes, bytearray)):
+                value = textprep.utf8_text(bytes(value), self.spec)
+            elif not isinstance(value, str):
+                raise InputError("v2 BYTES elements must be strings")
+            texts.append(self._checked(value))
+        return texts
+
+    def collate(self, items: Sequence[Text]) -> TextBatch:
+        ids, truncated = textprep.encode_batch(self.tokenizer, [item.text for item in items])
+        return TextBatch(ids.to(self.device), torch.tensor(truncated, dtype=torch.bool))
+
+    def empty(self) -> TextBatch:
+        return TextBatch(
+            torch.empty((0, 2), dtype=torch.long, device=self.device),
+            torch.empty(0, dtype=torch.bool),
+        )
+
+    def example(self, batch_size: int) -> torch.Tensor:
+        """Token ids of a typical sentence ``batch_size`` times, for warming the model up."""
+        ids, _ = textprep.encode_batch(self.tokenizer, [WARM_UP_TEXT] * batch_size)
+        return ids.to(self.device)
+
+    def bind(self, model: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+        """What the core calls: the model on the batch's ids, with its truncation flags."""
+
+        def run(batch: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+            return model(batch.ids), batch.truncated
+
+        return run
+
+    def answer(self, rows: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        logits, truncated = rows
+        values, indices = ranked(logits, self.settings.topk)
+        labels = [self.mapping.get(str(i), str(i)) for i in indices[0].tolist()]
+        return {
+            "label": labels[0],
+            "probabilities": {label: round(v, 6) for label, v in zip(labels, values[0].tolist())},
+            "truncated": bool(truncated[0]),
+        }
+
+    def v2_outputs(self, rows: tuple[torch.Tensor, torch.Tensor]) -> list[V2Output]:
+        logits, truncated = rows
+        values, indices = ranked(logits, self.settings.topk)
+        shape = [int(logits.shape[0]), int(indices.shape[1])]
+        labels = [self.mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
+        return [
+            V2Output(
+                "probabilities", "FP32", shape, [round(v, 6) for v in values.flatten().tolist()]
+            ),
+            V2Output("labels", "BYTES", shape, labels),
+            V2Output("truncated", "BOOL", [shape[0]], [bool(t) for t in truncated.tolist()]),
+        ]
+
+    def describe(self) -> dict:
+        """The model's v2 input and outputs, with its text limits."""
+        spec, k = self.spec, self.settings.topk
+        return {
+            "inputs": [
+                {
+                    "name": "text",
+                    "datatype": "BYTES",
+                    "shape": [-1],
+                    "parameters": {
+                        "max_length_tokens": spec.max_length,
+                        "too_long": spec.too_long,
+                        "max_bytes": spec.max_bytes,
+                    },
+                }
+            ],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
+                {"name": "labels", "datatype": "BYTES", "shape": [-1, k]},
+                {"name": "truncated", "datatype": "BOOL", "shape": [-1]},
+            ],
+            "labels": len(self.mapping),
+        }
