@@ -84,11 +84,16 @@ class Prediction:
 
     @property
     def top1(self) -> str | None:
-        return next(iter(self.body)) if self.ok and self.body else None
+        """The top label: a text answer's ``label``, an image answer's first key."""
+        if not self.ok or not self.body:
+            return None
+        if isinstance(self.body.get("probabilities"), dict) and "label" in self.body:
+            return str(self.body["label"])
+        return next(iter(self.body))
 
 
 class InferenceClient:
-    """``POST /predictions/{model}[/{version}]`` with raw image bytes.
+    """``POST /predictions/{model}[/{version}]`` with a raw body: image bytes, or UTF-8 text.
 
     A request whose worker died (503/507) or whose connection broke is sent again under
     ``retry`` (bounded exponential backoff with jitter, within a retry budget); ``retry_stats``

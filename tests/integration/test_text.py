@@ -1,0 +1,223 @@
+"""Text classification end to end on a real TorchServe: a user's own Hugging Face teacher
+directory (offline), a distilled int8 student archived in every format with its tokenizer,
+served over REST, KServe v2 (tritonclient with its defaults) and gRPC; hostile texts inside a
+batch of good ones get their own 4xx while their neighbours get 200."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import torch
+import yaml
+
+from distillserve.archiver import build_archive
+from distillserve.archiver.properties import ServerConfig, read_properties
+from distillserve.handlers.classification import sha256_file
+from distillserve.handlers.runtimes import MODEL_FILES
+from distillserve.handlers.textprep import TextSpec, encode_batch, load_tokenizer
+from distillserve.serving.grpc_client import GrpcClient
+from distillserve.serving.server import TorchServe
+from distillserve.students.distill import predict
+from distillserve.students.exported import load_exported
+from distillserve.students.pipeline import build
+from distillserve.students.recipe import Recipe
+from distillserve.students.text_data import load_text_splits, make_text_loader
+from tests.helpers import register
+from tests.texts import ODD_BUT_VALID, hostile_requests, save_hf_teacher, text_recipe_dict
+
+pytestmark = pytest.mark.slow
+FORMATS = ("torchscript", "pt2", "onnx")
+
+
+@pytest.fixture(scope="module")
+def text_build(tmp_path_factory):
+    """The CI text recipe built from a save_pretrained teacher directory, with the Hub off."""
+    root = tmp_path_factory.mktemp("text")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_HOME", str(root / "empty-hf-home"))  # nothing cached to fall back on
+        probe = Recipe.from_dict(text_recipe_dict())
+        splits = load_text_splits(probe.data, probe.seed)
+        teacher_dir = save_hf_teacher(root / "my-bert", splits.train.texts, splits.classes)
+        recipe = Recipe.from_dict(text_recipe_dict(teacher_dir))
+        result = build(recipe, root / "build")
+    return recipe, result, splits
+
+
+@pytest.fixture(scope="module")
+def text_store(text_build, tmp_path_factory):
+    _, result, _ = text_build
+    store = tmp_path_factory.mktemp("text-store")
+    names = {}
+    for fmt in FORMATS:
+        archive = build_archive(result.artifacts["student"], store, model_format=fmt)
+        names[fmt] = archive
+    return store, names
+
+
+@pytest.fixture(scope="module")
+def server(text_store, tmp_path_factory):
+    store, archives = text_store
+    run = tmp_path_factory.mktemp("text-serve")
+    config = ServerConfig.with_free_ports(store, enable_model_api=True)
+    ts = TorchServe(config.write(run / "config.properties"), run / "serve", store)
+    try:
+        ts.start(timeout=120, models=[])
+        for archive in archives.values():
+            response = register(ts, archive.path.name, batch_size=8, max_batch_delay=100)
+            assert response.status_code == 200, response.text
+        yield ts
+    finally:
+        ts.stop()
+
+
+@pytest.fixture(scope="module")
+def in_process(text_build):
+    """Each format's file on the test split in process, tokenized with the artifact's own
+    tokenizer and settings: probabilities per text."""
+    _, result, splits = text_build
+    directory = result.artifacts["student"]
+    spec = TextSpec.from_dict(yaml.safe_load((directory / "handler.yaml").read_text()))
+    loader = make_text_loader(splits.test, load_tokenizer(directory / spec.tokenizer, spec), 64)
+    out = {}
+    for fmt in FORMATS:
+        logits, _ = predict(load_exported(directory / MODEL_FILES[fmt]), loader)
+        out[fmt] = torch.softmax(logits, 1)
+    return out
+
+
+def _post(ts, name: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    response = requests.post(
+        f"{ts.inference_url}/predictions/{name}",
+        data=body,
+        headers={**ts.headers(), "Content-Type": content_type},
+        timeout=60,
+    )
+    return response.status_code, response.json()
+
+
+def test_the_archive_carries_the_tokenizer_and_no_transformers_code(text_store, text_build):
+    _, archives = text_store
+    _, result, _ = text_build
+    with zipfile.ZipFile(archives["torchscript"].path) as mar:
+        names = set(mar.namelist())
+        info = json.loads(mar.read("build-info.json"))
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert {"tokenizer.json", "distill_text_classifier.py", "text_task.py"} <= names
+    assert "image_task.py" not in names and "distill_classifier.py" not in names
+    tokenizer = result.artifacts["student"] / "tokenizer.json"
+    assert info["sha256"]["tokenizer.json"] == sha256_file(tokenizer)
+    assert info["task"] == "text-classification"
+    handler = config["handler"]
+    assert handler["task"] == "text-classification" and handler["max_length"] == 48
+    assert handler["tokenizer"] == "tokenizer.json" and handler["pad_id"] == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_served_answers_equal_in_process_ones(server, text_store, text_build, in_process, fmt):
+    """Every test text over REST, 8 at a time (so TorchServe batches them): the served
+    probabilities are the file's own in process (int8 activation scales are per batch, so
+    they are compared within a tolerance, and the labels wherever the lead is clear of it)."""
+    _, archives = text_store
+    _, _, splits = text_build
+    name = archives[fmt].model_name
+    texts = splits.test.texts
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda t: _post(server, name, t.encode(), "text/plain"), texts))
+    assert all(status == 200 for status, _ in answers), answers[:3]
+    expected = in_process[fmt]
+    classes = splits.classes
+    for (_, answer), probs in zip(answers, expected):
+        served = torch.tensor([answer["probabilities"].get(c, 0.0) for c in classes])
+        assert torch.allclose(served, probs, atol=0.02), (answer, probs)
+        top2 = probs.topk(2).values
+        if top2[0] - top2[1] > 0.05:
+            assert answer["label"] == classes[int(probs.argmax())]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_hostile_texts_in_a_batch_get_their_own_4xx(server, text_store, fmt):
+    """Each hostile request sent among good ones at once: it gets its own 4xx with a JSON
+    error, every good neighbour (odd scripts and emoji included) gets 200, and a text past
+    max_length is answered and says it was truncated."""
+    _, archives = text_store
+    name = archives[fmt].model_name
+    hostile = hostile_requests(2048)
+    good = {
+        f"good-{i}": (t.encode(), "text/plain; charset=utf-8", 200)
+        for i, t in enumerate(["a gripping, beautifully shot film", "dull and far too long"])
+    }
+    valid = {k: (v.encode(), "application/octet-stream", 200) for k, v in ODD_BUT_VALID.items()}
+    as_json = {"json-text": (json.dumps({"text": "a fine film"}).encode(), "application/json", 200)}
+    as_data = {"json-data": (json.dumps({"data": "a bad film"}).encode(), "application/json", 200)}
+    long_text = {"long": (("very " * 200 + "good").encode(), "text/plain", 200)}
+    cases = {**good, **valid, **as_json, **as_data, **long_text}
+    mixed = []
+    for key, case in hostile.items():  # each hostile request between two good ones
+        mixed += [("good-0", cases["good-0"]), (key, case), ("good-1", cases["good-1"])]
+    mixed += list(cases.items())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda item: _post(server, name, item[1][0], item[1][1]), mixed))
+    for (key, (_, _, want)), (status, answer) in zip(mixed, results):
+        if want == 200:
+            assert status == 200 and answer["label"] in ("negative", "positive"), (key, answer)
+        else:
+            assert status == want, (key, status, answer)
+            assert answer["code"] == want and answer["message"], (key, answer)
+            assert answer["type"] != "UnreadableRequest", (key, answer)
+    by_key = {key: answer for (key, _), (_, answer) in zip(mixed, results)}
+    assert by_key["long"]["truncated"] is True and by_key["good-0"]["truncated"] is False
+
+
+def test_kserve_v2_through_tritonclient(server, text_store, text_build, in_process):
+    """tritonclient with its defaults (binary tensors both ways): N strings in one BYTES input
+    come back as N rows; an empty string refuses that request alone."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    _, archives = text_store
+    _, _, splits = text_build
+    name = archives["onnx"].model_name
+    client = httpclient.InferenceServerClient(url=server.inference_url.removeprefix("http://"))
+    texts = splits.test.texts[:3]
+    tensor = httpclient.InferInput("text", [3], "BYTES")
+    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+    result = client.infer(name, [tensor], headers=server.headers(), request_id="t-1")
+    assert result.get_response()["id"] == "t-1"
+    labels = result.as_numpy("labels")
+    directory = text_build[1].artifacts["student"]
+    spec = TextSpec.from_dict(yaml.safe_load((directory / "handler.yaml").read_text()))
+    _, cut = encode_batch(load_tokenizer(directory / spec.tokenizer, spec), texts)
+    assert labels.shape == (3, 2) and result.as_numpy("truncated").tolist() == cut
+    probs = result.as_numpy("probabilities")
+    expected = in_process["onnx"][:3]
+    for row, label_row, want in zip(probs, labels, expected):
+        got = {(v.decode() if isinstance(v, bytes) else v): p for v, p in zip(label_row, row)}
+        served = torch.tensor([got[c] for c in splits.classes])
+        assert torch.allclose(served, want, atol=0.02)
+    bad = httpclient.InferInput("text", [2], "BYTES")
+    bad.set_data_from_numpy(np.array([b"fine", b"   "], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(name, [bad], headers=server.headers())
+    assert refused.value.status() == "400" and "empty" in refused.value.message()
+    client.close()
+
+
+def test_grpc_predictions(server, text_store):
+    """Over gRPC: a text's answer, and a refused one's error object (gRPC drops per-request
+    status codes, so the body carries the code)."""
+    _, archives = text_store
+    name = archives["pt2"].model_name
+    props = read_properties(server.config_file)
+    with GrpcClient(
+        f"127.0.0.1:{props['grpc_inference_port']}", None, server.keys()["inference"]
+    ) as client:
+        answer = client.predict(name, b"a moving and funny film")
+        refused = client.predict_result(name, b"caf\xe9")
+    assert answer["label"] in ("negative", "positive") and set(answer["probabilities"])
+    assert refused.status == 400 and "UTF-8" in refused.body["message"]
