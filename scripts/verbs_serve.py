@@ -60,19 +60,33 @@ def _image_files(items: list[str]) -> list[Path]:
         else:
             raise DistillServeError(f"image not found: {path}")
     if not paths:
-        raise DistillServeError("no image files given")
+        raise DistillServeError("no image files given (a text model takes --text or --text-file)")
     return paths
 
 
+def _texts(args: argparse.Namespace) -> list[str]:
+    """The texts to classify: each ``--text``, then each non-empty line of ``--text-file``."""
+    texts = list(args.text or [])
+    if args.text_file:
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise DistillServeError(f"--text-file: file not found: {path}")
+        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return texts
+
+
 def _predict(args: argparse.Namespace) -> int:
-    paths = _image_files(args.images)
+    texts = _texts(args)
+    if texts and args.images:
+        raise DistillServeError("give image files or --text/--text-file, not both")
+    paths = [] if texts else _image_files(args.images)
     if args.grpc and not Path(args.config).is_file():
         raise DistillServeError(
             f"--grpc takes the gRPC address from the server's config, and {args.config} does "
             "not exist: pass --config CONFIG.properties"
         )
     server = connection(args)
-    images = [p.read_bytes() for p in paths]
+    images = [t.encode("utf-8") for t in texts] or [p.read_bytes() for p in paths]
     try:
         if args.grpc:
             with server.grpc_client(timeout=args.timeout) as client:
@@ -88,11 +102,15 @@ def _predict(args: argparse.Namespace) -> int:
     for result in results:
         _raise_if_unknown(server, args, result.status, None, str(result.body.get("message", "")))
     failed = 0
-    for path, result in zip(paths, results):
-        print(json.dumps({"file": str(path), "status": result.status, "result": result.body}))
+    sources = [("text", t) for t in texts] or [("file", str(p)) for p in paths]
+    for (kind, source), result in zip(sources, results):
+        print(
+            json.dumps({kind: source, "status": result.status, "result": result.body}),
+            flush=True,
+        )
         failed += not result.ok
     print(
-        f"{len(results)} images, {failed} failed; {stats.retries} retries "
+        f"{len(results)} {'texts' if texts else 'images'}, {failed} failed; {stats.retries} retries "
         f"({stats.retried_calls} requests retried)",
         file=sys.stderr,
     )
@@ -180,9 +198,15 @@ def add_verbs(verbs) -> None:
     add_server_options(p, auth=False)
     p.set_defaults(func=_serve)
 
-    p = verbs.add_parser("predict", help="classify images through TorchServe (REST or gRPC)")
+    p = verbs.add_parser(
+        "predict", help="classify images or texts through TorchServe (REST or gRPC)"
+    )
     p.add_argument("model", help="registered model name, e.g. digits-student")
-    p.add_argument("images", nargs="+", help="image files or directories")
+    p.add_argument("images", nargs="*", help="image files or directories")
+    p.add_argument(
+        "--text", action="append", help="a text to classify (a text model; may be repeated)"
+    )
+    p.add_argument("--text-file", help="a UTF-8 file of texts to classify, one per line")
     p.add_argument("--version", help="model version (default: the default version)")
     p.add_argument("--grpc", action="store_true", help="use the gRPC inference API")
     p.add_argument("--concurrency", type=int, default=8)

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["AUGMENT", "DistillSettings", "Schedule", "for_qat", "of_recipe"]
+__all__ = ["AUGMENT", "TEXT_WARMUP", "DistillSettings", "Schedule", "for_qat", "of_recipe"]
 
 Schedule = float | Callable[[int, int], float]  # a constant, or (epoch, epochs) -> value
 # The random affine augmentation of training images (``data.augment_affine``).
 AUGMENT = {"degrees": 10.0, "translate": 0.1, "scale": 0.1}
+# Transformers trained with AdamW need the learning rate ramped up first (post-LayerNorm BERT
+# from scratch stays at chance without it).
+TEXT_WARMUP = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class DistillSettings:
     cache_teacher_outputs: bool = True  # a frozen teacher's outputs computed once, unaugmented
     teacher_outputs_mb: float = 256.0
     optimizer: str = "sgd"  # sgd (Nesterov momentum 0.9) | adamw
+    warmup: float = 0.0  # share of the steps the learning rate ramps up over (transformers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -81,6 +85,7 @@ def of_recipe(recipe) -> DistillSettings:
         cache_teacher_outputs=kd.cache_teacher_outputs,
         teacher_outputs_mb=kd.teacher_outputs_mb,
         optimizer=kd.optimizer or ("adamw" if text else "sgd"),
+        warmup=TEXT_WARMUP if text else 0.0,
     )
 
 

@@ -18,7 +18,7 @@ from distillserve.students import teacher_cache
 from distillserve.students.checkpoints import NO_CHECKPOINTS, Checkpointer, NoCheckpoints
 from distillserve.students.data import labelled_fraction
 from distillserve.students.distill import evaluate
-from distillserve.students.distill_settings import DistillSettings
+from distillserve.students.distill_settings import TEXT_WARMUP, DistillSettings
 from distillserve.students.distill_settings import of_recipe as distill_settings
 from distillserve.students.recipe import Recipe
 from distillserve.students.stages import DataStage, DistilledStudent, TeacherStage
@@ -164,6 +164,7 @@ def _train_members(recipe: Recipe, data: DataStage, log: Log, cache, checkpointe
             label_smoothing=config.label_smoothing,
             seed=seed,
             optimizer=config.optimizer,
+            warmup=TEXT_WARMUP if config.optimizer == "adamw" else 0.0,
         )
         train(
             member, data.train, data.val, settings, desc=desc, checkpoint=checkpointer.phase(desc)

@@ -185,9 +185,13 @@ def _start(model: nn.Module, settings: DistillSettings, feature_kd, batches: int
             weight_decay=settings.weight_decay,
         )
     steps = max(1, settings.epochs * batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
-    )
+    warm = max(1, round(settings.warmup * steps)) if settings.warmup else 0
+
+    def factor(step: int) -> float:  # linear warm-up, then cosine decay
+        ramp = min(1.0, (step + 1) / warm) if warm else 1.0
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return LoopState(optimizer, scheduler, generator)
 
 
