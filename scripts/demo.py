@@ -1,6 +1,7 @@
-"""``make demo``: build the digits teacher and student, archive them (the int8 student once per
-export format: TorchScript, AOTInductor .pt2, ONNX), serve them, query them over REST with the
-whole test split, and report size, speed and accuracy in process and served."""
+"""``make demo``: for each demo recipe (the digits images, then the movie-review texts) build the
+teacher and student, archive them (the students once per export format: TorchScript,
+AOTInductor .pt2, ONNX), serve them, query them over REST with the whole test split, and report
+size, speed and accuracy in process and served."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from distillserve.log import progress
 from distillserve.serving.rest import InferenceClient, timed_predictions
 from distillserve.serving.server import TorchServe
 from distillserve.serving.versions import record_startup
+from distillserve.students.artifact import Artifact
 from distillserve.students.data import encode_png, load_splits, make_loader, preprocess_spec
 from distillserve.students.distill import predict
 from distillserve.students.exported import load_exported
@@ -33,6 +35,17 @@ ENTRIES = (
     ("student", "pt2", "int8 .pt2"),
     ("student", "onnx", "int8 .onnx"),
 )
+# A text model: the fp32 and the int8 student in each format.
+TEXT_ENTRIES = (
+    ("teacher", "torchscript", "teacher fp32"),
+    ("student-fp32", "torchscript", "student fp32"),
+    ("student-fp32", "pt2", "fp32 .pt2"),
+    ("student-fp32", "onnx", "fp32 .onnx"),
+    ("student", "torchscript", "student int8"),
+    ("student", "pt2", "int8 .pt2"),
+    ("student", "onnx", "int8 .onnx"),
+)
+DEMO_RECIPES = ("recipes/digits.yaml", "recipes/reviews.yaml")
 
 
 _log = progress("demo")
@@ -57,6 +70,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _test_inputs(recipe, result) -> tuple[list[bytes], list[str], dict]:
+    """The test split as requests (PNG files, or UTF-8 texts), its labels, and a loader of
+    model input per role (the artifact's own preprocessing or tokenizer)."""
+    if recipe.is_text:
+        from distillserve.handlers.classification import HandlerSettings
+        from distillserve.handlers.textprep import load_tokenizer
+        from distillserve.students.text_data import load_text_splits, make_text_loader
+
+        splits = load_text_splits(recipe.data, recipe.seed)
+        payloads = [text.encode("utf-8") for text in splits.test.texts]
+        loaders = {}
+        for role, directory in result.artifacts.items():
+            spec = HandlerSettings.from_dict(Artifact.read(directory).handler_dict).spec
+            tokenizer = load_tokenizer(directory / spec.tokenizer, spec)
+            loaders[role] = make_text_loader(splits.test, tokenizer, 256)
+    else:
+        splits = load_splits(recipe.data, recipe.seed)
+        loader = make_loader(splits.test, preprocess_spec(recipe.data), 256)
+        payloads = [encode_png(splits.test[i][0]) for i in range(len(splits.test))]
+        loaders = dict.fromkeys(result.artifacts, loader)
+    labels = [splits.classes[int(y)] for y in splits.test.labels]
+    return payloads, labels, loaders
+
+
 def run_demo(
     recipe_path: str | Path = "recipes/digits.yaml",
     config: str | Path = "config.properties",
@@ -64,7 +101,8 @@ def run_demo(
     model_store: str | Path = "model_store",
     concurrency: int = 16,
 ) -> dict:
-    """The whole flow; writes ``build/report.json`` and returns the report."""
+    """The whole flow for one recipe; writes ``build/report-NAME.json`` and returns the
+    report."""
     stage_seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -76,7 +114,11 @@ def run_demo(
     recipe = load_recipe(recipe_path)
     result = build(recipe, out_root, teacher_cache_dir=Path(out_root) / "teacher-cache")
     stage("build")
-    entries = [e for e in ENTRIES if e[1] in recipe.export.formats]
+    entries = [
+        e
+        for e in (TEXT_ENTRIES if recipe.is_text else ENTRIES)
+        if e[1] in result.metrics[e[0]]["formats"]
+    ]
     names = {}
     for role, fmt, _ in entries:
         archive = build_archive(
@@ -86,17 +128,12 @@ def run_demo(
         _log(f"archived {archive.path} ({archive.path.stat().st_size / 1024:.0f} KB)")
     stage("archive")
 
-    splits = load_splits(recipe.data, recipe.seed)
-    spec = preprocess_spec(recipe.data)
-    labels = [splits.classes[int(y)] for y in splits.test.labels]
-    payloads = [encode_png(splits.test[i][0]) for i in range(len(splits.test))]
+    payloads, labels, loaders = _test_inputs(recipe, result)
     in_process = {}
     for role, fmt, _ in entries:
-        logits, _ = predict(
-            load_exported(result.artifacts[role] / MODEL_FILES[fmt]),
-            make_loader(splits.test, spec, 256),
-        )
-        in_process[role, fmt] = [splits.classes[i] for i in logits.argmax(1).tolist()]
+        logits, _ = predict(load_exported(result.artifacts[role] / MODEL_FILES[fmt]), loaders[role])
+        names_of = Artifact.read(result.artifacts[role]).index_to_name
+        in_process[role, fmt] = [names_of[str(i)] for i in logits.argmax(1).tolist()]
 
     server = TorchServe(config, Path(out_root) / "serve", model_store)
     _log(f"starting TorchServe with {config} (logs in {server.log_dir})")
@@ -109,7 +146,8 @@ def run_demo(
             server.inference_url, server.keys()["inference"], pool_size=concurrency * len(names)
         )
         _log(
-            f"sending {len(payloads)} test images to {len(names)} models, "
+            f"sending {len(payloads)} test {'texts' if recipe.is_text else 'images'} to "
+            f"{len(names)} models, "
             f"{concurrency} concurrent requests each"
         )
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
@@ -146,6 +184,7 @@ def run_demo(
         )
     report = {
         "recipe": str(recipe_path),
+        "task": recipe.task,
         "test_samples": len(labels),
         "rows": rows,
         "stage_seconds": {
@@ -155,11 +194,12 @@ def run_demo(
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
-    out = Path(out_root) / "report.json"
+    out = Path(out_root) / f"report-{recipe.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(rows))
+    what = "texts" if recipe.is_text else "images"
+    print(f"\n{recipe.name} ({recipe.task}):\n{format_table(rows)}")
     print(
-        f"\n{len(labels)} test images; b1 ms = in-process batch-1 latency; agree = served top-1 "
+        f"\n{len(labels)} test {what}; b1 ms = in-process batch-1 latency; agree = served top-1 "
         f"equal to in-process top-1.\nReport written to {out}"
     )
     return report

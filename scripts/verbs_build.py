@@ -90,6 +90,8 @@ def _bench(args: argparse.Namespace) -> int:
     from distillserve.bench.report import update_readme
     from distillserve.bench.run import run_bench
 
+    if args.text:
+        return _bench_text(args)
     path = run_bench(quick=args.quick, out=args.out, recipe_path=args.recipe, work=args.work)
     summary = path.with_suffix(".md").read_text()
     print(summary, end="")
@@ -156,10 +158,36 @@ def _cpp_check(args: argparse.Namespace) -> int:
     return 0 if report["same"] else 1
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from distillserve.scripts.demo import run_demo
+def _bench_text(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
 
-    run_demo(args.recipe, args.config, args.out, args.model_store, args.concurrency)
+    from distillserve.bench.text import run_text_bench, text_summary
+    from distillserve.log import progress
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_text_bench(out, seconds=3.0 if args.quick else 6.0, log=progress("bench"))
+    stamp = "quick" if args.quick else datetime.now(UTC).strftime("%Y-%m-%d")
+    (out / f"{stamp}-text.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = text_summary(results)
+    (out / f"{stamp}-text.md").write_text(summary)
+    print(summary, end="")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import json
+
+    from distillserve.scripts.demo import DEMO_RECIPES, run_demo
+
+    reports = [
+        run_demo(recipe, args.config, args.out, args.model_store, args.concurrency)
+        for recipe in args.recipe or DEMO_RECIPES
+    ]
+    out = Path(args.out) / "report.json"
+    out.write_text(json.dumps({"reports": reports}, indent=2) + "\n")
+    print(f"\nAll reports: {out}")
     return 0
 
 
@@ -237,6 +265,9 @@ def add_verbs(verbs) -> None:
     p.add_argument("--recipe", default="recipes/digits.yaml", help="the digits pipeline to time")
     p.add_argument("--work", default="build/bench", help="scratch folder (default: build/bench)")
     p.add_argument("--readme", help="write the summary into this README's Performance section")
+    p.add_argument(
+        "--text", action="store_true", help="only the text section (recipes/reviews.yaml)"
+    )
     p.set_defaults(func=_bench)
 
     p = verbs.add_parser("archive", help="package a student artifact directory as a .mar")
@@ -289,8 +320,14 @@ def add_verbs(verbs) -> None:
     p.add_argument("--build-dir", default="build/cpp", help="CMake build folder (cached)")
     p.set_defaults(func=_cpp_check)
 
-    p = verbs.add_parser("demo", help="build, archive, serve and query the digits models; report")
-    p.add_argument("--recipe", default="recipes/digits.yaml")
+    p = verbs.add_parser(
+        "demo", help="build, archive, serve and query the digits and review models; report"
+    )
+    p.add_argument(
+        "--recipe",
+        action="append",
+        help="a demo recipe (may be repeated; default: recipes/digits.yaml, recipes/reviews.yaml)",
+    )
     p.add_argument("--config", default="config.properties")
     p.add_argument("--out", default="build")
     p.add_argument("--model-store", default="model_store")

@@ -110,7 +110,8 @@ def _predict(args: argparse.Namespace) -> int:
         )
         failed += not result.ok
     print(
-        f"{len(results)} {'texts' if texts else 'images'}, {failed} failed; {stats.retries} retries "
+        f"{len(results)} {'texts' if texts else 'images'}, {failed} failed; "
+        f"{stats.retries} retries "
         f"({stats.retried_calls} requests retried)",
         file=sys.stderr,
     )

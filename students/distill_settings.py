@@ -7,9 +7,10 @@ early stopping, augmentation and the teacher-output cache. ``students.training.t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 __all__ = ["AUGMENT", "TEXT_WARMUP", "DistillSettings", "Schedule", "for_qat", "of_recipe"]
@@ -59,6 +60,16 @@ class DistillSettings:
     ) -> DistillSettings:
         """These settings, distilling from ``teachers`` (weighted by ``weights``)."""
         return self.replace(teachers=tuple(teachers), teacher_weights=weights)
+
+    def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """``optimizer`` over ``params`` at ``lr`` and ``weight_decay`` (frozen parameters get
+        no gradient, so either leaves them alone)."""
+        params = list(params)
+        if self.optimizer == "adamw":  # transformers: SGD barely moves them
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay
+        )
 
     def temperature_at(self, epoch: int, epochs: int) -> float:
         t = self.temperature

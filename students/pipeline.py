@@ -131,7 +131,7 @@ def build(
         log(f"resuming from {checkpointer.directory}: {', '.join(checkpointer.completed())}")
     cache = Path(teacher_cache_dir) if teacher_cache_dir is not None else None
     if recipe.is_text:
-        data, loaded = load_text_data(recipe, log)
+        data, loaded = load_text_data(recipe, log, cache, checkpointer)
         timer.done("data")
         teacher = make_text_teacher(recipe, data, loaded, log, cache, checkpointer)
         timer.done("teacher")

@@ -42,7 +42,12 @@ Log = Callable[[str], None]
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def load_text_data(recipe: Recipe, log: Log) -> tuple[DataStage, TextClassifier | None]:
+def load_text_data(
+    recipe: Recipe,
+    log: Log,
+    cache: Path | None = None,
+    checkpointer: Checkpointer | NoCheckpoints = NO_CHECKPOINTS,
+) -> tuple[DataStage, TextClassifier | None]:
     """Split the texts, take the teacher's tokenizer (a Hugging Face teacher is loaded here, and
     returned) or train one on the training split, and make the loaders (tokenized as the
     handler does)."""
@@ -53,8 +58,8 @@ def load_text_data(recipe: Recipe, log: Log) -> tuple[DataStage, TextClassifier 
         loaded, tokenizer = load_huggingface(recipe.teacher.path, splits.classes)
         pad_id, origin = loaded.pad_id, f"the teacher's ({recipe.teacher.path})"
     else:
-        tokenizer = train_wordpiece(splits.train.texts, data.vocab_size, data.lowercase)
-        pad_id, origin = 0, f"WordPiece trained on the training split ({data.vocab_size} max)"
+        tokenizer, origin = _trained_tokenizer(recipe, splits.train.texts, cache, checkpointer)
+        pad_id = 0
     spec = TextSpec(
         max_length=data.max_length,
         too_long=data.too_long,
@@ -85,6 +90,29 @@ def load_text_data(recipe: Recipe, log: Log) -> tuple[DataStage, TextClassifier 
         example=lambda size: _example(tokenizer, splits.test.texts, size),
     )
     return stage, loaded
+
+
+def _trained_tokenizer(recipe: Recipe, texts: list[str], cache, checkpointer) -> tuple:
+    """The WordPiece tokenizer of the training split, and where it came from. Its training is
+    not deterministic (ties between merges fall differently in each process), so a tokenizer,
+    once trained, is kept beside the checkpoints and in the teacher cache and reused with them:
+    a resumed or cached teacher then reads the token ids it was trained on."""
+    from tokenizers import Tokenizer
+
+    kept = []
+    if isinstance(checkpointer, Checkpointer):
+        kept.append(checkpointer.directory / TOKENIZER_FILE)
+    if cache is not None:
+        kept.append(Path(cache) / f"tokenizer-{teacher_cache.cache_key(recipe)}.json")
+    for path in kept:
+        if path.is_file():
+            return Tokenizer.from_str(path.read_text()), f"reused {path}"
+    data = recipe.data
+    tokenizer = train_wordpiece(texts, data.vocab_size, data.lowercase)
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tokenizer.to_str())
+    return tokenizer, f"WordPiece trained on the training split ({data.vocab_size} max)"
 
 
 def _configured(tokenizer_json: str, spec: TextSpec):

@@ -174,16 +174,7 @@ def _start(model: nn.Module, settings: DistillSettings, feature_kd, batches: int
     params = list(model.parameters())
     if feature_kd is not None:
         params += list(feature_kd.parameters())
-    if settings.optimizer == "adamw":  # transformers: SGD barely moves them
-        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            params,  # frozen parameters get no gradient, so SGD leaves them alone
-            lr=settings.lr,
-            momentum=0.9,
-            nesterov=True,
-            weight_decay=settings.weight_decay,
-        )
+    optimizer = settings.make_optimizer(params)
     steps = max(1, settings.epochs * batches)
     warm = max(1, round(settings.warmup * steps)) if settings.warmup else 0
 

@@ -199,7 +199,7 @@ def test_tinybert_losses_vanish_for_a_copy_and_ignore_padding():
     ids = torch.tensor([[2, 5, 6, 3, 0, 0], [2, 7, 8, 9, 10, 3]])
     teacher(ids), student(ids)
     assert kd().item() == pytest.approx(0.0, abs=1e-6)
-    other = student_like(teacher, {**SIZES, "hidden": 16, "heads": 1}, ["a", "b"])
+    other = student_like(teacher, {**SIZES, "hidden": 16, "heads": 1}, ["a", "b"]).eval()
     kd = TransformerKD(teacher, other, [[0, 0], [2, 2]], 1.0, 1.0)
     teacher(ids), other(ids)
     loss = kd()
@@ -253,3 +253,15 @@ def test_a_users_hugging_face_directory_loads_offline_or_says_why(tmp_path, monk
         load_huggingface(directory, ["a", "b", "c"])
     with pytest.raises(RecipeError, match="no config.json"):
         load_huggingface(tmp_path, ["neg", "pos"])
+
+
+def test_a_trained_tokenizer_is_kept_with_the_teacher_cache(tmp_path):
+    """WordPiece training is not deterministic across processes: the one a cached teacher was
+    trained with is the one reused."""
+    from distillserve.students.text_stages import _trained_tokenizer
+
+    recipe = Recipe.from_dict(text_recipe_dict())
+    first, origin = _trained_tokenizer(recipe, CORPUS, tmp_path, None)
+    again, reused = _trained_tokenizer(recipe, ["other words entirely"] * 3, tmp_path, None)
+    assert "trained" in origin and reused.startswith("reused")
+    assert again.to_str() == first.to_str()
