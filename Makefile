@@ -29,9 +29,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-# Full benchmark (about 25 min on 2 cores): docs/bench/<date>.json, plots, README section.
+# Full benchmark (about 25 min on 2 cores): docs/bench/<date>.json, plots, README section; then
+# the text section (about 10 min): docs/bench/<date>-text.json and .md.
 bench: $(STAMP)
 	$(BIN)/distillserve bench --readme README.md
+	$(BIN)/distillserve bench --text
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -35,18 +35,18 @@ from distillserve.students.recipe import ArchiveConfig
 
 __all__ = [
     "HANDLER_FILES",
-    "handler_files",
     "ArchiveResult",
     "archive_file_name",
     "archiver_tempdir",
     "build_archive",
+    "handler_files",
     "inspect_archive",
     "package_versions",
     "sha256_file",
 ]
 
-# The handler and its helpers, shipped flat at the root of every .mar (from the installed package):
-# the task's handler module and adapter, then the core every task shares.
+# The handler and its helpers, shipped flat at the root of every .mar (from the installed
+# package): the task's handler module and adapter, then the core every task shares.
 HANDLER_PACKAGE = "distillserve.handlers"
 HANDLER_MODULE = "distill_classifier.py"
 TEXT_HANDLER_MODULE = "distill_text_classifier.py"

@@ -99,24 +99,24 @@ def _stage_means(ts: TorchServe, model: str) -> dict[str, float]:
     text = log.read_text() if log.exists() else ""
     out = {}
     for metric in ("TextDecodeTime", "ForwardTime"):
-        pattern = rf"{metric}\.ms:([0-9.]+)\|#ModelVersion:[^,]*,ModelName:{re.escape(model)},"
+        pattern = rf"{metric}\.\w+:([0-9.]+)\|#ModelVersion:[^,]*,ModelName:{re.escape(model)},"
         values = [float(v) for v in re.findall(pattern, text)]
         out[metric] = round(statistics.mean(values), 3) if values else None
     return out
 
 
 def run_text_bench(
-    out: Path,
+    work: Path,
     recipe_path: str = "recipes/reviews.yaml",
     seconds: float = 6.0,
     rounds: int = 3,
     bert_base: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Build the recipe (its teacher from ``build/teacher-cache`` when trained before), serve
-    its models and the alternatives, and return the results (also written as JSON)."""
+    """Build the recipe in ``work`` (its teacher from ``build/teacher-cache`` when trained
+    before), serve its models and the alternatives, and return the results."""
     recipe = load_recipe(recipe_path)
-    work = out / "text-work"
+    work = Path(work) / "text"
     result = build(recipe, work / "build", teacher_cache_dir=Path("build/teacher-cache"))
     labels_only = _labels_only(recipe_path, work, log)
     splits = load_text_splits(recipe.data, recipe.seed)

@@ -167,7 +167,9 @@ def _bench_text(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run_text_bench(out, seconds=3.0 if args.quick else 6.0, log=progress("bench"))
+    results = run_text_bench(
+        Path(args.work), seconds=3.0 if args.quick else 6.0, log=progress("bench")
+    )
     stamp = "quick" if args.quick else datetime.now(UTC).strftime("%Y-%m-%d")
     (out / f"{stamp}-text.json").write_text(json.dumps(results, indent=2) + "\n")
     summary = text_summary(results)

@@ -75,7 +75,8 @@ class TeacherOutputs:
         kept = {name: torch.cat(parts) for name, parts in features.items()}
         size = sum(x.numel() * x.element_size() for x in [*cached, *kept.values()]) / 2**20
         what = "logits and feature maps" if kept else "logits"
-        return cls(cached, kept), f"cached: the teacher's {what} of {total} images ({size:.1f} MB)"
+        why = f"cached: the teacher's {what} of {total} training examples ({size:.1f} MB)"
+        return cls(cached, kept), why
 
     def logits_for(self, indices: torch.Tensor) -> list[torch.Tensor]:
         return [x[indices] for x in self.logits]

@@ -77,9 +77,9 @@ class TextClassifier(nn.Module):
 
 def _quiet_transformers() -> None:
     """No Hub, no telemetry, no progress bars: the toolkit runs offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # and every load passes local_files_only=True
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -104,15 +104,18 @@ def _trained_tokenizer(recipe: Recipe, texts: list[str], cache, checkpointer) ->
         kept.append(checkpointer.directory / TOKENIZER_FILE)
     if cache is not None:
         kept.append(Path(cache) / f"tokenizer-{teacher_cache.cache_key(recipe)}.json")
-    for path in kept:
-        if path.is_file():
-            return Tokenizer.from_str(path.read_text()), f"reused {path}"
-    data = recipe.data
-    tokenizer = train_wordpiece(texts, data.vocab_size, data.lowercase)
-    for path in kept:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(tokenizer.to_str())
-    return tokenizer, f"WordPiece trained on the training split ({data.vocab_size} max)"
+    found = next((path for path in kept if path.is_file()), None)
+    if found is not None:
+        tokenizer, origin = Tokenizer.from_str(found.read_text()), f"reused {found}"
+    else:
+        data = recipe.data
+        tokenizer = train_wordpiece(texts, data.vocab_size, data.lowercase)
+        origin = f"WordPiece trained on the training split ({data.vocab_size} max)"
+    for path in kept:  # every place that lacks it, so that each reuses this one
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(tokenizer.to_str())
+    return tokenizer, origin
 
 
 def _configured(tokenizer_json: str, spec: TextSpec):
@@ -268,6 +271,11 @@ def distill_text_student(
             layer_kd.remove()
     if result.stopped_early:
         log(f"student: early stop after {len(result.history)} epochs")
+    if layer_kd is not None:
+        result.teacher_outputs = (
+            "recomputed every step: the hidden-state and attention losses need the teacher's "
+            "states of each batch"
+        )
     log(
         f"student: teacher outputs {result.teacher_outputs}; {result.images_per_s:,.0f} "
         f"training texts/s, {result.teacher_share:.0%} of the time in the teacher"

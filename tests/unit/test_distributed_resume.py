@@ -190,7 +190,9 @@ def test_teacher_outputs_are_computed_once_without_augmentation(digits_splits):
         result = train(student, loaders["train"], loaders["val"], settings)
         results[cache] = (result, counted.calls, evaluate(student, loaders["test"]))
     cached, calls, accuracy = results[True]
-    assert cached.teacher_outputs.startswith("cached: the teacher's logits of 1167 images")
+    assert cached.teacher_outputs.startswith(
+        "cached: the teacher's logits of 1167 training examples"
+    )
     assert calls == math.ceil(1167 / 256)  # once per image, never during the epochs
     uncached, uncached_calls, uncached_accuracy = results[False]
     assert uncached_calls == 4 * math.ceil(1167 / 64) and uncached.teacher_outputs.startswith(

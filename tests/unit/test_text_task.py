@@ -251,7 +251,7 @@ def test_a_users_hugging_face_directory_loads_offline_or_says_why(tmp_path, monk
     assert model.pad_id == 0 and tokenizer.encode("a good film").ids[0] == 2
     with pytest.raises(RecipeError, match="classifies 2 labels"):
         load_huggingface(directory, ["a", "b", "c"])
-    with pytest.raises(RecipeError, match="no config.json"):
+    with pytest.raises(RecipeError, match=r"no config\.json"):
         load_huggingface(tmp_path, ["neg", "pos"])
 
 
