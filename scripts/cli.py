@@ -25,7 +25,8 @@ __all__ = ["get_parser", "main"]
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distillserve",
-        description="Distill image models into small int8 students and serve them with TorchServe.",
+        description="Distill image and text models into small int8 students and serve them with "
+        "TorchServe.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for group in (verbs_build, verbs_serve, verbs_versions):
