@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 from distillserve.errors import RecipeError
 from distillserve.handlers.imageprep import PreprocessSpec
 from distillserve.handlers.textprep import TextSpec
-from distillserve.students import teacher_cache
 from distillserve.students.checkpoint_files import is_torchscript, load_state
 from distillserve.students.checkpoints import NO_CHECKPOINTS, Checkpointer, NoCheckpoints
 from distillserve.students.data import (
@@ -43,8 +42,9 @@ from distillserve.students.prune import (
 )
 from distillserve.students.quantize import quantize, quantize_qat
 from distillserve.students.recipe import Recipe, TeacherConfig
+from distillserve.students.teachers import TeacherStage, teacher_stage, train_members
 from distillserve.students.training import train
-from distillserve.students.zoo import Ensemble, build_model, count_parameters
+from distillserve.students.zoo import build_model, count_parameters
 
 __all__ = [
     "DataStage",
@@ -90,17 +90,6 @@ class DataStage:
     def max_length(self) -> int | None:
         """A text model's longest input (its dynamic sequence axis's bound); None for images."""
         return getattr(self.spec, "max_length", None)
-
-
-@dataclass
-class TeacherStage:
-    """The teacher, and what the student learns from: one (ensemble) teacher, or several with
-    weighted soft targets."""
-
-    teacher: nn.Module
-    members: list[nn.Module]
-    kd_teachers: list[nn.Module]
-    kd_weights: list[float] | None
 
 
 @dataclass
@@ -190,51 +179,6 @@ def _check_loaded_teacher(recipe: Recipe, teacher: nn.Module, data: DataStage, l
         )
 
 
-def _train_members(
-    recipe: Recipe,
-    data: DataStage,
-    log: Log,
-    cache: Path | None,
-    checkpointer: Checkpointer | NoCheckpoints,
-) -> list:
-    """Train ``teacher.members`` independently seeded models, or reuse them from ``cache``."""
-    config, channels = recipe.teacher, recipe.data.channels
-    if cache is not None:
-        fresh = [
-            build_model(config.arch, data.classes, channels, config.kwargs)
-            for _ in range(config.members)
-        ]
-        entry = teacher_cache.load_members(cache, recipe, fresh)
-        if entry is not None:
-            log(f"teacher: reused {config.members} trained {config.arch} from {entry}")
-            return fresh
-    members = []
-    for index in range(config.members):
-        seed = recipe.seed + index
-        log(
-            f"teacher: training {config.arch} {index + 1}/{config.members} "
-            f"for {config.epochs} epochs"
-        )
-        torch.manual_seed(seed)
-        member = build_model(config.arch, data.classes, channels, config.kwargs)
-        desc = f"teacher {index + 1}/{config.members}"
-        settings = DistillSettings(
-            epochs=config.epochs,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            label_smoothing=config.label_smoothing,
-            augment=AUGMENT,
-            seed=seed,
-        )
-        train(
-            member, data.train, data.val, settings, desc=desc, checkpoint=checkpointer.phase(desc)
-        )
-        members.append(member.eval())
-    if cache is not None:
-        teacher_cache.save_members(cache, recipe, members)
-    return members
-
-
 def make_teacher(
     recipe: Recipe,
     data: DataStage,
@@ -243,16 +187,29 @@ def make_teacher(
     checkpointer: Checkpointer | NoCheckpoints = NO_CHECKPOINTS,
 ) -> TeacherStage:
     """Load the recipe's teacher checkpoint, or train its members (reusing cached ones)."""
-    if recipe.teacher.checkpoint:
-        members = [load_teacher(recipe.teacher, data.classes, recipe.data.channels)]
+    config, channels = recipe.teacher, recipe.data.channels
+    if config.checkpoint:
+        members = [load_teacher(config, data.classes, channels)]
         _check_loaded_teacher(recipe, members[0], data, log)
     else:
-        members = _train_members(recipe, data, log, cache, checkpointer)
-    teacher = (members[0] if len(members) == 1 else Ensemble(members)).eval()
-    if recipe.teacher.combine == "soft_targets" and len(members) > 1:
-        log(f"teacher: multi-teacher KD over {len(members)} members' soft targets")
-        return TeacherStage(teacher, members, members, recipe.teacher.weights)
-    return TeacherStage(teacher, members, [teacher], None)
+        settings = DistillSettings(
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing,
+            augment=AUGMENT,
+        )
+        members = train_members(
+            recipe,
+            log,
+            cache,
+            checkpointer,
+            lambda: build_model(config.arch, data.classes, channels, config.kwargs),
+            config.arch,
+            settings,
+            data,
+        )
+    return teacher_stage(recipe, members, log)
 
 
 def _distill_stages(

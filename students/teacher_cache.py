@@ -27,6 +27,7 @@ _SOURCES = (
     "zoo.py",
     "schedules.py",
     "stages.py",
+    "teachers.py",
     "text_data.py",
     "text_models.py",
     "text_stages.py",

@@ -21,7 +21,8 @@ from distillserve.students.distill import evaluate
 from distillserve.students.distill_settings import TEXT_WARMUP, DistillSettings
 from distillserve.students.distill_settings import of_recipe as distill_settings
 from distillserve.students.recipe import Recipe
-from distillserve.students.stages import DataStage, DistilledStudent, TeacherStage
+from distillserve.students.stages import DataStage, DistilledStudent
+from distillserve.students.teachers import TeacherStage, teacher_stage, train_members
 from distillserve.students.text_data import load_text_splits, make_text_loader
 from distillserve.students.text_kd import TransformerKD
 from distillserve.students.text_models import (
@@ -34,7 +35,7 @@ from distillserve.students.text_models import (
     train_wordpiece,
 )
 from distillserve.students.training import train
-from distillserve.students.zoo import Ensemble, count_parameters
+from distillserve.students.zoo import count_parameters
 
 __all__ = ["distill_text_student", "load_text_data", "make_text_teacher"]
 
@@ -151,59 +152,29 @@ def make_text_teacher(
         spec_checked(data.spec, loaded)
         accuracy = evaluate(loaded, data.val)
         log(f"teacher: loaded {config.path} offline, validation accuracy {accuracy:.2%}")
-        members = [loaded]
-    else:
-        members = _train_members(recipe, data, log, cache, checkpointer)
-    teacher = (members[0] if len(members) == 1 else Ensemble(members)).eval()
-    if config.combine == "soft_targets" and len(members) > 1:
-        log(f"teacher: multi-teacher KD over {len(members)} members' soft targets")
-        return TeacherStage(teacher, members, members, config.weights)
-    return TeacherStage(teacher, members, [teacher], None)
-
-
-def _new_teacher(recipe: Recipe, data: DataStage):
-    tokenizer_json = json.loads(data.files[TOKENIZER_FILE])
-    vocab = len(tokenizer_json["model"]["vocab"])
-    return build_classifier(
-        recipe.teacher.sizes, vocab, data.splits.classes, recipe.data.max_length, data.spec.pad_id
+        return teacher_stage(recipe, [loaded], log)
+    vocab = len(json.loads(data.files[TOKENIZER_FILE])["model"]["vocab"])
+    settings = DistillSettings(
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        optimizer=config.optimizer,
+        warmup=TEXT_WARMUP if config.optimizer == "adamw" else 0.0,
     )
-
-
-def _train_members(recipe: Recipe, data: DataStage, log: Log, cache, checkpointer) -> list:
-    config = recipe.teacher
-    if cache is not None:
-        fresh = [_new_teacher(recipe, data) for _ in range(config.members)]
-        entry = teacher_cache.load_members(cache, recipe, fresh)
-        if entry is not None:
-            log(f"teacher: reused {config.members} trained transformer(s) from {entry}")
-            return fresh
-    members = []
-    for index in range(config.members):
-        seed = recipe.seed + index
-        torch.manual_seed(seed)
-        member = _new_teacher(recipe, data)
-        log(
-            f"teacher: training a {config.layers}-layer x {config.hidden} transformer "
-            f"({count_parameters(member):,} params) {index + 1}/{config.members} from scratch "
-            f"for {config.epochs} epochs"
-        )
-        desc = f"teacher {index + 1}/{config.members}"
-        settings = DistillSettings(
-            epochs=config.epochs,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            label_smoothing=config.label_smoothing,
-            seed=seed,
-            optimizer=config.optimizer,
-            warmup=TEXT_WARMUP if config.optimizer == "adamw" else 0.0,
-        )
-        train(
-            member, data.train, data.val, settings, desc=desc, checkpoint=checkpointer.phase(desc)
-        )
-        members.append(member.eval())
-    if cache is not None:
-        teacher_cache.save_members(cache, recipe, members)
-    return members
+    members = train_members(
+        recipe,
+        log,
+        cache,
+        checkpointer,
+        lambda: build_classifier(
+            config.sizes, vocab, data.splits.classes, recipe.data.max_length, data.spec.pad_id
+        ),
+        f"{config.layers}-layer x {config.hidden} transformer(s) from scratch",
+        settings,
+        data,
+    )
+    return teacher_stage(recipe, members, log)
 
 
 def distill_text_student(
