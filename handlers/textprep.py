@@ -30,7 +30,15 @@ except ImportError:  # inside a .mar, where the helpers sit flat at the archive 
     from imageprep import InputError
     from payloads import body_of, is_json_type, parse_json
 
-__all__ = ["TASK", "TOO_LONG", "TextSpec", "encode_batch", "load_tokenizer", "text_of"]
+__all__ = [
+    "TASK",
+    "TOO_LONG",
+    "TextSpec",
+    "configure",
+    "encode_batch",
+    "load_tokenizer",
+    "text_of",
+]
 
 TASK = "text-classification"
 TOO_LONG = ("truncate", "refuse")
@@ -82,11 +90,15 @@ class TextSpec:
 
 
 def load_tokenizer(path: str | Path, spec: TextSpec):
-    """The ``tokenizers`` file at ``path``, truncating at ``spec.max_length`` and padding each
-    call's texts to the longest of them with ``spec.pad_id``."""
+    """The ``tokenizers`` file at ``path``, configured by ``configure``."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(path))
+    return configure(Tokenizer.from_file(str(path)), spec)
+
+
+def configure(tokenizer, spec: TextSpec):
+    """``tokenizer`` truncating at ``spec.max_length`` and padding each call's texts to the
+    longest of them with ``spec.pad_id`` (as the handler and the build both use it)."""
     tokenizer.enable_truncation(max_length=spec.max_length)
     pad_token = tokenizer.id_to_token(spec.pad_id) or "[PAD]"
     tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=pad_token)
@@ -121,14 +133,19 @@ def check_text(text: str, spec: TextSpec) -> str:
     return text
 
 
-def utf8_text(raw: bytes, spec: TextSpec) -> str:
-    """Raw bytes as text: refused over ``max_bytes`` before decoding, and when not UTF-8."""
+def _check_size(raw: bytes, spec: TextSpec) -> None:
+    """A body over ``max_bytes`` is refused (413) before it is decoded or parsed."""
     if len(raw) > spec.max_bytes:
         raise InputError(
             f"body is {len(raw)} bytes, over this model's limit of {spec.max_bytes}",
             413,
             "TooLarge",
         )
+
+
+def utf8_text(raw: bytes, spec: TextSpec) -> str:
+    """Raw bytes as text: refused over ``max_bytes`` before decoding, and when not UTF-8."""
+    _check_size(raw, spec)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -143,9 +160,8 @@ def text_of(request: dict, content_type: str | None, spec: TextSpec) -> str:
     if payload is None:
         raise InputError("request has no body: send the text", 400, "EmptyInput")
     if isinstance(payload, (bytes, bytearray)):
-        if len(payload) > spec.max_bytes:
-            utf8_text(bytes(payload), spec)  # raises the 413
         if is_json_type(content_type):
+            _check_size(bytes(payload), spec)
             payload = parse_json(bytes(payload))
         else:
             payload = utf8_text(bytes(payload), spec)

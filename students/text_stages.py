@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from distillserve.errors import RecipeError
-from distillserve.handlers.textprep import TextSpec, load_tokenizer
+from distillserve.handlers.textprep import TextSpec, configure, encode_batch
 from distillserve.students import teacher_cache
 from distillserve.students.checkpoints import NO_CHECKPOINTS, Checkpointer, NoCheckpoints
 from distillserve.students.data import labelled_fraction
@@ -69,8 +69,8 @@ def load_text_data(
         tokenizer=TOKENIZER_FILE,
         lowercase=data.lowercase,
     )
-    tokenizer_json = tokenizer.to_str()
-    tokenizer = _configured(tokenizer_json, spec)
+    tokenizer_json = tokenizer.to_str()  # what the artifact ships, before configuring
+    tokenizer = configure(tokenizer, spec)  # as the handler loads it
     log(
         f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
         f"texts, {len(splits.classes)} classes; tokenizer: {origin}, vocabulary "
@@ -119,20 +119,8 @@ def _trained_tokenizer(recipe: Recipe, texts: list[str], cache, checkpointer) ->
     return tokenizer, origin
 
 
-def _configured(tokenizer_json: str, spec: TextSpec):
-    """The tokenizer as the handler will load it (truncation and padding from ``spec``)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / TOKENIZER_FILE
-        path.write_text(tokenizer_json)
-        return load_tokenizer(path, spec)
-
-
 def _example(tokenizer, texts: list[str], size: int) -> torch.Tensor:
     """Token ids of the first ``size`` test texts (cycled), padded alike: a typical input."""
-    from distillserve.handlers.textprep import encode_batch
-
     chosen = [texts[i % len(texts)] for i in range(size)]
     return encode_batch(tokenizer, chosen)[0]
 
