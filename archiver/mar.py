@@ -26,10 +26,12 @@ from pathlib import Path
 import yaml
 
 from distillserve.archiver.identity import ArchiveIdentity, label_tuple, refuse_to_overwrite
+from distillserve.archiver.labels import archive_labels
 from distillserve.archiver.registry import Registry
 from distillserve.archiver.serving_measure import resolve as resolve_serving
 from distillserve.errors import ArchiveError, RecipeError
-from distillserve.handlers.classification import sha256_file, sha256_stream
+from distillserve.handlers.classification import checked_labels, sha256_file, sha256_stream
+from distillserve.handlers.serving_policy import PolicyError, check_batch_size
 from distillserve.students.artifact import Artifact
 from distillserve.students.recipe import ArchiveConfig
 
@@ -178,6 +180,7 @@ def build_archive(
     if model_name is None and model_format != artifact.formats[0]:
         model_name = f"{artifact.archive.model_name}-{model_format}"
     config = _archive_config(artifact, model_name, version)
+    labels = archive_labels(artifact.index_to_name, model_path, artifact.handler)
     model_config, build_info = _describe(artifact, config, model_path, model_format)
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)
@@ -194,7 +197,7 @@ def build_archive(
             build_info["sha256"][model_path.name],
         )
         refuse_to_overwrite(target, identity, replace_rebuild)
-    _pack(artifact, config, model_path, model_config, build_info, target)
+    _pack(artifact, config, model_path, model_config, build_info, labels, target)
     Registry(store).record_archive(
         config.model_name, config.version, target.name, build_info, sha256_file(target)
     )
@@ -243,6 +246,7 @@ def _pack(
     model_path: Path,
     model_config: dict,
     build_info: dict,
+    labels: dict[str, str],
     target: Path,
 ) -> None:
     """torch-model-archiver packs the files in a private staging directory beside ``target``;
@@ -258,7 +262,7 @@ def _pack(
         shipped = handler_files(artifact.handler.is_text)
         for name in shipped:
             (files / name).write_bytes(handlers.joinpath(name).read_bytes())
-        (files / "index_to_name.json").write_text(json.dumps(artifact.index_to_name, indent=2))
+        (files / "index_to_name.json").write_text(json.dumps(labels, indent=2))
         (files / "build-info.json").write_text(json.dumps(build_info, indent=2) + "\n")
         (files / "model-config.yaml").write_text(yaml.safe_dump(model_config, sort_keys=False))
         for extra_file in artifact.extra_files:
@@ -304,8 +308,18 @@ def inspect_archive(path: str | Path) -> dict:
             serialized = manifest["model"].get("serializedFile", "model.pt")
             with mar.open(serialized) as fh:
                 actual = sha256_stream(fh)
-    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+            labels = json.loads(mar.read("index_to_name.json"))
+            model_config = yaml.safe_load(mar.read("model-config.yaml")) or {}
+    except (zipfile.BadZipFile, KeyError, ValueError, yaml.YAMLError) as err:
         raise ArchiveError(f"{path} is not a distillserve archive: {err}") from None
+    try:
+        checked_labels(labels)
+        batch_size = model_config.get("batchSize", 1)
+        check_batch_size(batch_size, "model-config.yaml batchSize")
+    except PolicyError as err:
+        raise ArchiveError(f"{path}: {err.key}: {batch_size!r} {err}") from None
+    except ValueError as err:
+        raise ArchiveError(f"{path}: {err}") from None
     expected = info.get("sha256", {}).get(serialized)
     if actual != expected:
         raise ArchiveError(

@@ -2,8 +2,8 @@
 built, and resolve them by the policy (``handlers.serving_policy``, the rule and its reasons).
 
 Measured on the build host, at the archive's batch size: one batch's forward pass at one thread
-and at every core, and one image's decode and preprocessing in the shipped handler's own code,
-in a fresh Python process.
+and at every core, and one input's decoding in the shipped handler's own code (an image's decode
+and preprocessing; a text's checks and tokenizing), in a fresh Python process.
 """
 
 from __future__ import annotations
@@ -59,19 +59,22 @@ def measure(model_path: Path, handler: HandlerSettings, batch_size: int) -> Meas
 def _measure_here(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
     """``measure`` in this process."""
     cores = len(os.sched_getaffinity(0))
-    spec = handler.spec
     if handler.quantized:
         torch.backends.quantized.engine = handler.engine
-    example = torch.zeros((batch_size, spec.channels, *spec.image_size))
+    if handler.is_text:
+        example, decoder = _text_work(model_path, handler, batch_size)
+    else:
+        spec = handler.spec
+        example = torch.zeros((batch_size, spec.channels, *spec.image_size))
+        decoder = _decoder(_sample_image(spec), handler)
     with threads(1):
         model = load_runtime(model_path, threads=1)
         one = latency_ms(model, example, warmup=3, repeats=15)
     with threads(cores):
         model = load_runtime(model_path, threads=cores)
         every = latency_ms(model, example, warmup=3, repeats=15)
-    payload = _sample_image(spec)
     with threads(1):
-        decode = latency_ms(_decoder(payload, handler), None, warmup=3, repeats=30)
+        decode = latency_ms(decoder, None, warmup=3, repeats=30)
     return Measured(cores, batch_size, round(one, 4), round(every, 4), round(decode, 4))
 
 
@@ -84,6 +87,21 @@ def _decoder(payload: bytes, handler: HandlerSettings):
         return imageprep.preprocess([image], spec)
 
     return run
+
+
+def _text_work(model_path: Path, handler: HandlerSettings, batch_size: int) -> tuple:
+    """A typical batch of token ids, and a callable that checks and tokenizes one text as the
+    shipped handler does (its tokenizer file beside the model)."""
+    from distillserve.handlers.core import Request
+    from distillserve.handlers.text_task import WARM_UP_TEXT, TextClassification
+
+    adapter = TextClassification(handler, {}, model_path.parent)
+    request = Request({"body": WARM_UP_TEXT.encode()})
+
+    def run(_: None):
+        return adapter.collate(adapter.decode(request))
+
+    return adapter.example(batch_size), run
 
 
 def _sample_image(spec: imageprep.PreprocessSpec) -> bytes:

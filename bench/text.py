@@ -30,7 +30,13 @@ import torch
 
 from distillserve.archiver import build_archive
 from distillserve.archiver.properties import ServerConfig
-from distillserve.bench.served import _archive, _management, served_point, unregister
+from distillserve.bench.served import (
+    _archive,
+    _management,
+    archive_workers,
+    served_point,
+    unregister,
+)
 from distillserve.handlers.textprep import TextSpec, load_tokenizer
 from distillserve.serving.server import TorchServe
 from distillserve.students.pipeline import build
@@ -203,7 +209,7 @@ def _served(ts, archives: dict[str, Path], payloads, seconds, rounds, log) -> di
             model_name=name,
             batch_size=8,
             max_batch_delay=10,
-            initial_workers=1,
+            initial_workers=archive_workers(archive),  # as its model-config.yaml asks
             response_timeout=300,
         )
     points: dict[str, dict[int, list[dict]]] = {name: {16: [], 32: []} for name in archives}

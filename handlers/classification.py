@@ -28,6 +28,7 @@ __all__ = [
     "QUANTIZED_ENGINES",
     "HandlerSettings",
     "check_torch_version",
+    "checked_labels",
     "ranked",
     "sha256_file",
     "sha256_stream",
@@ -161,6 +162,35 @@ def verify_checksum(model_dir: Path, model_file: str = "model.pt") -> None:
             f"{model_file} does not match build-info.json (sha256 {actual} != "
             f"{expected}): the archive was altered or corrupted; rebuild it"
         )
+
+
+def checked_labels(mapping: object, outputs: int | None = None) -> dict[str, str]:
+    """``index_to_name.json``'s mapping with every label a string: numbers become their text
+    (``3`` -> ``"3"``); a list, an object, null or a boolean is refused (``ValueError``, one
+    line), as is a key that is not an output index. With ``outputs`` (the model's logit count)
+    every index ``0 .. outputs-1`` must have a label: a model never goes live answering with
+    labels it does not have."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError('index_to_name.json must be a non-empty JSON object {"0": "label"}')
+    labels = {}
+    for key, value in mapping.items():
+        if not str(key).isdigit():
+            raise ValueError(f"index_to_name.json key {key!r} is not an output index (0, 1, ...)")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(
+                f"index_to_name.json label of {key} is {type(value).__name__} {value!r}: "
+                "labels must be strings (numbers are converted)"
+            )
+        labels[str(int(key))] = value if isinstance(value, str) else str(value)
+    if outputs is not None:
+        missing = [i for i in range(outputs) if str(i) not in labels]
+        extra = sorted(int(k) for k in labels if int(k) >= outputs)
+        if missing or extra:
+            raise ValueError(
+                f"index_to_name.json does not match the model's {outputs} outputs: "
+                + (f"no label for {missing[:5]}" if missing else f"labels past them: {extra[:5]}")
+            )
+    return labels
 
 
 def _release(version: str) -> tuple[int, ...]:

@@ -4,8 +4,8 @@ Lifecycle of one batch (``HandlerCore``), whatever the task:
 
   decode   each request on its own: a KServe v2 request (its first input tensor, ``kserve_v2``)
            or a plain one; the task adapter turns it into model-input items, or raises
-           ``InputError`` for that request alone (anything unforeseen becomes its 400); the
-           adapter collates every item of the batch into one model input;
+           ``InputError`` for that request alone (anything unforeseen becomes its 400; an
+           explanation request its 501: explanations are not implemented); the adapter collates every item of the batch into one model input;
   forward  one forward pass;
   encode   the outputs are split back per request in order; the adapter answers each (plain
            JSON, or v2 outputs the core encodes as JSON or binary); a refused request gets its
@@ -60,6 +60,13 @@ class Request:
     payload: dict
     headers: dict = field(default_factory=dict)
     request_id: str = ""
+
+    @property
+    def wants_explanation(self) -> bool:
+        """Whether it came to ``/explanations/{m}`` or v2 ``.../explain`` (TorchServe sets the
+        header ``explain: True`` on each such request, ``False`` on the others)."""
+        value = self.headers.get("explain", "")
+        return (value.decode() if isinstance(value, bytes) else str(value)) == "True"
 
     @property
     def body(self) -> tuple[str | None, Any]:
@@ -178,6 +185,13 @@ class HandlerCore:
         return batch
 
     def _decode_one(self, request: Request, idx: int, batch: Batch) -> list:
+        if request.wants_explanation:
+            raise InputError(
+                "explanations are not supported by this model: send the input to "
+                "/predictions/{model} or /v2/models/{model}/infer for its answer",
+                501,
+                "NotImplemented",
+            )
         v2 = kserve_v2.v2_payload(request.payload, request.headers)
         if v2 is None:
             items = self.adapter.decode(request)

@@ -83,7 +83,8 @@ class CoreHandler(BaseHandler):
         )
         self.device = torch.device(f"cuda:{properties['gpu_id']}" if use_cuda else "cpu")
         self.model = runtimes.load_runtime(model_dir / serialized, self.device, threads)
-        self.mapping = json.loads((model_dir / "index_to_name.json").read_text())
+        labels = json.loads((model_dir / "index_to_name.json").read_text())
+        self.mapping = classification.checked_labels(labels)
         self.adapter = self.make_adapter(self.settings, self.mapping, self.device)
         name = getattr(context, "model_name", None) or self.manifest["model"].get("modelName", "")
         self.core = core.HandlerCore(
@@ -94,7 +95,10 @@ class CoreHandler(BaseHandler):
             metrics=self._add_metric,
         )
         batch_size = int(properties.get("batch_size") or 1)
-        self._warm_up(batch_size)
+        # never warm up past the largest batch an archive may ask for (a registration by hand
+        # can ask for more: the model then meets larger batches only if they really come)
+        outputs = self._warm_up(min(batch_size, serving_policy.MAX_BATCH_SIZE))
+        classification.checked_labels(labels, outputs)  # every output has a label
         logger.info(
             "loaded %s (%s, %s, engine=%s, threads=%d, device=%s, batch_size=%d)",
             serialized,
@@ -107,15 +111,19 @@ class CoreHandler(BaseHandler):
         )
         self.initialized = True
 
-    def _warm_up(self, batch_size: int) -> None:
-        """Run the model at batch 1 and at the server's batch size: TorchScript's profiling
-        executor specialises on the first calls of each input shape, which are slow (and the
-        other runtimes allocate their buffers)."""
+    def _warm_up(self, batch_size: int) -> int:
+        """Run the model at batch 1 and at the server's batch size, and return its number of
+        outputs (logits per input): TorchScript's profiling executor specialises on the first
+        calls of each input shape, which are slow (and the other runtimes allocate their
+        buffers)."""
+        outputs = 0
         with torch.inference_mode():
             for size in sorted({1, batch_size}):
                 example = self.adapter.example(size)
-                for _ in range(self.settings.warmup_iterations):
-                    self.model(example)
+                for _ in range(max(1, self.settings.warmup_iterations)):
+                    logits = self.model(example)
+                    outputs = int((logits[0] if isinstance(logits, tuple) else logits).shape[-1])
+        return outputs
 
     def preprocess(self, data: list[dict]) -> core.Batch:
         requests = [
@@ -143,6 +151,12 @@ class CoreHandler(BaseHandler):
                     self.context.set_response_header(idx, header, value)
             bodies.append(answer.body)
         return bodies
+
+    def _is_explain(self) -> bool:
+        """Never for the whole batch: ``BaseHandler`` asks request 0 alone and would send every
+        request to ``explain_handle``; the core answers each explanation request with its own
+        501 and its neighbours as usual."""
+        return False
 
     def describe_handle(self) -> dict:
         """What ``GET /models/{name}?customized=true`` shows as ``customizedMetadata``."""

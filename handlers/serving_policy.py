@@ -35,6 +35,7 @@ from typing import ClassVar
 
 __all__ = [
     "AUTO",
+    "MAX_BATCH_SIZE",
     "MIN_THREAD_SPEEDUP",
     "SERVER_MS_PER_REQUEST",
     "ArchiveConfig",
@@ -43,6 +44,7 @@ __all__ = [
     "ServingChoice",
     "build_threads",
     "check",
+    "check_batch_size",
     "choose",
     "is_auto",
     "serve_threads",
@@ -51,6 +53,9 @@ __all__ = [
 AUTO = "auto"  # workers or threads chosen from the model's measured cost when archived
 SERVER_MS_PER_REQUEST = 1.0  # TorchServe's own CPU time per request, about (bench: no-op floor)
 MIN_THREAD_SPEEDUP = 1.5  # what more intra-op threads must gain on one batch to be used
+# The largest batch an archive may ask TorchServe for: far past where batching stops paying on
+# CPU (bench: 8-32), and a worker warms up at its batch size (100,000 cost one ONNX worker 400 MB).
+MAX_BATCH_SIZE = 256
 
 Count = int | str  # a number, or AUTO
 
@@ -89,6 +94,7 @@ class ArchiveConfig:
         for key in ("batch_size", "max_batch_delay", "response_timeout", "topk"):
             if getattr(self, key) < 1:
                 raise PolicyError(f"archive.{key}", "must be >= 1")
+        check_batch_size(self.batch_size, "archive.batch_size")
         check(self.min_workers, self.max_workers, self.threads)
 
     @property
@@ -108,6 +114,18 @@ def check(min_workers: Count, max_workers: Count, threads: Count) -> None:
         raise PolicyError("archive.max_workers", "auto workers need min_workers: auto too")
     if min_workers != AUTO and max_workers < min_workers:
         raise PolicyError("archive.max_workers", f"must be >= min_workers ({min_workers})")
+
+
+def check_batch_size(batch_size: int, key: str = "batch_size") -> None:
+    """Refuse a batch size outside ``1 .. MAX_BATCH_SIZE`` (``PolicyError`` naming ``key``)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PolicyError(key, f"must be an integer from 1 to {MAX_BATCH_SIZE}")
+    if batch_size > MAX_BATCH_SIZE:
+        raise PolicyError(
+            key,
+            f"is above the maximum of {MAX_BATCH_SIZE} (on CPU batching stops paying long "
+            "before; each worker warms up at its batch size)",
+        )
 
 
 def is_auto(min_workers: Count, max_workers: Count, threads: Count) -> bool:
@@ -138,7 +156,8 @@ class Measured:
     batch_size: int
     forward_ms_1_thread: float  # one batch
     forward_ms_all_cores: float  # one batch, ``cores`` threads
-    decode_ms_per_image: float  # decode + preprocess of one image at the model's input size
+    decode_ms_per_image: float  # one input's decoding: an image's decode + preprocess at the
+    # model's input size, or a text's checks and tokenizing (the name kept for build-info)
 
     @property
     def ms_per_image_1_thread(self) -> float:
@@ -170,7 +189,7 @@ def choose(min_workers: Count, max_workers: Count, threads: Count, measured: Mea
     per_image = measured.ms_per_image_1_thread
     cheap = per_image < SERVER_MS_PER_REQUEST
     cost = (
-        f"one image costs {per_image:.2f} ms at one thread, "
+        f"one input costs {per_image:.2f} ms at one thread, "
         f"{'below' if cheap else 'above'} TorchServe's ~{SERVER_MS_PER_REQUEST:g} ms per request"
     )
     if min_workers == AUTO:

@@ -10,6 +10,7 @@ from pathlib import Path
 from distillserve.archiver import Registry, inspect_archive
 from distillserve.archiver.mar import sha256_file
 from distillserve.errors import DistillServeError, ServerError
+from distillserve.handlers.serving_policy import PolicyError, check_batch_size
 from distillserve.serving.management import ManagementClient
 
 __all__ = [
@@ -109,6 +110,11 @@ def register_archive(
 ) -> dict:
     """Verify ``mar`` (sha256 of model.pt against build-info.json), place it in the model store
     (the only place the server loads from), register it, and record it in the index."""
+    if batch_size is not None:
+        try:
+            check_batch_size(batch_size, "--batch-size")
+        except PolicyError as err:
+            raise ServerError(f"{err.key} {batch_size}: {err}") from None
     info = inspect_archive(mar)
     name, version = model_name or info["model_name"], info["version"]
     store = model_store.resolve()

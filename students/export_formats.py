@@ -125,7 +125,14 @@ def _onnx(recipe: Recipe, source: FormatSource, path: Path, example, data) -> tu
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         export_onnx(source.fp32, example, fp32_path, data.max_length)
-        quantize_onnx(fp32_path, path, data.calibration, recipe.quantize.mode)
+        tokens = data.max_length is not None
+        quantize_onnx(
+            fp32_path,
+            path,
+            data.calibration,
+            recipe.quantize.mode,
+            tokens=tokens,
+        )
     return _check(recipe, path, data, reference=source.fp32), "fp32 model (ONNX Runtime PTQ)"
 
 

@@ -90,10 +90,17 @@ class _Calibration:
 
 
 def quantize_onnx(
-    fp32_path: str | Path, path: str | Path, calibration: Iterable, mode: str
+    fp32_path: str | Path,
+    path: str | Path,
+    calibration: Iterable,
+    mode: str,
+    tokens: bool = False,
 ) -> float:
     """int8 ``path`` from the fp32 ONNX file: ``dynamic`` (int8 weights, activation scales per
-    call) or static QDQ calibrated on ``calibration`` (every other int8 mode); seconds taken."""
+    call) or static QDQ calibrated on ``calibration`` (every other int8 mode); seconds taken.
+    With ``tokens`` (a transformer on token ids) only the matrix products are quantized, as the
+    eager and PT2E paths do, and shapes are not inferred (symbolic shape inference cannot follow
+    a dynamic sequence axis)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -109,9 +116,9 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = Path(tmp) / "prepared.onnx"
-        # symbolic shape inference cannot follow a transformer's dynamic sequence axis;
         # dynamic quantization needs no inferred shapes
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=mode == "dynamic")
+        skip_shapes = tokens or mode == "dynamic"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=skip_shapes)
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
         else:
@@ -124,6 +131,7 @@ def quantize_onnx(
                 reduce_range=True,  # 7-bit weights: no u8*s8 saturation on CPUs without VNNI
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"] if tokens else None,
             )
     if not path.is_file():
         raise ExportError(f"ONNX Runtime quantization wrote no {path.name}")

@@ -3,8 +3,14 @@
 - ``static``: fuse conv-bn-relu, attach a qconfig for the engine (per-channel weights by default),
   calibrate observers on N batches, convert. Needs a model with ``QuantStub``/``DeQuantStub``
   and, ideally, a ``fuse_model()`` method (the zoo's students and torchvision's quantizable models).
+- ``static`` on a model without a ``QuantStub`` (a transformer): ``quantize_linears_static``
+  wraps every ``nn.Linear`` between its own quantize/dequantize, calibrates each input's scale
+  and converts; the other layers (embeddings, layer norms, attention) stay fp32.
 - ``dynamic``: int8 weights for ``nn.Linear`` with activations quantized on the fly; for
-  Linear-only models (MLPs, classifier heads).
+  Linear-only models (MLPs, classifier heads). Each call's activation scale is computed over the
+  whole input tensor, so in a served batch one request's answer depends on its neighbours
+  (measured on the text student: logits moved by up to 0.05 between alone and in a batch);
+  static scales do not.
 
 torch 2.14 warns that eager-mode quantization is deprecated (torchao / ``torch.export`` based PT2E
 quantization is its successor); those warnings are silenced here, where they would drown users.
@@ -31,6 +37,7 @@ __all__ = [
     "is_quantized",
     "quantize",
     "quantize_dynamic",
+    "quantize_linears_static",
     "quantize_qat",
     "quantize_static",
     "require_quant_stub",
@@ -98,11 +105,7 @@ def calibrate_and_convert(fused: nn.Module, batches: Iterable, config: QuantizeC
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         fused.qconfig = _qconfig(config.engine, config.per_channel)
         torch.ao.quantization.prepare(fused, inplace=True)
-        with torch.inference_mode():
-            for batch_index, (inputs, _) in enumerate(batches):
-                if batch_index >= config.calibration_batches:
-                    break
-                fused(inputs)
+        _calibrate(fused, batches, config.calibration_batches)
         torch.ao.quantization.convert(fused, inplace=True)
     return fused
 
@@ -112,6 +115,47 @@ def quantize_static(model: nn.Module, calibration: Iterable, config: QuantizeCon
     check_engine(config.engine)
     require_quant_stub(model)
     return calibrate_and_convert(fused_copy(model), calibration, config)
+
+
+def quantize_linears_static(
+    model: nn.Module, calibration: Iterable, config: QuantizeConfig
+) -> nn.Module:
+    """Static int8 for every ``nn.Linear`` of a model without a ``QuantStub`` (a copy): each sits
+    between its own quantize and dequantize, with the input scale calibrated on
+    ``config.calibration_batches`` batches; everything else stays fp32. Scales fixed at build
+    time make each row's answer independent of the rows batched with it."""
+    from torch.ao.quantization import QuantWrapper
+
+    check_engine(config.engine)
+    copied = copy.deepcopy(model).eval()
+    linears = [
+        (parent, name, child)
+        for parent in copied.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
+    if not linears:
+        raise QuantizationError("static quantization found no nn.Linear layer to quantize")
+    qconfig = _qconfig(config.engine, config.per_channel)
+    for parent, name, child in linears:
+        wrapped = QuantWrapper(child)
+        wrapped.qconfig = qconfig
+        setattr(parent, name, wrapped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        torch.ao.quantization.prepare(copied, inplace=True)
+        _calibrate(copied, calibration, config.calibration_batches)
+        torch.ao.quantization.convert(copied, inplace=True)
+    return copied
+
+
+def _calibrate(prepared: nn.Module, batches: Iterable, count: int) -> None:
+    """Run ``count`` batches through a model whose observers are attached."""
+    with torch.inference_mode():
+        for batch_index, (inputs, _) in enumerate(batches):
+            if batch_index >= count:
+                break
+            prepared(inputs)
 
 
 def quantize_dynamic(model: nn.Module, config: QuantizeConfig) -> nn.Module:

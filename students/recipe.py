@@ -96,8 +96,6 @@ class Recipe:
         kinds = dict(cls.SECTIONS)
         if task == TEXT_TASK:
             kinds.update(cls.TEXT_SECTIONS)
-            quantize = raw.get("quantize")
-            raw = {**raw, "quantize": {"mode": "dynamic", **(quantize or {})}}
         sections = {key: kind.parse(raw.get(key)) for key, kind in kinds.items()}
         recipe = cls(name=name, seed=seed, task=task, **sections)
         if task == TEXT_TASK:

@@ -39,7 +39,7 @@ IMAGE_ONLY = {
     "prune": ("method", "amount", "criterion", "rounds", "finetune_epochs", "scope"),
 }
 TEXT_ONLY = {"distill": ("hidden_weight", "attention_weight", "layer_map")}
-TEXT_QUANT_MODES = ("dynamic", "none")
+TEXT_QUANT_MODES = ("static", "dynamic", "none")
 
 
 @dataclass
@@ -171,10 +171,10 @@ def check_task_keys(task: str, raw: dict) -> None:
                 raise RecipeError(f"{section}.{key}", f"fits {other} only (this recipe is {task})")
     if task != TEXT_TASK:
         return
-    mode = (raw.get("quantize") or {}).get("mode", "dynamic")
+    mode = (raw.get("quantize") or {}).get("mode", "static")
     if mode not in TEXT_QUANT_MODES:
         raise RecipeError(
             "quantize.mode",
-            f"{mode!r}: a text model is quantized dynamic (its Linear layers, in every "
-            "format) or not at all (none)",
+            f"{mode!r}: a text model's Linear layers are quantized static (input scales "
+            "calibrated at build time), dynamic (scales per call) or not at all (none)",
         )

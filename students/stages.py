@@ -40,7 +40,7 @@ from distillserve.students.prune import (
     make_permanent,
     sparsity,
 )
-from distillserve.students.quantize import quantize, quantize_qat
+from distillserve.students.quantize import quantize, quantize_linears_static, quantize_qat
 from distillserve.students.recipe import Recipe, TeacherConfig
 from distillserve.students.teachers import TeacherStage, teacher_stage, train_members
 from distillserve.students.training import train
@@ -392,6 +392,8 @@ def quantize_student(
             return_reference=True,
         )
         quantized = QuantizedStudent(int8, fake_quantized)
+    elif recipe.is_text and q.mode == "static":
+        quantized = QuantizedStudent(quantize_linears_static(student, data.calibration, q), student)
     else:
         quantized = QuantizedStudent(quantize(student, data.calibration, q), student)
     if quantized.int8 is not None:

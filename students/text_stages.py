@@ -76,7 +76,7 @@ def load_text_data(
         f"texts, {len(splits.classes)} classes; tokenizer: {origin}, vocabulary "
         f"{tokenizer.get_vocab_size()}, up to {data.max_length} tokens"
     )
-    b = data.batch_size
+    b, calibrated = data.batch_size, recipe.quantize.calibration_batches
     stage = DataStage(
         splits=splits,
         spec=spec,
@@ -84,7 +84,11 @@ def load_text_data(
         students=make_text_loader(
             labelled_fraction(splits.train, 1.0, seed), tokenizer, b, shuffle=True, seed=seed
         ),
-        calibration=make_text_loader(splits.train, tokenizer, b),
+        calibration=make_text_loader(
+            splits.train.subset(torch.arange(min(len(splits.train), b * calibrated))),
+            tokenizer,
+            b,
+        ),
         val=make_text_loader(splits.val, tokenizer, 128),
         test=make_text_loader(splits.test, tokenizer, 128),
         files={TOKENIZER_FILE: tokenizer_json.encode()},

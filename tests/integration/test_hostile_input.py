@@ -287,3 +287,74 @@ def test_hostile_json_structures_share_a_batch_with_good_images(
         if "BatchSize.Count:" in line and f"ModelName:{name}," in line
     ]
     assert sum(sizes) == 16 and max(sizes) > 2, sizes  # good and hostile shared batches
+
+
+def test_explanation_requests_get_501_and_their_batch_is_answered(server, digits_splits):
+    """/explanations and v2 explain, sent at once with predictions: one batch, each explanation
+    request its own 501, every prediction its label."""
+    model = "explain-torchscript"
+    _register(server, "torchscript", model, batch_size=6, delay_ms=5000)
+    png = format_variants(_digit(digits_splits, 0))["png-gray8"]
+    v2 = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 1, 8, 8],
+                    "datatype": "FP32",
+                    "data": [0.0] * 64,
+                }
+            ]
+        }
+    ).encode()
+    base, headers = server.inference_url, server.headers()
+    sends = [
+        (f"{base}/predictions/{model}", png, "image/png"),
+        (f"{base}/explanations/{model}", png, "image/png"),
+        (f"{base}/predictions/{model}", png, "image/png"),
+        (f"{base}/v2/models/{model}/explain", v2, "application/json"),
+        (f"{base}/v2/models/{model}/infer", v2, "application/json"),
+        (f"{base}/predictions/{model}", png, "image/png"),
+    ]
+    barrier = threading.Barrier(len(sends))
+    answers: list = [None] * len(sends)
+
+    def send(i: int) -> None:
+        url, body, content_type = sends[i]
+        barrier.wait()
+        answers[i] = requests.post(
+            url, data=body, headers={**headers, "Content-Type": content_type}, timeout=60
+        )
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(sends))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [a.status_code for a in answers] == [200, 501, 200, 501, 200, 200]
+    for i in (1, 3):
+        assert "explanations are not supported" in answers[i].json()["message"]
+    labels = {next(iter(answers[i].json())) for i in (0, 2, 5)}
+    assert len(labels) == 1 and answers[4].json()["outputs"]
+
+
+def test_labels_edited_by_hand_never_go_live(server, model_store):
+    """Registered straight through the management API (our client refuses it first): the
+    worker refuses the labels at load and the model never answers."""
+    edited = model_store / "edited-labels.mar"
+    with (
+        zipfile.ZipFile(model_store / STUDENT_MARS["torchscript"]) as src,
+        zipfile.ZipFile(edited, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "index_to_name.json":
+                data = json.dumps({str(i): [str(i)] for i in range(10)}).encode()
+            dst.writestr(item, data)
+    try:
+        response = register(server, edited.name, model_name="edited-labels")
+        assert response.status_code >= 500, response.text
+        log = (server.log_dir / "model_log.log").read_text()
+        assert "index_to_name.json label of 0 is list" in log
+    finally:
+        edited.unlink()

@@ -121,8 +121,9 @@ def test_the_archive_carries_the_tokenizer_and_no_transformers_code(text_store, 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_served_answers_equal_in_process_ones(server, text_store, text_build, in_process, fmt):
     """Every test text over REST, 8 at a time (so TorchServe batches them): the served
-    probabilities are the file's own in process (int8 activation scales are per batch, so
-    they are compared within a tolerance, and the labels wherever the lead is clear of it)."""
+    probabilities are the file's own in process, batched and padded differently (static int8
+    scales: a text's answer does not depend on its neighbours), and so is every label but an
+    exact tie's."""
     _, archives = text_store
     _, _, splits = text_build
     name = archives[fmt].model_name
@@ -134,9 +135,9 @@ def test_served_answers_equal_in_process_ones(server, text_store, text_build, in
     classes = splits.classes
     for (_, answer), probs in zip(answers, expected):
         served = torch.tensor([answer["probabilities"].get(c, 0.0) for c in classes])
-        assert torch.allclose(served, probs, atol=0.02), (answer, probs)
+        assert torch.allclose(served, probs, atol=0.002), (answer, probs)
         top2 = probs.topk(2).values
-        if top2[0] - top2[1] > 0.05:
+        if top2[0] - top2[1] > 0.004:
             assert answer["label"] == classes[int(probs.argmax())]
 
 

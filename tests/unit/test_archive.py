@@ -123,3 +123,73 @@ def test_an_onnx_archive_needs_onnxruntime_in_its_image(model_store):
     assert set(onnx) == {"torch", "torchvision", "onnxruntime"}
     assert f"onnxruntime=={onnx['onnxruntime']}" in dockerfile(onnx)
     assert set(runtime_versions([model_store / "digits-student.mar"])) == {"torch", "torchvision"}
+
+
+def _artifact_copy(build_result, tmp_path, labels) -> object:
+    import shutil
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(build_result.artifacts["student"], copy)
+    for other in ("student-fp32", "teacher"):
+        shutil.rmtree(copy / other, ignore_errors=True)
+    (copy / "index_to_name.json").write_text(json.dumps(labels))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        ({str(i): [f"d{i}"] for i in range(10)}, "label of 0 is list"),
+        ({str(i): {"n": i} for i in range(10)}, "label of 0 is dict"),
+        ({str(i): None for i in range(10)}, "label of 0 is NoneType"),
+        ({str(i): f"d{i}" for i in range(9)}, r"10 outputs: no label for \[9\]"),
+        ({str(i): f"d{i}" for i in range(11)}, r"labels past them: \[10\]"),
+        ({"zero": "d0"}, "not an output index"),
+    ],
+)
+def test_labels_that_cannot_name_the_outputs_are_refused(build_result, tmp_path, labels, reason):
+    artifact = _artifact_copy(build_result, tmp_path, labels)
+    with pytest.raises(ArchiveError, match=reason):
+        build_archive(artifact, tmp_path / "store")
+    assert not (tmp_path / "store" / "digits-student.mar").exists()
+
+
+def test_numeric_labels_are_archived_as_strings(build_result, tmp_path):
+    artifact = _artifact_copy(build_result, tmp_path, {str(i): i for i in range(10)})
+    result = build_archive(artifact, tmp_path / "store")
+    with zipfile.ZipFile(result.path) as mar:
+        assert json.loads(mar.read("index_to_name.json")) == {str(i): str(i) for i in range(10)}
+
+
+def test_batch_sizes_above_the_maximum_are_refused(model_store, tmp_path):
+    from distillserve.archiver import inspect_archive
+    from distillserve.errors import RecipeError
+    from distillserve.handlers.serving_policy import MAX_BATCH_SIZE
+
+    with pytest.raises(
+        RecipeError, match=f"batch_size': 100000: is above the maximum of {MAX_BATCH_SIZE}"
+    ):
+        ArchiveConfig.parse({"batch_size": 100_000})
+    assert ArchiveConfig.parse({"batch_size": MAX_BATCH_SIZE}).batch_size == MAX_BATCH_SIZE
+    # an archive whose model-config.yaml was edited by hand is refused before any server sees it
+    edited = tmp_path / "edited.mar"
+    with zipfile.ZipFile(model_store / "digits-student.mar") as src:
+        with zipfile.ZipFile(edited, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename == "model-config.yaml":
+                    config = yaml.safe_load(data)
+                    config["batchSize"] = 100_000
+                    data = yaml.safe_dump(config).encode()
+                dst.writestr(item, data)
+    with pytest.raises(ArchiveError, match="batchSize: 100000 is above the maximum"):
+        inspect_archive(edited)
+
+
+def test_register_refuses_a_batch_size_above_the_maximum(model_store):
+    """Refused on the client, before any server is asked (no client is even needed)."""
+    from distillserve.errors import ServerError
+    from distillserve.serving.versions import register_archive
+
+    with pytest.raises(ServerError, match="--batch-size 1000: is above the maximum of 256"):
+        register_archive(None, model_store, model_store / "digits-student.mar", batch_size=1000)

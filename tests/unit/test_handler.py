@@ -117,3 +117,51 @@ def test_a_pt2_package_needs_the_torch_release_that_compiled_it(extracted_studen
     for host in (f"{major}.{int(minor) + 1}.0", f"{major}.{int(minor) - 1}.0"):
         with pytest.raises(RuntimeError, match=r"\.pt2 package was compiled by torch"):
             check_torch_version(extracted_student, host, "pt2")
+
+
+def test_an_explanation_request_gets_its_own_501_in_a_batch(loaded, digits_splits):
+    """TorchServe marks each /explanations and v2 explain request with ``explain: True``; the
+    first request of this batch is one, so BaseHandler alone would divert the whole batch."""
+    handler, ctx = loaded
+    good = encode_png(digits_splits.test[0][0])
+    headers = [{"explain": "True"}, {"explain": "False"}, {"explain": "True"}, {}]
+    answers = handle(handler, ctx, [{"body": good}] * 4, headers)
+    statuses = [p.get_response_status_code() for p in ctx.request_processor]
+    assert statuses == [501, 200, 501, 200]
+    assert answers[0]["type"] == "NotImplemented" and "explanations" in answers[0]["message"]
+    assert next(iter(answers[1])) in NAMES and answers[1] == answers[3]
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        ({str(i): [n] for i, n in enumerate(NAMES)}, "labels must be strings"),
+        ({str(i): {"name": n} for i, n in enumerate(NAMES)}, "labels must be strings"),
+        ({str(i): n for i, n in enumerate(NAMES[:9])}, r"no label for \[9\]"),
+    ],
+)
+def test_labels_that_cannot_answer_are_refused_at_load(extracted_student, labels, reason):
+    """A hand-edited index_to_name.json never reaches a live model: the worker fails to load."""
+    (extracted_student / "index_to_name.json").write_text(json.dumps(labels))
+    with pytest.raises(ValueError, match=reason):
+        DistillClassifierHandler().initialize(handler_context(extracted_student))
+
+
+def test_numeric_labels_are_answered_as_strings(extracted_student, digits_splits):
+    (extracted_student / "index_to_name.json").write_text(json.dumps(dict(enumerate(range(10)))))
+    handler = DistillClassifierHandler()
+    ctx = handler_context(extracted_student)
+    handler.initialize(ctx)
+    answers = handle(handler, ctx, [{"body": encode_png(digits_splits.test[0][0])}])
+    assert all(isinstance(label, str) for label in answers[0])
+
+
+def test_warm_up_never_runs_past_the_largest_batch(extracted_student, monkeypatch):
+    from distillserve.handlers.serving_policy import MAX_BATCH_SIZE
+
+    seen = []
+    handler = DistillClassifierHandler()
+    original = handler._warm_up
+    monkeypatch.setattr(handler, "_warm_up", lambda size: seen.append(size) or original(size))
+    handler.initialize(handler_context(extracted_student, batch_size=100_000))
+    assert seen == [MAX_BATCH_SIZE]

@@ -59,9 +59,9 @@ class _Model:
 
 
 # -- recipe --------------------------------------------------------------------------------------
-def test_text_recipe_loads_round_trips_and_defaults_to_dynamic_int8():
+def test_text_recipe_loads_round_trips_and_defaults_to_static_int8():
     recipe = Recipe.from_dict(text_recipe_dict())
-    assert recipe.is_text and recipe.quantize.mode == "dynamic"
+    assert recipe.is_text and recipe.quantize.mode == "static"
     assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
 
 
@@ -70,7 +70,7 @@ def test_text_recipe_loads_round_trips_and_defaults_to_dynamic_int8():
     [
         ("distill", {"augment": False}, "distill.augment"),
         ("prune", {"method": "channel"}, "prune.method"),
-        ("quantize", {"mode": "static"}, "quantize.mode"),
+        ("quantize", {"mode": "qat"}, "quantize.mode"),
         ("data", {"too_long": "drop"}, "data.too_long"),
         ("student", {"hidden": 30, "heads": 4}, "student.heads"),
         ("teacher", {"source": "huggingface"}, "teacher.path"),
