@@ -5,7 +5,8 @@ Lifecycle of one batch (``HandlerCore``), whatever the task:
   decode   each request on its own: a KServe v2 request (its first input tensor, ``kserve_v2``)
            or a plain one; the task adapter turns it into model-input items, or raises
            ``InputError`` for that request alone (anything unforeseen becomes its 400; an
-           explanation request its 501: explanations are not implemented); the adapter collates every item of the batch into one model input;
+           explanation request gets its 501: explanations are not implemented); the adapter
+           collates every item of the batch into one model input;
   forward  one forward pass;
   encode   the outputs are split back per request in order; the adapter answers each (plain
            JSON, or v2 outputs the core encodes as JSON or binary); a refused request gets its

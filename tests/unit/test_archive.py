@@ -173,15 +173,17 @@ def test_batch_sizes_above_the_maximum_are_refused(model_store, tmp_path):
     assert ArchiveConfig.parse({"batch_size": MAX_BATCH_SIZE}).batch_size == MAX_BATCH_SIZE
     # an archive whose model-config.yaml was edited by hand is refused before any server sees it
     edited = tmp_path / "edited.mar"
-    with zipfile.ZipFile(model_store / "digits-student.mar") as src:
-        with zipfile.ZipFile(edited, "w") as dst:
-            for item in src.infolist():
-                data = src.read(item)
-                if item.filename == "model-config.yaml":
-                    config = yaml.safe_load(data)
-                    config["batchSize"] = 100_000
-                    data = yaml.safe_dump(config).encode()
-                dst.writestr(item, data)
+    with (
+        zipfile.ZipFile(model_store / "digits-student.mar") as src,
+        zipfile.ZipFile(edited, "w") as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "model-config.yaml":
+                config = yaml.safe_load(data)
+                config["batchSize"] = 100_000
+                data = yaml.safe_dump(config).encode()
+            dst.writestr(item, data)
     with pytest.raises(ArchiveError, match="batchSize: 100000 is above the maximum"):
         inspect_archive(edited)
 
