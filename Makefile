@@ -22,7 +22,7 @@ demo: $(STAMP)
 AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 	$(AVX2_KERNELS) $(BIN)/python -m pytest -m int8
 
 # The tests that neither train a model nor start a TorchServe (seconds, not minutes).

@@ -1,0 +1,115 @@
+"""The bench's report arithmetic, summary, README section and plots, on a recorded full run
+(``docs/bench/2026-11-23.json``): seconds, and nothing that a busy machine can change."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from distillserve.bench import served
+from distillserve.bench.plots import write_plots
+from distillserve.bench.report import BEGIN, END, add_derived, summary, update_readme
+
+RECORDED = Path(__file__).resolve().parents[2] / "docs" / "bench" / "2026-11-23.json"
+POINT_DERIVED = (
+    "floor_rps",
+    "efficiency_vs_floor",
+    "handler_ceiling_rps",
+    "model_ceiling_rps",
+    "efficiency_vs_handler",
+    "efficiency_vs_model",
+)
+ROW_DERIVED = (
+    "served_speedup_vs_resnet50",
+    "model_speedup_vs_resnet50_b8",
+    "size_ratio_vs_resnet50",
+)
+
+
+@pytest.fixture
+def recorded() -> dict:
+    return json.loads(RECORDED.read_text())
+
+
+def _measured_only(results: dict) -> dict:
+    """The run as the measuring code leaves it, before ``add_derived``."""
+    raw = copy.deepcopy(results)
+    for point in raw["served"]:
+        for key in POINT_DERIVED:
+            point.pop(key, None)
+    for row in raw["teacher_vs_students"].values():
+        for key in ROW_DERIVED:
+            row.pop(key, None)
+    raw.pop("targets")
+    return raw
+
+
+def test_derived_figures_of_a_recorded_run_are_recomputed_exactly(recorded):
+    raw = _measured_only(recorded)
+    add_derived(raw)
+    assert raw["served"] == recorded["served"]
+    assert raw["teacher_vs_students"] == recorded["teacher_vs_students"]
+    assert raw["targets"] == recorded["targets"]
+    for point in raw["served"]:  # every model point has its floor point beside it
+        if "floor_rps" in point:
+            assert point["efficiency_vs_floor"] == round(
+                point["throughput_rps"] / point["floor_rps"], 3
+            )
+    floor = raw["targets"]["floor"]
+    assert floor["value"] == min(floor["each"].values())
+    assert all(t["met"] == (t["value"] >= t["target"]) for t in raw["targets"].values())
+
+
+def test_a_changed_measurement_changes_what_is_derived_from_it(recorded):
+    """The check above cannot pass by copying: halve one floor and its efficiency doubles."""
+    raw = _measured_only(recorded)
+    floor = next(p for p in raw["served"] if p["model"].startswith("floor"))
+    floor["throughput_rps"] /= 2
+    add_derived(raw)
+    key = ("batch_size", "max_batch_delay", "concurrency")
+    changed = [
+        (p, q)
+        for p, q in zip(raw["served"], recorded["served"])
+        if "floor_rps" in p
+        and all(p[k] == floor[k] for k in key)
+        and p["floor_rps"] != q["floor_rps"]
+    ]
+    assert changed
+    for point, before in changed:
+        assert point["efficiency_vs_floor"] == pytest.approx(
+            2 * before["efficiency_vs_floor"], 0.01
+        )
+
+
+def test_the_summary_of_a_recorded_run_goes_into_the_readme_section(recorded, tmp_path):
+    text = summary(recorded, "2026-11-23")
+    assert "of floor" in text and "| floor-png |" in text
+    assert "**Targets**" in text and "ours ÷ built-in" in text and "**Reading**" in text
+    assert "÷ built-in ResNet-50" in text and "KServe v2, 8 images" in text
+    assert "**Runtimes**" in text and "| digits-int8 | pt2 |" in text
+    assert "**Distillation**" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Performance\n\n{BEGIN}\nPREVIOUS-RUN\n{END}\n\n## Next\n")
+    update_readme(readme, text)
+    written = readme.read_text()
+    assert "PREVIOUS-RUN" not in written and text.strip() in written
+    assert written.endswith("## Next\n")
+
+
+def test_plots_of_a_recorded_run_are_pngs(recorded, tmp_path):
+    write_plots(recorded, tmp_path / "served.png", tmp_path / "models.png")
+    for plot in ("served.png", "models.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_points_take_the_median_ratio_of_the_rounds(monkeypatch):
+    rates = iter([100.0, 50.0, 90.0, 30.0, 120.0, 80.0])  # a/b = 2.0, 3.0, 1.5
+    monkeypatch.setattr(
+        served, "served_point", lambda *args, **kwargs: {"throughput_rps": next(rates)}
+    )
+    paired = served.paired_points(None, ("a", "b"), [b""], 8, 1.0, rounds=3)
+    assert paired["rounds"] == [[100.0, 50.0], [90.0, 30.0], [120.0, 80.0]]
+    assert (paired["ratio"], paired["a_rps"], paired["b_rps"]) == (2.0, 100.0, 50.0)
