@@ -24,6 +24,8 @@ BASE_IMAGE = "pytorch/torchserve:0.12.0-cpu"
 RUNTIME_PACKAGES = ("torch", "torchvision")
 # What an archive of a format needs beyond those (from the package index, not PyTorch's).
 FORMAT_PACKAGES = {"onnx": ("onnxruntime",)}
+# What the handler verifies archive signatures with (this host's versions).
+SIGNING_PACKAGES = ("model-signing", "pyopenssl")
 
 
 def _installed(name: str) -> str:
@@ -54,7 +56,8 @@ def runtime_versions(mars: list[Path]) -> dict[str, str]:
                 f"the archives were built with different {name} versions "
                 f"({', '.join(sorted(values))}): one image cannot serve them all"
             )
-    return {name: values.pop() for name, values in found.items()}
+    pins = {name: values.pop() for name, values in found.items()}
+    return {**pins, **{name: _installed(name) for name in SIGNING_PACKAGES}}
 
 
 def default_image(versions: dict[str, str]) -> str:

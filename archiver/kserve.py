@@ -1,6 +1,7 @@
 """``export-kserve``: the storage layout KServe (and plain Kubernetes) runs TorchServe from.
 
     OUT/config/config.properties   server settings with a model_snapshot of every archive
+    OUT/config/archive-signing.pub.pem  the key the pods' handlers verify the archives with
     OUT/model-store/*.mar          the archives
     OUT/Dockerfile                 TorchServe 0.12's CPU image + the archives' exact torch
     OUT/manifests/kserve.yaml      a custom ServingRuntime for TorchServe + an InferenceService
@@ -33,12 +34,15 @@ from distillserve.archiver.kserve_common import (
     INFERENCE_PORT,
     METRICS_PORT,
     MOUNT,
+    PUBLIC_KEY_FILE,
     RESOURCES,
     TORCHSERVE_ARGS,
+    container_env,
 )
 from distillserve.archiver.kubernetes import kubernetes_manifests, storage_manifests
 from distillserve.archiver.mar import inspect_archive
 from distillserve.archiver.properties import ServerConfig
+from distillserve.archiver.signing import Trust
 from distillserve.errors import ArchiveError
 
 __all__ = ["export_kserve"]
@@ -52,10 +56,10 @@ def _model_config(mar: Path) -> dict:
             return {}
 
 
-def _snapshot(mars: list[Path]) -> dict:
+def _snapshot(mars: list[Path], trust: Trust) -> dict:
     models: dict = {}
     for mar in mars:
-        info = inspect_archive(mar)
+        info = inspect_archive(mar, trust)
         config = _model_config(mar)
         versions = models.setdefault(info["model_name"], {})
         if info["version"] in versions:
@@ -92,7 +96,7 @@ def _server_config(snapshot: dict) -> ServerConfig:
     )
 
 
-def _kserve_manifests(name: str, image: str, storage_uri: str) -> list[dict]:
+def _kserve_manifests(name: str, image: str, storage_uri: str, env: list[dict]) -> list[dict]:
     runtime = f"{name}-torchserve"
     return [
         {
@@ -107,6 +111,7 @@ def _kserve_manifests(name: str, image: str, storage_uri: str) -> list[dict]:
                         "name": "kserve-container",
                         "image": image,
                         "args": TORCHSERVE_ARGS,
+                        "env": env,
                         "ports": [{"containerPort": INFERENCE_PORT, "protocol": "TCP"}],
                         "resources": RESOURCES,
                     }
@@ -174,15 +179,19 @@ def export_kserve(
     name: str = "distillserve",
     image: str | None = None,
     storage_uri: str | None = None,
+    trust: Trust | None = None,
 ) -> Path:
     """Write the layout, the image's Dockerfile and the manifests for ``mars`` under ``out``.
 
     ``image`` is the name the manifests run (default: a local name derived from the archives'
     torch); ``storage_uri`` where KServe reads the layout (default: the claim in storage.yaml).
+    Every archive is verified under ``trust`` (default: the keys' default locations) first; its
+    public key goes into config/ and the pods' handlers verify again with it.
     """
     if not mars:
         raise ArchiveError("export-kserve needs at least one .mar")
-    snapshot = _snapshot(mars)
+    trust = trust or Trust.resolve()
+    snapshot = _snapshot(mars, trust)
     versions = runtime_versions(mars)
     image = image or default_image(versions)
     storage_uri = storage_uri or f"pvc://{name}-models"
@@ -191,6 +200,9 @@ def export_kserve(
     (out / "manifests").mkdir(exist_ok=True)
     for mar in mars:
         shutil.copy2(mar, out / "model-store" / mar.name)
+    if trust.public_key is not None:
+        shutil.copy2(trust.public_key, out / "config" / PUBLIC_KEY_FILE)
+    env = container_env(trust.public_key is not None, trust.allow_unsigned)
     _server_config(snapshot).write(
         out / "config" / "config.properties",
         "Written by distillserve export-kserve; archiver/kserve.py explains the choices.",
@@ -198,8 +210,8 @@ def export_kserve(
     (out / "Dockerfile").write_text(dockerfile(versions))
     (out / "README.md").write_text(_readme(name, image, storage_uri))
     manifests = {
-        "kserve.yaml": _kserve_manifests(name, image, storage_uri),
-        "kubernetes.yaml": kubernetes_manifests(name, image),
+        "kserve.yaml": _kserve_manifests(name, image, storage_uri, env),
+        "kubernetes.yaml": kubernetes_manifests(name, image, env),
         "storage.yaml": storage_manifests(name),
     }
     for file, documents in manifests.items():

@@ -16,7 +16,7 @@ from distillserve.archiver.kserve_common import (
 __all__ = ["kubernetes_manifests", "storage_manifests"]
 
 
-def kubernetes_manifests(name: str, image: str) -> list[dict]:
+def kubernetes_manifests(name: str, image: str, env: list[dict] | None = None) -> list[dict]:
     labels = {"app.kubernetes.io/name": name}
     probe = {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10}
     return [
@@ -35,6 +35,7 @@ def kubernetes_manifests(name: str, image: str) -> list[dict]:
                                 "name": "torchserve",
                                 "image": image,
                                 "args": TORCHSERVE_ARGS,
+                                "env": env or [],
                                 "ports": [
                                     {"name": "http", "containerPort": INFERENCE_PORT},
                                     {"name": "metrics", "containerPort": METRICS_PORT},

@@ -29,6 +29,7 @@ from distillserve.archiver.identity import ArchiveIdentity, label_tuple, refuse_
 from distillserve.archiver.labels import archive_labels
 from distillserve.archiver.registry import Registry
 from distillserve.archiver.serving_measure import resolve as resolve_serving
+from distillserve.archiver.signing import Trust, sign_mar, signing_key, verify_mar
 from distillserve.errors import ArchiveError, RecipeError
 from distillserve.handlers.classification import checked_labels, sha256_file, sha256_stream
 from distillserve.handlers.serving_policy import PolicyError, check_batch_size
@@ -56,6 +57,7 @@ CORE_FILES = (
     "core_handler.py",
     "core.py",
     "classification.py",
+    "integrity.py",
     "imageprep.py",
     "textprep.py",
     "kserve_v2.py",
@@ -163,6 +165,8 @@ def build_archive(
     force: bool = False,
     model_format: str | None = None,
     replace_rebuild: bool = False,
+    signing_key_path: str | Path | None = None,
+    unsigned: bool = False,
 ) -> ArchiveResult:
     """Archive ``artifact_dir`` into ``model_store/<file_name>`` (default ``NAME.mar`` for the
     recipe's version, ``NAME-VERSION.mar`` for another).
@@ -173,7 +177,17 @@ def build_archive(
     runtime's archive is its own model. An existing archive that holds another model (another
     name, version, recipe, labels or model sha256) is never replaced unless ``force``;
     ``replace_rebuild`` also replaces a rebuild of the same recipe (``make demo`` run again).
+
+    The finished archive is signed (``archiver.signing``) with ``signing_key_path`` or the
+    default key; no key is an error unless ``unsigned``.
     """
+    private_key = None if unsigned else signing_key(signing_key_path)
+    if private_key is None and not unsigned:
+        raise ArchiveError(
+            "no signing key: make one with `distillserve keys init` (keys/archive-signing.pem), "
+            "pass --signing-key or set DISTILLSERVE_SIGNING_KEY; --unsigned builds an archive "
+            "that servers refuse unless they allow unsigned ones"
+        )
     artifact = Artifact.read(artifact_dir)
     model_format = model_format or artifact.formats[0]
     model_path = artifact.model_file(model_format)
@@ -197,7 +211,7 @@ def build_archive(
             build_info["sha256"][model_path.name],
         )
         refuse_to_overwrite(target, identity, replace_rebuild)
-    _pack(artifact, config, model_path, model_config, build_info, labels, target)
+    _pack(artifact, config, model_path, model_config, build_info, labels, target, private_key)
     Registry(store).record_archive(
         config.model_name, config.version, target.name, build_info, sha256_file(target)
     )
@@ -248,9 +262,11 @@ def _pack(
     build_info: dict,
     labels: dict[str, str],
     target: Path,
+    private_key: Path | None,
 ) -> None:
     """torch-model-archiver packs the files in a private staging directory beside ``target``;
-    the finished archive is moved over ``target`` atomically."""
+    the finished archive is signed with ``private_key`` (unless None) and moved over
+    ``target`` atomically."""
     from model_archiver.model_archiver import ModelArchiver
     from model_archiver.model_archiver_config import ModelArchiverConfig
 
@@ -288,19 +304,30 @@ def _pack(
         )
         with archiver_tempdir(staging):
             ModelArchiver.generate_model_archive(archiver_config)
-        (out / f"{config.model_name}.mar").replace(target)
+        packed = out / f"{config.model_name}.mar"
+        if private_key is not None:
+            sign_mar(packed, private_key)
+        packed.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def inspect_archive(path: str | Path) -> dict:
-    """Name, version and build-info of a .mar whose model.pt matches its recorded sha256.
+def inspect_archive(path: str | Path, trust: Trust | None = None) -> dict:
+    """Name, version and build-info of a .mar whose model file matches its recorded sha256,
+    and, given ``trust`` (the gates before a server: register, serve start, export-kserve,
+    verify), whose every file matches its signature.
 
-    Raises ``ArchiveError`` for a missing, unreadable or altered archive.
+    Raises ``ArchiveError`` for a missing, unreadable, altered or (under ``trust``) unsigned
+    archive.
     """
     path = Path(path)
     if not path.is_file():
         raise ArchiveError(f"archive not found: {path}")
+    if trust is not None:
+        try:
+            verify_mar(path, trust)
+        except zipfile.BadZipFile as err:
+            raise ArchiveError(f"{path} is not a distillserve archive: {err}") from None
     try:
         with zipfile.ZipFile(path) as mar:
             manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))

@@ -22,6 +22,7 @@ import yaml
 from distillserve.archiver import build_archive
 from distillserve.archiver.mar import package_versions
 from distillserve.archiver.properties import ServerConfig
+from distillserve.archiver.signing import ensure_keys
 from distillserve.bench import report as bench_report
 from distillserve.bench.alternatives import (
     builtin_rows,
@@ -106,6 +107,7 @@ def run_bench(
     log: Callable[[str], None] = _log,
 ) -> Path:
     """Run every section, write the JSON, plots and summary; returns the JSON's path."""
+    ensure_keys()  # the bench's archives are signed and verified like any others
     plan = Plan.make(quick)
     out, work = Path(out), Path(work).resolve()
     out.mkdir(parents=True, exist_ok=True)

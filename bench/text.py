@@ -30,6 +30,7 @@ import torch
 
 from distillserve.archiver import build_archive
 from distillserve.archiver.properties import ServerConfig
+from distillserve.archiver.signing import ensure_keys
 from distillserve.bench.served import (
     _archive,
     _management,
@@ -121,6 +122,7 @@ def run_text_bench(
 ) -> dict:
     """Build the recipe in ``work`` (its teacher from ``build/teacher-cache`` when trained
     before), serve its models and the alternatives, and return the results."""
+    ensure_keys()
     recipe = load_recipe(recipe_path)
     work = Path(work) / "text"
     result = build(recipe, work / "build", teacher_cache_dir=Path("build/teacher-cache"))

@@ -1,7 +1,8 @@
 """TorchServe's side of the handler core: one ``BaseHandler`` subclass that every task's handler
 extends with a few lines (``distill_classifier.DistillClassifierHandler`` for images).
 
-  initialize   verify the model file against build-info.json and the host's torch against the
+  initialize   verify every file of the archive against its signature (``integrity``), the
+               model file against build-info.json and the host's torch against the
                one that built it, set the quantized engine and thread count, load the model in
                its format's runtime (``runtimes``), read index_to_name.json, make the task
                adapter (``make_adapter``) and the core, warm up at the server's batch size;
@@ -27,10 +28,11 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 try:  # inside this repository
-    from . import classification, core, runtimes, serving_policy
+    from . import classification, core, integrity, runtimes, serving_policy
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     import classification
     import core
+    import integrity
     import runtimes
     import serving_policy
 
@@ -56,6 +58,7 @@ class CoreHandler(BaseHandler):
     def initialize(self, context) -> None:
         properties = context.system_properties
         model_dir = self.model_dir = Path(properties["model_dir"])
+        logger.info("archive files: %s", integrity.check_model_dir(model_dir))
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.settings = classification.HandlerSettings.from_dict(yaml_config.get("handler", {}))
         self.manifest = context.manifest

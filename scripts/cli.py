@@ -17,7 +17,12 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
 
 from distillserve.errors import DistillServeError  # noqa: E402
-from distillserve.scripts import verbs_build, verbs_serve, verbs_versions  # noqa: E402
+from distillserve.scripts import (  # noqa: E402
+    verbs_build,
+    verbs_serve,
+    verbs_sign,
+    verbs_versions,
+)
 
 __all__ = ["get_parser", "main"]
 
@@ -29,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
         "TorchServe.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for group in (verbs_build, verbs_serve, verbs_versions):
+    for group in (verbs_build, verbs_serve, verbs_versions, verbs_sign):
         group.add_verbs(verbs)
     return parser
 

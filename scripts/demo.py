@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from distillserve.archiver import build_archive
+from distillserve.archiver.signing import ensure_keys
 from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.log import progress
 from distillserve.serving.rest import InferenceClient, timed_predictions
@@ -117,6 +118,7 @@ def run_demo(
     """The whole flow for one recipe; writes ``build/report-NAME.json`` and returns the
     report."""
     stage_seconds: dict[str, float] = {}
+    ensure_keys()  # keys/archive-signing.pem signs the demo's archives (made on first run)
     clock = time.perf_counter()
 
     def stage(name: str) -> None:

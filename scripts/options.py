@@ -4,10 +4,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from distillserve.archiver.properties import read_properties
+from distillserve.archiver.signing import Trust
 from distillserve.serving.connect import Connection
 
-__all__ = ["add_server_options", "connection", "teacher_cache_options"]
+__all__ = [
+    "add_server_options",
+    "add_trust_options",
+    "connection",
+    "teacher_cache_options",
+    "trust_of",
+]
 
 
 def add_server_options(p: argparse.ArgumentParser, auth: bool = True, url: bool = False) -> None:
@@ -44,6 +53,28 @@ def connection(args: argparse.Namespace, config_optional: bool = False) -> Conne
         token_auth=not args.no_token,
         config_optional=config_optional,
     )
+
+
+def add_trust_options(p: argparse.ArgumentParser) -> None:
+    """Which archives a verb that hands them to a server accepts."""
+    group = p.add_argument_group("archive signatures")
+    group.add_argument(
+        "--public-key",
+        help="verify archives with this public key (default: DISTILLSERVE_PUBLIC_KEY, then "
+        "distillserve_public_key in --config, then keys/archive-signing.pub.pem)",
+    )
+    group.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept archives without a signature (signed ones must still verify)",
+    )
+
+
+def trust_of(args: argparse.Namespace) -> Trust:
+    """The ``Trust`` of ``add_trust_options``'s flags and the serving config (``--config``)."""
+    config = Path(getattr(args, "config", None) or "config.properties")
+    props = read_properties(config) if config.is_file() else {}
+    return Trust.resolve(args.public_key, args.allow_unsigned, props, config.resolve().parent)
 
 
 def teacher_cache_options(p: argparse.ArgumentParser) -> None:

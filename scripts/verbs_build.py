@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from distillserve.errors import ExportError
-from distillserve.scripts.options import teacher_cache_options
+from distillserve.scripts.options import add_trust_options, teacher_cache_options, trust_of
 
 __all__ = ["add_verbs"]
 
@@ -112,6 +112,8 @@ def _archive(args: argparse.Namespace) -> int:
         file_name=args.file_name,
         force=args.force,
         model_format=args.format,
+        signing_key_path=args.signing_key,
+        unsigned=args.unsigned,
     )
     serving = result.build_info.get("serving")
     if serving:  # archive.min_workers / max_workers / threads: auto
@@ -131,6 +133,7 @@ def _export_kserve(args: argparse.Namespace) -> int:
         name=args.name,
         image=args.image,
         storage_uri=args.storage_uri,
+        trust=trust_of(args),
     )
     files = sorted(p for p in out.rglob("*") if p.is_file())
     for path in files:
@@ -295,6 +298,16 @@ def add_verbs(verbs) -> None:
         action="store_true",
         help="replace an existing archive of another model or version (default: refuse)",
     )
+    p.add_argument(
+        "--signing-key",
+        help="private key that signs the archive (default: DISTILLSERVE_SIGNING_KEY, then "
+        "keys/archive-signing.pem from `distillserve keys init`)",
+    )
+    p.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="write no signature (servers refuse such archives unless told to allow them)",
+    )
     p.set_defaults(func=_archive)
 
     p = verbs.add_parser(
@@ -313,6 +326,13 @@ def add_verbs(verbs) -> None:
         help="where KServe reads config/ and model-store/ (default: pvc://NAME-models, the "
         "claim in manifests/storage.yaml)",
     )
+    p.add_argument(
+        "--config",
+        default="config.properties",
+        help="serving config whose distillserve_public_key verifies the archives "
+        "(default: %(default)s)",
+    )
+    add_trust_options(p)
     p.set_defaults(func=_export_kserve)
 
     p = verbs.add_parser(

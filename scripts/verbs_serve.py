@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 
 from distillserve.errors import DistillServeError, ServerError
-from distillserve.scripts.options import add_server_options, connection
+from distillserve.scripts.options import (
+    add_server_options,
+    add_trust_options,
+    connection,
+    trust_of,
+)
 
 __all__ = ["add_verbs"]
 
@@ -24,7 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         found = TorchServe(args.config, args.run_dir, args.model_store).model_store
         store, archives = resolve_archives(args.models, found)
-    server = TorchServe(args.config, args.run_dir, store, archives)
+    trust = trust_of(args) if args.action == "start" else None
+    server = TorchServe(args.config, args.run_dir, store, archives, trust)
     if args.action == "start":
         from distillserve.serving.versions import record_startup
 
@@ -197,6 +203,7 @@ def add_verbs(verbs) -> None:
         "each archive's own model-config.yaml sets its batching and workers",
     )
     add_server_options(p, auth=False)
+    add_trust_options(p)
     p.set_defaults(func=_serve)
 
     p = verbs.add_parser(

@@ -7,7 +7,12 @@ import argparse
 import json
 from pathlib import Path
 
-from distillserve.scripts.options import add_server_options, connection
+from distillserve.scripts.options import (
+    add_server_options,
+    add_trust_options,
+    connection,
+    trust_of,
+)
 
 __all__ = ["add_verbs"]
 
@@ -25,6 +30,7 @@ def _register(args: argparse.Namespace) -> int:
         max_batch_delay=args.max_batch_delay,
         initial_workers=args.initial_workers,
         make_default=args.set_default,
+        trust=trust_of(args),
     )
     print(f"registered {result['model_name']} {result['version']} from {result['file']}")
     return 0
@@ -108,6 +114,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--max-batch-delay", type=int, help="ms to wait for a batch to fill")
     p.add_argument("--initial-workers", type=int, default=1)
     p.add_argument("--set-default", action="store_true", help="make it the default version")
+    add_trust_options(p)
     add_server_options(p)
     p.set_defaults(func=_register)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from distillserve.archiver import build_archive
 from distillserve.archiver.properties import ServerConfig
+from distillserve.archiver.signing import ensure_keys
 from distillserve.bench.served import register_timed, served_point, unregister
 from distillserve.serving.server import TorchServe
 from distillserve.students.artifact import Artifact
@@ -24,6 +25,7 @@ def served_throughput(rows: list[dict], out: Path, log: Callable[[str], None]) -
     """Set ``served_rps`` (and ``served_p50_ms``) on each row from its student's archive."""
     store = (out / "served-store").resolve()
     store.mkdir(parents=True, exist_ok=True)
+    ensure_keys()
     archives = {}
     for row in rows:
         name = f"trial-{row['trial']:04d}"

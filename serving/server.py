@@ -21,7 +21,9 @@ from pathlib import Path
 import psutil
 import requests
 
+from distillserve.archiver.mar import inspect_archive
 from distillserve.archiver.properties import PATH_KEYS, read_properties, write_properties
+from distillserve.archiver.signing import Trust
 from distillserve.errors import ServerError
 from distillserve.serving.startup import check_ports, startup_cause
 
@@ -31,7 +33,9 @@ __all__ = ["TorchServe"]
 class TorchServe:
     """One TorchServe process driven through its own run directory. ``archives`` (file names
     in the model store) are loaded at start instead of the config's ``load_models``/``models=``,
-    with the config's other settings (``serve start --models``)."""
+    with the config's other settings (``serve start --models``). Every archive it loads at
+    start is verified first against ``trust`` (default: the config's
+    ``distillserve_public_key``), which the workers' handlers inherit."""
 
     def __init__(
         self,
@@ -39,10 +43,12 @@ class TorchServe:
         run_dir: str | Path,
         model_store: str | Path | None = None,
         archives: list[str] | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self.archives = archives
         self.config_file = Path(config_file).resolve()
         self.props = read_properties(self.config_file)
+        self.trust = trust or Trust.resolve(props=self.props, base=self.config_file.parent)
         self.run_dir = Path(run_dir).resolve()
         if model_store is None:  # relative to the config file, like TorchServe's other paths here
             store = Path(self.props.get("model_store", "model_store"))
@@ -78,6 +84,9 @@ class TorchServe:
             METRICS_LOCATION=str(self.log_dir),
             PYTHONWARNINGS="ignore::FutureWarning,ignore::DeprecationWarning",
         )
+        for name in ("DISTILLSERVE_PUBLIC_KEY", "DISTILLSERVE_ALLOW_UNSIGNED"):
+            env.pop(name, None)  # the handlers get this server's trust, not the caller's
+        env.update(self.trust.environment())
         return env
 
     def _effective_config(self) -> Path:
@@ -151,6 +160,17 @@ class TorchServe:
                     names.append(spec["marName"])
         return list(dict.fromkeys(n for n in names if "://" not in n))
 
+    def verify_startup_archives(self) -> None:
+        """``ArchiveError`` for the first archive loaded at start that is altered, or unsigned
+        where unsigned ones are not allowed (``load_models=all``: every archive in the store)."""
+        names = self.startup_archives()
+        loads_all = self.archives is None and any(
+            entry.strip().lower() == "all" for entry in self.props.get("load_models", "").split(",")
+        )
+        paths = sorted(self.model_store.glob("*.mar")) if loads_all else []
+        for path in [*(self.model_store / name for name in names), *paths]:
+            inspect_archive(path, self.trust)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 180.0, models: list[str] | None = None) -> None:
         """Start TorchServe and wait until it is healthy and every model has a ready worker."""
@@ -172,6 +192,7 @@ class TorchServe:
                 f"{self.model_store} has no such archive: build it (distillserve archive), or "
                 "serve your own archives with serve start --models A.mar,B.mar (or a folder)"
             )
+        self.verify_startup_archives()
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise ServerError("java not found: TorchServe needs Java 17 on PATH or JAVA_HOME")
         check_ports(self.props, self.config_file.name, self.run_dir)

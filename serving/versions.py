@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distillserve.archiver import Registry, inspect_archive
 from distillserve.archiver.mar import sha256_file
+from distillserve.archiver.signing import Trust
 from distillserve.errors import DistillServeError, ServerError
 from distillserve.handlers.serving_policy import PolicyError, check_batch_size
 from distillserve.serving.management import ManagementClient
@@ -107,15 +108,17 @@ def register_archive(
     max_batch_delay: int | None = None,
     initial_workers: int = 1,
     make_default: bool = False,
+    trust: Trust | None = None,
 ) -> dict:
-    """Verify ``mar`` (sha256 of model.pt against build-info.json), place it in the model store
+    """Verify ``mar`` (every file against its signature under ``trust``, default the keys'
+    default locations; the model file against build-info.json), place it in the model store
     (the only place the server loads from), register it, and record it in the index."""
     if batch_size is not None:
         try:
             check_batch_size(batch_size, "--batch-size")
         except PolicyError as err:
             raise ServerError(f"{err.key} {batch_size}: {err}") from None
-    info = inspect_archive(mar)
+    info = inspect_archive(mar, trust or Trust.resolve())
     name, version = model_name or info["model_name"], info["version"]
     store = model_store.resolve()
     if mar.resolve().parent != store:

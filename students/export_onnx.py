@@ -118,7 +118,11 @@ def quantize_onnx(
         prepared = Path(tmp) / "prepared.onnx"
         # dynamic quantization needs no inferred shapes
         skip_shapes = tokens or mode == "dynamic"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=skip_shapes)
+        # symbolic shape inference saves a model it could not finish into the working
+        # directory (sym_shape_infer_temp.onnx + a .data file): keep that in tmp
+        with contextlib.chdir(tmp):
+            source = str(Path(fp32_path).resolve())
+            quant_pre_process(source, str(prepared), skip_symbolic_shape=skip_shapes)
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -11,6 +13,19 @@ from tests.helpers import STUDENT_MARS, small_recipe_dict
 
 # Fixtures that train the CI build: every test that uses one is slow (`make test-fast` skips it).
 TRAINING_FIXTURES = {"build_result", "model_store", "extracted_student"}
+
+
+def pytest_configure(config) -> None:
+    """One signing key pair for the session, in the environment, so that every archive a test
+    builds is signed and every server and handler it starts verifies (subprocesses inherit it).
+    """
+    from distillserve.archiver.signing import init_keys
+
+    keys = Path(tempfile.mkdtemp(prefix="distillserve-test-keys-"))
+    private, public = init_keys(keys)
+    os.environ["DISTILLSERVE_SIGNING_KEY"] = str(private)
+    os.environ["DISTILLSERVE_PUBLIC_KEY"] = str(public)
+    os.environ.pop("DISTILLSERVE_ALLOW_UNSIGNED", None)
 
 
 def pytest_collection_modifyitems(items) -> None:

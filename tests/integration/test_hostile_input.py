@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from distillserve.archiver.properties import ServerConfig
+from distillserve.archiver.signing import SIGNATURE_NAME, sign_mar, signing_key
 from distillserve.handlers.imageprep import decode_image, preprocess
 from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.serving.server import TorchServe
@@ -209,8 +210,7 @@ def test_altered_archive_is_refused_at_load(server, fmt, model_store):
         response = register(server, tampered.name, model_name=f"tampered-{fmt}")
         assert response.status_code >= 500, response.text
         log = (server.log_dir / "model_log.log").read_text()
-        assert f"{serialized} does not match build-info.json" in log
-        assert "the archive was altered or corrupted" in log
+        assert f"IntegrityError: changed since signing: {serialized}" in log
     finally:
         tampered.unlink()
 
@@ -339,8 +339,9 @@ def test_explanation_requests_get_501_and_their_batch_is_answered(server, digits
 
 
 def test_labels_edited_by_hand_never_go_live(server, model_store):
-    """Registered straight through the management API (our client refuses it first): the
-    worker refuses the labels at load and the model never answers."""
+    """Edited by hand and signed again (so the signature check passes), registered straight
+    through the management API (our client refuses it first): the worker refuses the labels at
+    load and the model never answers."""
     edited = model_store / "edited-labels.mar"
     with (
         zipfile.ZipFile(model_store / STUDENT_MARS["torchscript"]) as src,
@@ -350,7 +351,9 @@ def test_labels_edited_by_hand_never_go_live(server, model_store):
             data = src.read(item.filename)
             if item.filename == "index_to_name.json":
                 data = json.dumps({str(i): [str(i)] for i in range(10)}).encode()
-            dst.writestr(item, data)
+            if item.filename != SIGNATURE_NAME:
+                dst.writestr(item, data)
+    sign_mar(edited, signing_key())
     try:
         response = register(server, edited.name, model_name="edited-labels")
         assert response.status_code >= 500, response.text

@@ -20,6 +20,7 @@ EXPECTED_FILES = {
     "core.py",
     "image_task.py",
     "classification.py",
+    "integrity.py",
     "imageprep.py",
     "textprep.py",
     "kserve_v2.py",
@@ -30,6 +31,7 @@ EXPECTED_FILES = {
     "model-config.yaml",
     "build-info.json",
     "MAR-INF/MANIFEST.json",
+    "archive.sig",
 }
 
 
