@@ -35,6 +35,7 @@ __all__ = [
     "Trust",
     "ensure_keys",
     "init_keys",
+    "sign_directory",
     "sign_mar",
     "signing_key",
     "verify_mar",
@@ -152,25 +153,32 @@ class Trust:
         return env
 
 
-def sign_mar(mar: Path, private_key: Path) -> None:
-    """Sign every file ``mar`` holds and add the signature to it as ``archive.sig``."""
+def sign_directory(directory: Path, private_key: Path, signature: Path | None = None) -> Path:
+    """Sign every file under ``directory`` (an extracted archive) into ``signature`` (default:
+    ``directory/archive.sig``, which the signature leaves out); returns its path."""
     from model_signing import hashing, signing
 
+    signature = signature or directory / SIGNATURE_NAME
+    hashing_config = hashing.Config().set_ignored_paths(
+        paths=[SIGNATURE_NAME], ignore_git_paths=False
+    )
+    try:
+        config = signing.Config().set_hashing_config(hashing_config)
+        config.use_elliptic_key_signer(private_key=private_key).sign(directory, signature)
+    except (ValueError, TypeError) as err:
+        raise ArchiveError(f"cannot sign with {private_key}: {err}") from None
+    return signature
+
+
+def sign_mar(mar: Path, private_key: Path) -> None:
+    """Sign every file ``mar`` holds and add the signature to it as ``archive.sig``."""
     with tempfile.TemporaryDirectory(prefix=".sign-", dir=mar.parent) as tmp:
         tree = Path(tmp) / "archive"
         with zipfile.ZipFile(mar) as archive:
             if SIGNATURE_NAME in archive.namelist():
                 raise ArchiveError(f"{mar} already carries {SIGNATURE_NAME}")
             archive.extractall(tree)
-        signature = Path(tmp) / SIGNATURE_NAME
-        hashing_config = hashing.Config().set_ignored_paths(
-            paths=[SIGNATURE_NAME], ignore_git_paths=False
-        )
-        try:
-            config = signing.Config().set_hashing_config(hashing_config)
-            config.use_elliptic_key_signer(private_key=private_key).sign(tree, signature)
-        except (ValueError, TypeError) as err:
-            raise ArchiveError(f"cannot sign with {private_key}: {err}") from None
+        signature = sign_directory(tree, private_key, Path(tmp) / SIGNATURE_NAME)
         with zipfile.ZipFile(mar, "a", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.write(signature, SIGNATURE_NAME)
 

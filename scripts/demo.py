@@ -141,7 +141,7 @@ def run_demo(
         )
         names[role, fmt] = archive.model_name
         files.append(archive.path.name)
-        _log(f"archived {archive.path} ({archive.path.stat().st_size / 1024:.0f} KB)")
+        _log(f"archived {archive.path} ({archive.path.stat().st_size / 1024:.0f} KB, signed)")
     stage("archive")
 
     payloads, labels, loaders = _test_inputs(recipe, result)

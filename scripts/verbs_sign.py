@@ -29,8 +29,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     trust = trust_of(args)
     for mar in (Path(m) for m in args.mars):
-        info = inspect_archive(mar, trust)  # ArchiveError (one line) for the first bad one
-        how = verify_mar(mar, trust)
+        how = verify_mar(mar, trust)  # ArchiveError (one line) for the first bad one
+        info = inspect_archive(mar)  # then the model file, labels and batch size
         print(f"{mar}: {info['model_name']} {info['version']}: {how}")
     return 0
 

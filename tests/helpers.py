@@ -3,6 +3,9 @@ profiles on free ports, registration, and the handler in process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -16,6 +19,8 @@ __all__ = [
     "handler_context",
     "load_handler",
     "register",
+    "resign",
+    "run_cli",
     "shipped_profile",
     "small_recipe_dict",
 ]
@@ -70,3 +75,40 @@ def register(ts, url: str, **params):
     return requests.post(
         f"{ts.management_url}/models", params=params, headers=ts.headers("management"), timeout=120
     )
+
+
+@dataclass
+class CliResult:
+    """What ``run_cli`` saw: the exit status and the two streams."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """``distillserve ARGS`` from the repository root, in this process (the command's code and
+    output, without a fresh interpreter's seconds of importing torch for every call)."""
+    import logging
+
+    from distillserve.scripts.cli import main
+
+    logger = logging.getLogger("distillserve")  # main() sets it up for a terminal: restore it
+    state = (list(logger.handlers), logger.level, logger.propagate)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(ROOT):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            logger.handlers[:], logger.level, logger.propagate = state
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def resign(model_dir: Path) -> None:
+    """Sign an extracted archive again with the session's key (conftest) after a test edited
+    it by hand, so that the handler's checks after the signature's are what it meets."""
+    from distillserve.archiver.signing import sign_directory, signing_key
+
+    sign_directory(model_dir, signing_key())

@@ -4,6 +4,7 @@ REST and gRPC clients, KServe v2 through tritonclient, Prometheus metrics, A/B, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 
 from distillserve.archiver import build_archive, inspect_archive
 from distillserve.archiver.properties import free_port, read_properties, write_properties
+from distillserve.archiver.signing import Trust
 from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.serving.grpc_client import GrpcClient
 from distillserve.serving.rest import InferenceClient
@@ -25,7 +27,7 @@ from distillserve.serving.server import TorchServe
 from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.distill import predict
 from distillserve.students.recipe import DataConfig
-from tests.helpers import ROOT, STUDENT_MARS, register, shipped_profile
+from tests.helpers import ROOT, STUDENT_MARS, CliResult, register, run_cli, shipped_profile
 
 pytestmark = pytest.mark.slow
 SPEC = preprocess_spec(DataConfig())
@@ -81,23 +83,8 @@ def expected_torchscript(build_result, digits_splits) -> list[str]:
     return _in_process_labels(build_result, digits_splits, "torchscript")
 
 
-def _cli(ts: TorchServe, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distillserve.scripts.cli",
-            *args,
-            "--config",
-            str(ts.config_file),
-            "--run-dir",
-            str(ts.run_dir),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _cli(ts: TorchServe, *args: str) -> CliResult:
+    return run_cli(*args, "--config", str(ts.config_file), "--run-dir", str(ts.run_dir))
 
 
 def _describe(ts: TorchServe, version: str = "all") -> list[dict]:
@@ -171,15 +158,20 @@ def test_versions_register_switch_rollback_scale_unregister(server, store, tmp_p
     assert _describe(ts) == []
 
 
-def test_register_refuses_an_altered_archive(server, store, tmp_path):
+def test_register_refuses_an_altered_unsigned_archive_even_when_unsigned_ones_are_allowed(
+    server, store, tmp_path
+):
+    """Allowing unsigned archives skips only the signature: the model file is still checked
+    against build-info.json (signed archives: tests/integration/test_signatures.py)."""
     import zipfile
 
     altered = tmp_path / "altered.mar"
     with zipfile.ZipFile(store / "digits-student.mar") as src, zipfile.ZipFile(altered, "w") as dst:
         for item in src.infolist():
             data = src.read(item.filename)
-            dst.writestr(item, data[:-8] + bytes(8) if item.filename == "model.pt" else data)
-    result = _cli(server, "register", str(altered))
+            if item.filename != "archive.sig":
+                dst.writestr(item, data[:-8] + bytes(8) if item.filename == "model.pt" else data)
+    result = _cli(server, "register", str(altered), "--allow-unsigned")
     assert result.returncode == 2
     assert (
         "does not match build-info.json" in result.stderr and len(result.stderr.splitlines()) == 1
@@ -391,6 +383,9 @@ def test_export_kserve_layout_manifests_and_real_start(
     dockerfile = (out / "Dockerfile").read_text()
     assert dockerfile.startswith("# ") and "FROM pytorch/torchserve:0.12.0-cpu" in dockerfile
     assert f"torch=={build_torch.split('+')[0]} " in dockerfile  # the archives' own torch
+    assert "model-signing==1.1.1" in dockerfile  # the handler verifies the archives
+    public_key = out / "config" / "archive-signing.pub.pem"
+    assert public_key.read_bytes() == Path(os.environ["DISTILLSERVE_PUBLIC_KEY"]).read_bytes()
     for manifest in ("kserve.yaml", "kubernetes.yaml"):
         documents = yaml.safe_load_all((out / "manifests" / manifest).read_text())
         images = {
@@ -399,6 +394,10 @@ def test_export_kserve_layout_manifests_and_real_start(
             for c in (d["spec"].get("template", {}).get("spec", d["spec"]).get("containers", []))
         }
         assert images == {"registry.example/team/digits:1"}, manifest
+        text = (out / "manifests" / manifest).read_text()
+        assert "name: DISTILLSERVE_PUBLIC_KEY\n" in text, manifest
+        assert "value: /mnt/models/config/archive-signing.pub.pem\n" in text, manifest
+        assert "DISTILLSERVE_ALLOW_UNSIGNED" not in text, manifest
     _kubernetes_validate_strict(out / "manifests" / "kubernetes.yaml")
     _kubernetes_validate_strict(out / "manifests" / "storage.yaml")
     claims = [d for d in yaml.safe_load_all((out / "manifests" / "storage.yaml").read_text())]
@@ -459,7 +458,8 @@ def test_export_kserve_layout_manifests_and_real_start(
         local[f"{key}_address"] = f"http://127.0.0.1:{free_port()}"
     local["grpc_inference_port"], local["grpc_management_port"] = str(free_port()), str(free_port())
     local["model_store"] = str(out / "model-store")
-    ts = TorchServe(write_properties(local, tmp_path / "local.properties"), tmp_path / "run")
+    config = write_properties(local, tmp_path / "local.properties")
+    ts = TorchServe(config, tmp_path / "run", trust=Trust(public_key))  # the layout's key
     with ts:
         ts.start(timeout=120, models=["digits-student"])
         client = InferenceClient(ts.inference_url)

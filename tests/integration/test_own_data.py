@@ -17,20 +17,25 @@ import pytest
 import yaml
 
 from distillserve.archiver.mar import sha256_file
-from tests.helpers import ROOT, shipped_profile
+from tests.helpers import ROOT, CliResult, run_cli, shipped_profile
 
 pytestmark = pytest.mark.slow
 WALKTHROUGH = ROOT / "docs" / "own-data"
 
 
-def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def _build(*args: str) -> subprocess.CompletedProcess:
+    """``distillserve build`` as a user runs it: its own process, stderr not a terminal."""
     return subprocess.run(
-        [sys.executable, "-m", "distillserve.scripts.cli", *args],
+        [sys.executable, "-m", "distillserve.scripts.cli", "build", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=900,
     )
+
+
+def _cli(*args: str) -> CliResult:
+    return run_cli(*args)
 
 
 def _python(script: str, *args: str) -> None:
@@ -65,7 +70,7 @@ def own(tmp_path_factory) -> dict[str, Path]:
 def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store, tmp_path):
     out = own["root"] / "build"
     for kind, version in (("state", "1.0"), ("torchscript", "2.0")):
-        built = _cli("build", str(own[kind]), "--out", str(out))
+        built = _build(str(own[kind]), "--out", str(out))
         assert built.returncode == 0, built.stderr[-3000:]
         assert "[train] student: epoch 4/4" in built.stderr  # a line per epoch off a terminal
         teacher = out / "shapes" / version / "teacher"
@@ -82,7 +87,7 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
     config, run_dir = str(ts.config_file), str(tmp_path / "serve" / "run")
     server = ["--config", config, "--run-dir", run_dir]
     try:
-        started = _cli("serve", "start", "--models", str(mine), *server, timeout=300)
+        started = _cli("serve", "start", "--models", str(mine), *server)
         assert started.returncode == 0, started.stderr[-3000:]
         assert "serving shapes-student-onnx.mar, shapes-student-pt2.mar, shapes-student.mar" in (
             started.stdout

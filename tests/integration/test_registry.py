@@ -17,20 +17,14 @@ from distillserve.archiver.mar import sha256_file
 from distillserve.archiver.properties import ServerConfig
 from distillserve.serving.server import TorchServe
 from distillserve.students.data import encode_png
-from tests.helpers import ROOT, shipped_profile
+from tests.helpers import ROOT, CliResult, run_cli, shipped_profile
 
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args: str, config: Path | None = None, run_dir: Path | None = None):
+def _cli(*args: str, config: Path | None = None, run_dir: Path | None = None) -> CliResult:
     server = ["--config", str(config), "--run-dir", str(run_dir)] if config else []
-    return subprocess.run(
-        [sys.executable, "-m", "distillserve.scripts.cli", *args, *server],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, *server)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import requests
 
 from distillserve.archiver.properties import ServerConfig
 from distillserve.archiver.signing import SIGNATURE_NAME, init_keys, sign_mar
-from distillserve.scripts.cli import main
 from distillserve.serving.server import TorchServe
-from tests.helpers import STUDENT_MARS, register
+from tests.helpers import STUDENT_MARS, register, run_cli
 
 pytestmark = pytest.mark.slow
 ARCHIVE = STUDENT_MARS["torchscript"]
@@ -92,25 +91,18 @@ def _tampered(source: Path, kind: str, target: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", list(TAMPERING))
-def test_tampering_is_refused_by_register_and_at_load(server, kind, tmp_path, capsys):
+def test_tampering_is_refused_by_register_and_at_load(server, kind, tmp_path):
     name = f"tampered-{kind.replace(' ', '-')}"
     outside = _tampered(server.model_store / ARCHIVE, kind, tmp_path / f"{name}.mar")
     expected = TAMPERING[kind][1]
 
     # 1. our client: one line, and the server never sees the file
-    code = main(
-        [
-            "register",
-            str(outside),
-            "--model-name",
-            name,
-            "--config",
-            str(server.config_file),
-            "--run-dir",
-            str(server.run_dir),
-        ]
-    )
-    err = capsys.readouterr().err.strip()
+    result = run_cli(
+        "register", str(outside), "--model-name", name,
+        "--config", str(server.config_file), "--run-dir", str(server.run_dir),
+    )  # fmt: skip
+    err = result.stderr.strip()
+    code = result.returncode
     assert code == 2
     assert expected in err and len(err.splitlines()) == 1, err
     assert not list(server.model_store.glob(f"{name}*"))
@@ -137,9 +129,11 @@ def test_tampering_is_refused_by_register_and_at_load(server, kind, tmp_path, ca
         inside.unlink()
 
 
-def test_the_untouched_archive_registers_and_answers(server, capsys):
-    code = main(["verify", str(server.model_store / ARCHIVE), "--config", str(server.config_file)])
-    assert code == 0
-    assert "signature verified with" in capsys.readouterr().out
+def test_the_untouched_archive_registers_and_answers(server):
+    result = run_cli(
+        "verify", str(server.model_store / ARCHIVE), "--config", str(server.config_file)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "signature verified with" in result.stdout
     response = register(server, ARCHIVE, model_name="signed-student")
     assert response.status_code == 200, response.text

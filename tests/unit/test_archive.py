@@ -121,10 +121,16 @@ def test_concurrent_builds_of_one_model_do_not_collide(build_result, tmp_path):
 def test_an_onnx_archive_needs_onnxruntime_in_its_image(model_store):
     from distillserve.archiver.image import dockerfile, runtime_versions
 
+    signing = {"model-signing", "pyopenssl"}  # every image: the handler verifies archives
     onnx = runtime_versions([model_store / "digits-student-onnx.mar"])
-    assert set(onnx) == {"torch", "torchvision", "onnxruntime"}
+    assert set(onnx) == {"torch", "torchvision", "onnxruntime", *signing}
     assert f"onnxruntime=={onnx['onnxruntime']}" in dockerfile(onnx)
-    assert set(runtime_versions([model_store / "digits-student.mar"])) == {"torch", "torchvision"}
+    assert "model-signing==1.1.1" in dockerfile(onnx)
+    assert set(runtime_versions([model_store / "digits-student.mar"])) == {
+        "torch",
+        "torchvision",
+        *signing,
+    }
 
 
 def _artifact_copy(build_result, tmp_path, labels) -> object:

@@ -12,7 +12,7 @@ from distillserve.handlers.distill_classifier import DistillClassifierHandler
 from distillserve.students.data import encode_png, make_loader, preprocess_spec
 from distillserve.students.export import load_torchscript
 from distillserve.students.recipe import DataConfig
-from tests.helpers import handle, handler_context
+from tests.helpers import handle, handler_context, resign
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -22,6 +22,7 @@ def loaded(extracted_student):
     (extracted_student / "index_to_name.json").write_text(
         json.dumps({str(i): n for i, n in enumerate(NAMES)})
     )
+    resign(extracted_student)
     handler = DistillClassifierHandler()
     ctx = handler_context(extracted_student)
     handler.initialize(ctx)
@@ -81,6 +82,9 @@ def test_all_bad_batch_still_answers_each_request(loaded):
 def test_altered_model_is_refused_at_load(extracted_student):
     with open(extracted_student / "model.pt", "ab") as fh:
         fh.write(b"tampered")
+    with pytest.raises(RuntimeError, match=r"changed since signing: model\.pt"):
+        DistillClassifierHandler().initialize(handler_context(extracted_student))
+    resign(extracted_student)  # signed again: the build's own record still refuses it
     with pytest.raises(RuntimeError, match=r"does not match build-info\.json"):
         DistillClassifierHandler().initialize(handler_context(extracted_student))
 
@@ -104,6 +108,7 @@ def test_a_host_torch_older_than_the_archive_build_is_refused(extracted_student)
     check_torch_version(extracted_student, "99.0.0+cpu")  # newer: fine
     info["versions"]["torch"] = "99.1.0"
     info_path.write_text(json.dumps(info))
+    resign(extracted_student)
     with pytest.raises(RuntimeError, match=r"built with torch 99\.1\.0 .* install torch>=99\.1\.0"):
         DistillClassifierHandler().initialize(handler_context(extracted_student))
 
@@ -143,12 +148,14 @@ def test_an_explanation_request_gets_its_own_501_in_a_batch(loaded, digits_split
 def test_labels_that_cannot_answer_are_refused_at_load(extracted_student, labels, reason):
     """A hand-edited index_to_name.json never reaches a live model: the worker fails to load."""
     (extracted_student / "index_to_name.json").write_text(json.dumps(labels))
+    resign(extracted_student)  # hand-edited and signed again: the label check still refuses
     with pytest.raises(ValueError, match=reason):
         DistillClassifierHandler().initialize(handler_context(extracted_student))
 
 
 def test_numeric_labels_are_answered_as_strings(extracted_student, digits_splits):
     (extracted_student / "index_to_name.json").write_text(json.dumps(dict(enumerate(range(10)))))
+    resign(extracted_student)
     handler = DistillClassifierHandler()
     ctx = handler_context(extracted_student)
     handler.initialize(ctx)
