@@ -25,6 +25,7 @@ from distillserve.archiver.mar import inspect_archive
 from distillserve.archiver.properties import PATH_KEYS, read_properties, write_properties
 from distillserve.archiver.signing import Trust
 from distillserve.errors import ServerError
+from distillserve.handlers.integrity import ALLOW_UNSIGNED_ENV, PUBLIC_KEY_ENV
 from distillserve.serving.startup import check_ports, startup_cause
 
 __all__ = ["TorchServe"]
@@ -84,7 +85,7 @@ class TorchServe:
             METRICS_LOCATION=str(self.log_dir),
             PYTHONWARNINGS="ignore::FutureWarning,ignore::DeprecationWarning",
         )
-        for name in ("DISTILLSERVE_PUBLIC_KEY", "DISTILLSERVE_ALLOW_UNSIGNED"):
+        for name in (PUBLIC_KEY_ENV, ALLOW_UNSIGNED_ENV):
             env.pop(name, None)  # the handlers get this server's trust, not the caller's
         env.update(self.trust.environment())
         return env
