@@ -21,9 +21,14 @@ demo: $(STAMP)
 # without AVX-512/VNNI), so that a green run does not depend on the machine CI lands on.
 AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
+# Two pytest-xdist workers, a test file per worker at a time (a file's module-scoped server stays
+# on one worker); `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=15
-	$(AVX2_KERNELS) $(BIN)/python -m pytest -m int8
+	$(PYTEST) --durations=15
+	$(AVX2_KERNELS) $(PYTEST) -m int8
 
 # The tests that neither train a model nor start a TorchServe (seconds, not minutes).
 test-fast: $(STAMP)

@@ -1,37 +1,95 @@
-"""Shared fixtures: one small but real build of the digits recipe, and its archives."""
+"""Shared fixtures: one small but real build of the digits recipe, and its archives.
+
+``make test`` runs the suite on two pytest-xdist workers (``--dist loadfile``: a file's tests, and
+so its module-scoped server, stay on one worker). The session builds are made once per run, not
+once per worker: the first worker to need one builds it under a file lock in the run's shared
+temporary folder, and the others load it from there.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from filelock import FileLock
 
 from tests.helpers import STUDENT_MARS, small_recipe_dict
+
+T = TypeVar("T")
 
 # Fixtures that train the CI build: every test that uses one is slow (`make test-fast` skips it).
 TRAINING_FIXTURES = {"build_result", "model_store", "extracted_student"}
 
+# Test files by their measured time alone, longest first (`make test` prints the slowest tests).
+LONGEST_FILES = (
+    "test_own_data.py",
+    "test_distributed_resume.py",
+    "test_mlops.py",
+    "test_text.py",
+    "test_registry.py",
+    "test_recipe_variants.py",
+    "test_hostile_input.py",
+    "test_archive.py",
+    "test_signatures.py",
+    "test_security_and_load.py",
+    "test_torchserve.py",
+    "test_bench.py",
+)
+
 
 def pytest_configure(config) -> None:
-    """One signing key pair for the session, in the environment, so that every archive a test
+    """One signing key pair for the run, in the environment, so that every archive a test
     builds is signed and every server and handler it starts verifies (subprocesses inherit it).
-    """
+    xdist's workers inherit the pair from the controlling process, which configures first."""
     from distillserve.archiver.signing import init_keys
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     keys = Path(tempfile.mkdtemp(prefix="distillserve-test-keys-"))
     private, public = init_keys(keys)
+    config._distillserve_keys = keys
     os.environ["DISTILLSERVE_SIGNING_KEY"] = str(private)
     os.environ["DISTILLSERVE_PUBLIC_KEY"] = str(public)
     os.environ.pop("DISTILLSERVE_ALLOW_UNSIGNED", None)
+
+
+def pytest_unconfigure(config) -> None:
+    keys = getattr(config, "_distillserve_keys", None)
+    if keys is not None:
+        shutil.rmtree(keys, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # Longest files first, so that two workers finish together (longest-processing-time order);
+    # the rest keep their order. Stable: every worker must collect the same order.
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def _once_per_run(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
+    """``make(folder)`` once for the whole run: alone, in a fresh folder; under xdist, by the
+    first worker that asks, in the run's shared temporary folder, the result pickled there for
+    the other workers (which wait on the lock meanwhile)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent
+    made = shared / f"{name}.pickle"
+    with FileLock(str(shared / f"{name}.lock")):
+        if made.exists():
+            return pickle.loads(made.read_bytes())
+        result = make(shared / name)
+        made.write_bytes(pickle.dumps(result))
+        return result
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +110,10 @@ def build_result(tmp_path_factory):
     from distillserve.students.pipeline import build
     from distillserve.students.recipe import Recipe
 
-    out = tmp_path_factory.mktemp("build")
-    return build(Recipe.from_dict(small_recipe_dict()), out, log=lambda _: None)
+    def make(out: Path):
+        return build(Recipe.from_dict(small_recipe_dict()), out, log=lambda _: None)
+
+    return _once_per_run(tmp_path_factory, "build", make)
 
 
 @pytest.fixture(scope="session")
@@ -63,11 +123,14 @@ def model_store(build_result, tmp_path_factory) -> Path:
     (fp32)."""
     from distillserve.archiver import build_archive
 
-    store = tmp_path_factory.mktemp("model_store")
-    for fmt in STUDENT_MARS:
-        build_archive(build_result.artifacts["student"], store, model_format=fmt)
-    build_archive(build_result.artifacts["teacher"], store)
-    return store
+    def make(store: Path) -> Path:
+        store.mkdir(exist_ok=True)
+        for fmt in STUDENT_MARS:
+            build_archive(build_result.artifacts["student"], store, model_format=fmt)
+        build_archive(build_result.artifacts["teacher"], store)
+        return store
+
+    return _once_per_run(tmp_path_factory, "model_store", make)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,10 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
                         "--model-store", str(mine))  # fmt: skip
         assert archived.returncode == 0, archived.stderr
     ts = shipped_profile("config.properties", mine, tmp_path / "serve")
-    config, run_dir = str(ts.config_file), str(tmp_path / "serve" / "run")
+    # the workers' unix sockets live under the run directory: a short path, whatever the
+    # temporary folder of this run (xdist's are longer)
+    run_dir = tempfile.mkdtemp(prefix="ds-own-")
+    config = str(ts.config_file)
     server = ["--config", config, "--run-dir", run_dir]
     try:
         started = _cli("serve", "start", "--models", str(mine), *server)
@@ -114,6 +118,7 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
         assert wrong.returncode == 2 and "version '3.0'" in wrong.stderr
     finally:
         _cli("serve", "stop", "--run-dir", run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     # The data-loss case: the user's model archived under the digits student's name and version
     store = tmp_path / "store"
