@@ -9,9 +9,11 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when the dependencies change.
+# Re-install only when the dependencies change. The Triton engine's own small environment
+# (NumPy 1 and the bundled tritonserver, beside this one: serving/triton_env.py) comes with it.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m distillserve.serving.triton_env
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,10 +37,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 # Full benchmark (about 25 min on 2 cores): docs/bench/<date>.json, plots, README section; then
-# the text section (about 10 min): docs/bench/<date>-text.json and .md.
+# the text section (about 10 min): docs/bench/<date>-text.json and .md; then the engines section
+# (about 8 min): docs/bench/<date>-engines.json and .md.
 bench: $(STAMP)
 	$(BIN)/distillserve bench --readme README.md
 	$(BIN)/distillserve bench --text
+	$(BIN)/distillserve bench --engines
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -55,6 +55,8 @@ HANDLER_MODULE = "distill_classifier.py"
 TEXT_HANDLER_MODULE = "distill_text_classifier.py"
 CORE_FILES = (
     "core_handler.py",
+    "served_model.py",
+    "triton_model.py",
     "core.py",
     "classification.py",
     "integrity.py",

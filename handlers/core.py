@@ -61,6 +61,8 @@ class Request:
     payload: dict
     headers: dict = field(default_factory=dict)
     request_id: str = ""
+    # a v2 input already decoded by the server (Triton hands its model tensors, not bodies)
+    tensor: kserve_v2.V2Tensor | None = None
 
     @property
     def wants_explanation(self) -> bool:
@@ -193,15 +195,17 @@ class HandlerCore:
                 501,
                 "NotImplemented",
             )
-        v2 = kserve_v2.v2_payload(request.payload, request.headers)
-        if v2 is None:
+        if request.tensor is not None:
+            v2, answer_as = True, (request.request_id, False)
+            items = self.adapter.decode_v2(request.tensor)
+        elif (v2 := kserve_v2.v2_payload(request.payload, request.headers)) is None:
             items = self.adapter.decode(request)
         else:
             answer_as = (kserve_v2.v2_request_id(v2.body) or "", v2.binary_output)
             items = self.adapter.decode_v2(kserve_v2.first_input(v2))
         if not items:  # every answer needs rows of the output
             raise InputError("the request holds no input", 400, "EmptyRequest")
-        if v2 is not None:
+        if v2:
             batch.v2[idx] = answer_as
         return items
 
@@ -223,21 +227,39 @@ class HandlerCore:
         """Exactly one answer per request: the adapter's, a v2 response, or the request's
         JSON error with its own status."""
         answers: list[Answer | None] = [None] * batch.size
-        offset = 0
-        for idx in sorted(batch.items):
-            count = len(batch.items[idx])
-            rows = _rows(batch.outputs, offset, offset + count)
-            offset += count
+        for idx, rows in self._rows_by_request(batch):
             if idx in batch.v2:
                 answers[idx] = self._v2_answer(idx, batch, rows)
             else:
                 answers[idx] = Answer(self.adapter.answer(rows))
+        for idx, err in self._refused(batch):
+            answers[idx] = Answer(err.to_body(), err.status, str(err), err.kind)
+        return _every_one(answers)
+
+    def tensors(self, batch: Batch) -> list[list[V2Output] | InputError]:
+        """Exactly one result per request: its v2 output tensors, or its error (for a server
+        that encodes tensors itself, as Triton does)."""
+        results: list[list[V2Output] | InputError | None] = [None] * batch.size
+        for idx, rows in self._rows_by_request(batch):
+            results[idx] = self.adapter.v2_outputs(rows)
+        for idx, err in self._refused(batch):
+            results[idx] = err
+        return _every_one(results)
+
+    @staticmethod
+    def _rows_by_request(batch: Batch):
+        """``(request index, its rows of the output)`` for every request that decoded."""
+        offset = 0
+        for idx in sorted(batch.items):
+            count = len(batch.items[idx])
+            yield idx, _rows(batch.outputs, offset, offset + count)
+            offset += count
+
+    def _refused(self, batch: Batch):
+        """``(request index, its error)`` for every refused request, each counted."""
         for idx, err in batch.errors.items():
             self.metric("RejectedInputs", 1, "count", "counter", Reason=err.kind)
-            answers[idx] = Answer(err.to_body(), err.status, str(err), err.kind)
-        if any(answer is None for answer in answers):  # the contract, as LitServe checks it
-            raise RuntimeError(f"{answers.count(None)} of {batch.size} requests got no answer")
-        return answers  # type: ignore[return-value]
+            yield idx, err
 
     def _v2_answer(self, idx: int, batch: Batch, rows: Any) -> Answer:
         request_id, binary = batch.v2[idx]
@@ -263,6 +285,13 @@ class HandlerCore:
         """Report a metric to the server, when it takes metrics."""
         if self._metrics is not None:
             self._metrics(name, value, unit, kind, dimensions)
+
+
+def _every_one(results: list) -> list:
+    """``results`` once every request has one (the contract, as LitServe checks it)."""
+    if any(result is None for result in results):
+        raise RuntimeError(f"{results.count(None)} of {len(results)} requests got no answer")
+    return results
 
 
 def _to_cpu(outputs: Any) -> Any:

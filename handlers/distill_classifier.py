@@ -10,14 +10,11 @@ from __future__ import annotations
 
 try:  # inside this repository
     from .core_handler import CoreHandler
-    from .image_task import ImageClassification
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     from core_handler import CoreHandler
-    from image_task import ImageClassification
 
 
 class DistillClassifierHandler(CoreHandler):
     """Batch image classification with per-request errors."""
 
-    def make_adapter(self, settings, mapping, device) -> ImageClassification:
-        return ImageClassification(settings, mapping, device)
+    task = "image-classification"

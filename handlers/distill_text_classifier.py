@@ -10,21 +10,12 @@ name would shadow it); it defines exactly one class, as TorchServe requires.
 from __future__ import annotations
 
 try:  # inside this repository
-    from .classification import verify_checksum
     from .core_handler import CoreHandler
-    from .text_task import TextClassification
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
-    from classification import verify_checksum
     from core_handler import CoreHandler
-    from text_task import TextClassification
 
 
 class DistillTextClassifierHandler(CoreHandler):
     """Batch text classification with per-request errors."""
 
-    def make_adapter(self, settings, mapping, device) -> TextClassification:
-        verify_checksum(self.model_dir, settings.spec.tokenizer)
-        return TextClassification(settings, mapping, self.model_dir, device)
-
-    def bind(self, model):
-        return self.adapter.bind(model)
+    task = "text-classification"

@@ -21,6 +21,7 @@ from distillserve.scripts import (  # noqa: E402
     verbs_build,
     verbs_serve,
     verbs_sign,
+    verbs_triton,
     verbs_versions,
 )
 
@@ -31,10 +32,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distillserve",
         description="Distill image and text models into small int8 students and serve them with "
-        "TorchServe.",
+        "TorchServe (or Triton).",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for group in (verbs_build, verbs_serve, verbs_versions, verbs_sign):
+    for group in (verbs_build, verbs_serve, verbs_triton, verbs_versions, verbs_sign):
         group.add_verbs(verbs)
     return parser
 

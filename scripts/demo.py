@@ -108,6 +108,40 @@ def _test_inputs(recipe, result) -> tuple[list[bytes], list[str], dict]:
     return payloads, labels, loaders
 
 
+def _on_triton(names: dict, model_store, out_root, payloads: list[bytes]) -> dict | None:
+    """The students' archives on the Triton engine (``serve start --engine triton``): each
+    test input's top-1 label (None for a failed request), by (role, format); None when the
+    engine is not installed (said in one line)."""
+    from distillserve.archiver.signing import Trust
+    from distillserve.archiver.triton import export_triton
+    from distillserve.errors import ServerError
+    from distillserve.serving.triton_client import TritonClient
+    from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
+    from distillserve.serving.triton_env import find_dist
+
+    try:
+        find_dist()
+    except ServerError as err:
+        _log(f"Triton engine skipped: {err}")
+        return None
+    students = {key: name for key, name in names.items() if key[0] == "student"}
+    trust = Trust.resolve()
+    archives = [Path(model_store) / f"{name}.mar" for name in students.values()]
+    repository = export_triton(archives, Path(out_root) / "triton", trust, force=True)
+    engine = TritonEngine(
+        Path(out_root) / "triton", Path(out_root) / "triton-run", TritonAddresses.free(), trust
+    )
+    _log(
+        f"starting Triton with {', '.join(m.name for m in repository)} (logs in {engine.log_file})"
+    )
+    with engine:
+        client = TritonClient(engine.addresses)
+        return {
+            key: [a.top1 for a in client.predict_many(name, payloads, concurrency=16)]
+            for key, name in students.items()
+        }
+
+
 def run_demo(
     recipe_path: str | Path = "recipes/digits.yaml",
     config: str | Path = "config.properties",
@@ -173,6 +207,9 @@ def run_demo(
         }
         stage("query")
     stage("serve stop")
+    triton = None if recipe.is_text else _on_triton(names, model_store, out_root, payloads)
+    if triton is not None:
+        stage("triton")
 
     rows = []
     for role, fmt, title in entries:
@@ -201,9 +238,19 @@ def run_demo(
                 "served_throughput_rps": s["throughput_rps"],
             }
         )
+    if triton is not None:
+        report_triton = []
+        for (role, fmt), answers in triton.items():
+            agree = sum(p == q for p, q in zip(in_process[role, fmt], answers))
+            failures = sum(a is None for a in answers)
+            report_triton.append(
+                {"model_name": names[role, fmt], "format": fmt, "agreement": agree / len(labels),
+                 "failures": failures}
+            )  # fmt: skip
     report = {
         "recipe": str(recipe_path),
         "task": recipe.task,
+        "triton": report_triton if triton is not None else None,
         "test_samples": len(labels),
         "rows": rows,
         "stage_seconds": {
@@ -217,6 +264,11 @@ def run_demo(
     out.write_text(json.dumps(report, indent=2) + "\n")
     what = "texts" if recipe.is_text else "images"
     print(f"\n{recipe.name} ({recipe.task}):\n{format_table(rows)}")
+    for row in report["triton"] or []:
+        print(
+            f"Triton engine: {row['model_name']} ({row['format']}) {row['agreement']:.2%} "
+            f"agree with in-process, {row['failures']} failed"
+        )
     print(
         f"\n{len(labels)} test {what}; b1 ms = in-process batch-1 latency; agree = served top-1 "
         "equal to in-process top-1; decisive = the same on the inputs whose in-process top-1 "

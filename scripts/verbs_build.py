@@ -92,6 +92,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.text:
         return _bench_text(args)
+    if args.engines:
+        return _bench_engines(args)
     path = run_bench(quick=args.quick, out=args.out, recipe_path=args.recipe, work=args.work)
     summary = path.with_suffix(".md").read_text()
     print(summary, end="")
@@ -177,6 +179,30 @@ def _bench_text(args: argparse.Namespace) -> int:
     (out / f"{stamp}-text.json").write_text(json.dumps(results, indent=2) + "\n")
     summary = text_summary(results)
     (out / f"{stamp}-text.md").write_text(summary)
+    print(summary, end="")
+    return 0
+
+
+def _bench_engines(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from distillserve.bench.engines_run import engines_summary, run_engines_bench
+    from distillserve.log import progress
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_engines_bench(
+        Path(args.work) / "engines",
+        Path(args.recipe),
+        seconds=2.0 if args.quick else 5.0,
+        rounds=1 if args.quick else 3,
+        log=progress("bench"),
+    )
+    stamp = "quick" if args.quick else datetime.now(UTC).strftime("%Y-%m-%d")
+    (out / f"{stamp}-engines.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = engines_summary(results)
+    (out / f"{stamp}-engines.md").write_text(summary)
     print(summary, end="")
     return 0
 
@@ -272,6 +298,11 @@ def add_verbs(verbs) -> None:
     p.add_argument("--readme", help="write the summary into this README's Performance section")
     p.add_argument(
         "--text", action="store_true", help="only the text section (recipes/reviews.yaml)"
+    )
+    p.add_argument(
+        "--engines",
+        action="store_true",
+        help="only the engines section: TorchServe and Triton side by side on int8 ONNX students",
     )
     p.set_defaults(func=_bench)
 

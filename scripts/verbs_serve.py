@@ -14,6 +14,12 @@ from distillserve.scripts.options import (
     connection,
     trust_of,
 )
+from distillserve.scripts.verbs_triton import (
+    add_engine_option,
+    predict_triton,
+    refuse_on_triton,
+    serve_triton,
+)
 
 __all__ = ["add_verbs"]
 
@@ -21,6 +27,10 @@ __all__ = ["add_verbs"]
 def _serve(args: argparse.Namespace) -> int:
     from distillserve.serving.server import TorchServe
 
+    if args.engine == "triton" or (Path(args.run_dir) / "engine.json").exists():
+        return serve_triton(args)
+    if args.repository:
+        raise DistillServeError("--repository goes with --engine triton")
     store, archives = args.model_store, None
     if args.models:
         if args.action != "start":
@@ -86,6 +96,10 @@ def _predict(args: argparse.Namespace) -> int:
     if texts and args.images:
         raise DistillServeError("give image files or --text/--text-file, not both")
     paths = [] if texts else _image_files(args.images)
+    if args.engine == "triton":
+        payloads = [t.encode("utf-8") for t in texts] or [p.read_bytes() for p in paths]
+        results = predict_triton(args, payloads, text=bool(texts))
+        return _report(results, [("text", t) for t in texts] or [("file", str(p)) for p in paths])
     if args.grpc and not Path(args.config).is_file():
         raise DistillServeError(
             f"--grpc takes the gRPC address from the server's config, and {args.config} does "
@@ -107,20 +121,23 @@ def _predict(args: argparse.Namespace) -> int:
         raise
     for result in results:
         _raise_if_unknown(server, args, result.status, None, str(result.body.get("message", "")))
-    failed = 0
     sources = [("text", t) for t in texts] or [("file", str(p)) for p in paths]
+    retries = f"{stats.retries} retries ({stats.retried_calls} requests retried)"
+    return _report(results, sources, retries)
+
+
+def _report(results: list, sources: list[tuple[str, str]], retries: str = "") -> int:
+    """A JSON line per answer, then the count on stderr; 1 when any failed."""
+    failed = 0
     for (kind, source), result in zip(sources, results):
         print(
             json.dumps({kind: source, "status": result.status, "result": result.body}),
             flush=True,
         )
         failed += not result.ok
-    print(
-        f"{len(results)} {'texts' if texts else 'images'}, {failed} failed; "
-        f"{stats.retries} retries "
-        f"({stats.retried_calls} requests retried)",
-        file=sys.stderr,
-    )
+    kind = "texts" if sources and sources[0][0] == "text" else "images"
+    print(f"{len(results)} {kind}, {failed} failed" + (f"; {retries}" if retries else ""),
+          file=sys.stderr)  # fmt: skip
     return 1 if failed else 0
 
 
@@ -149,6 +166,7 @@ def _load_payloads(images: str | None) -> list[bytes]:
 def _load(args: argparse.Namespace) -> int:
     from distillserve.serving.load import NO_RETRY, format_report, parse_target, run_load
 
+    refuse_on_triton(args, "load")
     base, model = parse_target(args.target)
     server = connection(args, config_optional=base is not None)
     if base is None:  # a model of the configured server: refuse a name it does not have
@@ -180,6 +198,7 @@ def _ab(args: argparse.Namespace) -> int:
     from distillserve.serving.ab import format_ab, run_ab
     from distillserve.serving.versions import require_version
 
+    refuse_on_triton(args, "ab")
     server = connection(args)
     management = server.management_client()
     for version in (args.v1, args.v2):
@@ -191,8 +210,14 @@ def _ab(args: argparse.Namespace) -> int:
 
 
 def add_verbs(verbs) -> None:
-    p = verbs.add_parser("serve", help="start, stop or inspect TorchServe")
+    p = verbs.add_parser("serve", help="start, stop or inspect TorchServe (or Triton)")
     p.add_argument("action", choices=("start", "stop", "status"))
+    add_engine_option(p)
+    p.add_argument(
+        "--repository",
+        help="--engine triton: serve this model repository (distillserve export-triton) "
+        "instead of exporting --models into the run directory",
+    )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.add_argument(
         "--models",
@@ -219,6 +244,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--grpc", action="store_true", help="use the gRPC inference API")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--timeout", type=float, default=60.0)
+    add_engine_option(p)
     add_server_options(p, url=True)
     p.set_defaults(func=_predict)
 
@@ -243,6 +269,7 @@ def add_verbs(verbs) -> None:
         help="do not retry requests whose worker died (503/507) or whose connection broke",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_engine_option(p)
     add_server_options(p)
     p.set_defaults(func=_load)
 
@@ -253,5 +280,6 @@ def add_verbs(verbs) -> None:
     p.add_argument("data_dir", help="DATA_DIR/LABEL/image files")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_engine_option(p)
     add_server_options(p, url=True)
     p.set_defaults(func=_ab)

@@ -33,6 +33,7 @@ LONGEST_FILES = (
     "test_distributed_resume.py",
     "test_mlops.py",
     "test_text.py",
+    "test_triton.py",
     "test_registry.py",
     "test_recipe_variants.py",
     "test_hostile_input.py",

@@ -23,6 +23,7 @@ __all__ = [
     "run_cli",
     "shipped_profile",
     "small_recipe_dict",
+    "student_labels",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,18 @@ def small_recipe_dict() -> dict:
     raw["distill"]["epochs"] = 20
     raw["export"]["formats"] = list(STUDENT_MARS)
     return raw
+
+
+def student_labels(build_result, digits_splits, fmt: str) -> list[str]:
+    """In-process top-1 labels of the CI build's student in format ``fmt`` on the test split."""
+    from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
+    from distillserve.students.data import make_loader, preprocess_spec
+    from distillserve.students.distill import predict
+    from distillserve.students.recipe import DataConfig
+
+    model = load_runtime(build_result.artifacts["student"] / MODEL_FILES[fmt])
+    logits, _ = predict(model, make_loader(digits_splits.test, preprocess_spec(DataConfig()), 256))
+    return [str(i) for i in logits.argmax(1).tolist()]
 
 
 def shipped_profile(name: str, model_store: Path, run_dir: Path, keep_models: bool = False):

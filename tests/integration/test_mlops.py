@@ -20,14 +20,20 @@ import yaml
 from distillserve.archiver import build_archive, inspect_archive
 from distillserve.archiver.properties import free_port, read_properties, write_properties
 from distillserve.archiver.signing import Trust
-from distillserve.handlers.runtimes import MODEL_FILES, load_runtime
 from distillserve.serving.grpc_client import GrpcClient
 from distillserve.serving.rest import InferenceClient
 from distillserve.serving.server import TorchServe
 from distillserve.students.data import encode_png, make_loader, preprocess_spec
-from distillserve.students.distill import predict
 from distillserve.students.recipe import DataConfig
-from tests.helpers import ROOT, STUDENT_MARS, CliResult, register, run_cli, shipped_profile
+from tests.helpers import (
+    ROOT,
+    STUDENT_MARS,
+    CliResult,
+    register,
+    run_cli,
+    shipped_profile,
+    student_labels,
+)
 
 pytestmark = pytest.mark.slow
 SPEC = preprocess_spec(DataConfig())
@@ -65,22 +71,16 @@ def fmt(request) -> str:
     return request.param
 
 
-def _in_process_labels(build_result, digits_splits, fmt: str) -> list[str]:
-    model = load_runtime(build_result.artifacts["student"] / MODEL_FILES[fmt])
-    logits, _ = predict(model, make_loader(digits_splits.test, SPEC, 256))
-    return [str(i) for i in logits.argmax(1).tolist()]
-
-
 @pytest.fixture(scope="module")
 def expected(build_result, digits_splits, fmt) -> list[str]:
     """In-process top-1 labels of the student's ``fmt`` file on the test split."""
-    return _in_process_labels(build_result, digits_splits, fmt)
+    return student_labels(build_result, digits_splits, fmt)
 
 
 @pytest.fixture(scope="module")
 def expected_torchscript(build_result, digits_splits) -> list[str]:
     """In-process top-1 labels of the TorchScript student (digits-student.mar's)."""
-    return _in_process_labels(build_result, digits_splits, "torchscript")
+    return student_labels(build_result, digits_splits, "torchscript")
 
 
 def _cli(ts: TorchServe, *args: str) -> CliResult:

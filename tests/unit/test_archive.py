@@ -17,6 +17,8 @@ EXPECTED_FILES = {
     "model.pt",
     "distill_classifier.py",
     "core_handler.py",
+    "served_model.py",
+    "triton_model.py",
     "core.py",
     "image_task.py",
     "classification.py",

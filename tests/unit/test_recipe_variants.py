@@ -24,6 +24,7 @@ def test_variant_recipe_runs_its_stages_in_order_and_serves(tmp_path, digits_spl
     )
     raw["prune"] = {"method": "channel", "amount": 0.5, "rounds": 2, "finetune_epochs": 1}
     raw["quantize"].update(mode="qat", qat_epochs=2)
+    raw["export"]["formats"] = ["torchscript"]  # the variants, not the formats (test_formats)
     logs: list[str] = []
     result = build(Recipe.from_dict(raw), tmp_path / "out", log=logs.append)
 

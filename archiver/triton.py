@@ -1,0 +1,133 @@
+"""Signed ``.mar`` archives -> a Triton model repository (``distillserve export-triton``).
+
+Each archive is verified (signature, checksum, labels, batch size: ``inspect_archive`` under the
+caller's trust) and unpacked, unchanged, as version ``1`` of a Triton model named like the
+archive's model; its ``config.pbtxt`` runs the archive's own handler core in Triton's Python
+backend (``handlers/triton_model.py``, named by ``default_model_filename``, so that nothing is
+added to the signed files and the handler verifies them again when Triton loads it):
+
+  max_batch_size, dynamic_batching   the archive's ``batchSize`` and ``maxBatchDelay``
+                                     (preferred size: the batch size);
+  instance_group                     ``maxWorkers`` CPU instances (each its own process, with
+                                     the archive's threads);
+  input / output                     the task adapter's v2 tensors (``describe``): ``images``
+                                     (encoded image files) or ``input`` (normalised FP32) for an
+                                     image model, ``text`` for a text model; ``probabilities``
+                                     and ``labels`` (and ``truncated`` for text).
+
+The bundled server (nvidia-pytriton's) has the Python backend only; the ONNX Runtime backend
+is not there to split decoding from the model, so one Python-backend model serves each archive.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from distillserve.archiver.mar import ArchiveError, inspect_archive
+from distillserve.archiver.signing import Trust
+
+__all__ = ["TRITON_ENTRY", "TritonModel", "export_triton", "model_config"]
+
+TRITON_ENTRY = "triton_model.py"
+# v2 datatypes -> Triton's config datatypes
+_TYPES = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL"}
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """One model of the repository: its name, the archive's version and where it lives."""
+
+    name: str
+    archive_version: str
+    path: Path
+
+
+def export_triton(
+    archives: list[Path], out: Path, trust: Trust, *, force: bool = False
+) -> list[TritonModel]:
+    """Write a Triton model repository for ``archives`` under ``out``; every archive is
+    verified first and nothing is written unless all of them pass (``ArchiveError``)."""
+    infos = [(Path(a), inspect_archive(a, trust)) for a in archives]
+    names = [info["model_name"] for _, info in infos]
+    if len(set(names)) != len(names):
+        raise ArchiveError(f"two archives of one model name in {', '.join(map(str, archives))}")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ArchiveError(f"{out} is not empty: choose a new folder or pass --force")
+    models = []
+    for archive, info in infos:
+        folder = out / info["model_name"]
+        if folder.exists():
+            shutil.rmtree(folder)
+        version_dir = folder / "1"
+        version_dir.mkdir(parents=True)
+        with zipfile.ZipFile(archive) as mar:
+            mar.extractall(version_dir)
+        (folder / "config.pbtxt").write_text(model_config(version_dir, info["version"]))
+        models.append(TritonModel(info["model_name"], info["version"], folder))
+    return models
+
+
+def model_config(version_dir: Path, archive_version: str) -> str:
+    """``config.pbtxt`` for the archive unpacked in ``version_dir``."""
+    settings = yaml.safe_load((version_dir / "model-config.yaml").read_text()) or {}
+    manifest = json.loads((version_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    signature = _signature(version_dir, settings, manifest)
+    batch = int(settings.get("batchSize", 1))
+    delay_us = int(float(settings.get("maxBatchDelay", 0)) * 1000)
+    instances = int(settings.get("maxWorkers") or settings.get("minWorkers") or 1)
+    optional = len(signature["inputs"]) > 1  # a request sends one of the model's inputs
+    inputs = [_tensor(t, optional=optional) for t in signature["inputs"]]
+    # outputs of any length per row: top-k is at most the number of labels
+    outputs = [_tensor({**t, "shape": [-1] * len(t["shape"])}) for t in signature["outputs"]]
+    return "\n".join(
+        [
+            f'name: "{manifest["model"]["modelName"]}"',
+            'backend: "python"',
+            f'default_model_filename: "{TRITON_ENTRY}"',
+            f"max_batch_size: {batch}",
+            "input [\n" + ",\n".join(inputs) + "\n]",
+            "output [\n" + ",\n".join(outputs) + "\n]",
+            "dynamic_batching {",
+            f"  preferred_batch_size: [ {batch} ]",
+            f"  max_queue_delay_microseconds: {delay_us}",
+            "}",
+            f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]",
+            f'parameters {{ key: "archive_version" '
+            f'value: {{ string_value: "{archive_version}" }} }}',
+            "",
+        ]
+    )
+
+
+def _signature(version_dir: Path, settings: dict, manifest: dict) -> dict:
+    """The task adapter's v2 inputs and outputs (``describe``), from the archive's own files."""
+    import torch
+
+    from distillserve.handlers import classification, served_model
+
+    handler = classification.HandlerSettings.from_dict(settings.get("handler", {}))
+    mapping = json.loads((version_dir / "index_to_name.json").read_text())
+    adapter = served_model.make_adapter(
+        served_model.task_of(manifest), handler, mapping, version_dir, torch.device("cpu")
+    )
+    return adapter.describe()
+
+
+def _tensor(tensor: dict, *, optional: bool = False) -> str:
+    """One input or output of ``config.pbtxt``: the v2 shape without its batch dimension (a
+    request's items are rows of the batch: one encoded image or text per row, ``[1]``)."""
+    dims = list(tensor["shape"][1:]) or [1]
+    body = [
+        f'name: "{tensor["name"]}"',
+        f"data_type: {_TYPES[tensor['datatype']]}",
+        f"dims: [ {', '.join(map(str, dims))} ]",
+    ]
+    if optional:
+        body.append("optional: true")
+    return "  { " + " ".join(body) + " }"

@@ -1,0 +1,178 @@
+"""The engines section (``distillserve bench --engines``): the same int8 ONNX students on
+TorchServe (our handler) and on Triton (our core in its Python backend), each beside its own
+engine's no-op floor, measured side by side in one run.
+
+- Models: the digits int8 ONNX student (built from the recipe) and MobileNetV3-Large int8 ONNX
+  (random weights, 224x224 JPEGs: speed only), each archived and signed like any student.
+- Requests: the same KServe v2 JSON bodies to both engines (one encoded image, BYTES), at 16
+  and 32 clients, in rounds whose engine order rotates (medians over the rounds).
+- Per point: req/s, p50/p99, and the CPU time of every server process (TorchServe's frontend
+  and workers; tritonserver and its model stubs) per request, which a shared machine's noise
+  moves far less than req/s. Per engine: resident (RSS) and unique (USS) memory of all its
+  processes with every model loaded.
+- Limits: each engine's no-op floor (TorchServe: ``floor_handler``; Triton: a Python-backend
+  model that answers without reading its input) and our handler's in-process ceiling at the
+  archive's batch size times its workers; the target is served ÷ min(floor, ceiling) ≥ 0.9.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+from distillserve.serving.load import run_load
+
+__all__ = ["cpu_seconds", "engines_section", "process_memory", "v2_bodies", "write_triton_floor"]
+
+TRITON_FLOOR = "triton-floor"
+_FLOOR_MODEL = '''"""No-op floor: answers every request without reading it."""
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([
+                pb_utils.Tensor("probabilities", np.zeros((1, 1), np.float32)),
+                pb_utils.Tensor("labels", np.array([[b"x"]], dtype=np.object_)),
+            ])
+            for _ in requests
+        ]
+'''
+
+
+def v2_bodies(images: Sequence[bytes]) -> list[bytes]:
+    """One KServe v2 JSON request per image: input ``images``, BYTES ``[1, 1]`` (base64)."""
+    return [
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [1, 1],
+                        "datatype": "BYTES",
+                        "data": [base64.b64encode(image).decode()],
+                    }
+                ]
+            }
+        ).encode()
+        for image in images
+    ]
+
+
+def write_triton_floor(repository: Path, batch_size: int, delay_ms: int) -> None:
+    """Triton's no-op floor model, batched like the archives."""
+    folder = repository / TRITON_FLOOR
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "1" / "model.py").write_text(_FLOOR_MODEL)
+    (folder / "config.pbtxt").write_text(
+        f'name: "{TRITON_FLOOR}"\nbackend: "python"\nmax_batch_size: {batch_size}\n'
+        'input [ { name: "images" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        'output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ -1 ] },\n'
+        '  { name: "labels" data_type: TYPE_STRING dims: [ -1 ] } ]\n'
+        f"dynamic_batching {{ preferred_batch_size: [ {batch_size} ] "
+        f"max_queue_delay_microseconds: {delay_ms * 1000} }}\n"
+        "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
+    )
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` and every process under it."""
+    total = 0.0
+    for process in _tree(pid):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def process_memory(pid: int) -> dict[str, float]:
+    """Resident and unique memory (MiB) of ``pid`` and every process under it."""
+    rss = uss = 0
+    for process in _tree(pid):
+        try:
+            info = process.memory_full_info()
+        except psutil.Error:
+            continue
+        rss, uss = rss + info.rss, uss + info.uss
+    return {"rss_mib": round(rss / 2**20, 1), "uss_mib": round(uss / 2**20, 1)}
+
+
+def measure_point(
+    url: str,
+    model: str,
+    bodies: Sequence[bytes],
+    concurrency: int,
+    seconds: float,
+    server_pid: int,
+    token: str | None = None,
+) -> dict:
+    """Closed-loop v2 load for ``seconds``, with the server processes' CPU per request."""
+    before = cpu_seconds(server_pid)
+    report = run_load(
+        url,
+        model,
+        bodies,
+        total=1_000_000,
+        concurrency=concurrency,
+        token=token,
+        time_limit_s=seconds,
+        route="v2",
+    )
+    spent = cpu_seconds(server_pid) - before
+    return {
+        "rps": report.throughput_rps,
+        "p50_ms": report.latency_ms["p50"],
+        "p99_ms": report.latency_ms["p99"],
+        "errors": report.errors,
+        "cpu_ms_per_request": round(spent * 1000 / max(1, report.completed), 3),
+    }
+
+
+def engines_section(
+    engines: dict[str, dict],
+    models: dict[str, Sequence[bytes]],
+    concurrencies: Sequence[int],
+    seconds: float,
+    rounds: int,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """Every (model, concurrency, engine) point, rounds with the engine order rotated; the
+    median of each measure over the rounds. ``engines[name]`` holds ``url``, ``pid``, ``token``
+    and ``names`` (the served name of each model key, the floor's under ``"floor"``)."""
+    raw: dict[tuple, list[dict]] = {}
+    order = list(engines)
+    for r in range(rounds):
+        for model, bodies in models.items():
+            for concurrency in concurrencies:
+                for engine in order[r % len(order) :] + order[: r % len(order)]:
+                    e = engines[engine]
+                    point = measure_point(
+                        e["url"], e["names"][model], bodies, concurrency, seconds, e["pid"],
+                        e.get("token"),
+                    )  # fmt: skip
+                    raw.setdefault((model, concurrency, engine), []).append(point)
+                    log(f"engines: round {r + 1} {engine} {model} c{concurrency}: {point}")
+                    time.sleep(0.5)
+    rows = []
+    for (model, concurrency, engine), points in raw.items():
+        row = {"model": model, "concurrency": concurrency, "engine": engine, "rounds": points}
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request"):
+            row[key] = round(statistics.median(p[key] for p in points), 3)
+        row["errors"] = sum(p["errors"] for p in points)
+        rows.append(row)
+    return rows

@@ -1,0 +1,210 @@
+"""``distillserve bench --engines``: build what the engines section serves, start both engines
+on it, measure (``bench.engines``) and summarise against the targets."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from distillserve.archiver import build_archive
+from distillserve.archiver.properties import ServerConfig
+from distillserve.archiver.signing import Trust, ensure_keys
+from distillserve.archiver.triton import export_triton
+from distillserve.bench.engines import (
+    TRITON_FLOOR,
+    engines_section,
+    process_memory,
+    v2_bodies,
+    write_triton_floor,
+)
+from distillserve.bench.models import handler_ceiling, photo_jpegs, vision_artifact
+from distillserve.bench.served import floor_archive, register_timed
+from distillserve.serving.server import TorchServe
+from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
+from distillserve.students.data import encode_png, load_splits
+from distillserve.students.export_onnx import export_onnx, quantize_onnx
+from distillserve.students.pipeline import build
+from distillserve.students.recipe import Recipe
+from distillserve.students.zoo import build_model
+
+__all__ = ["engines_summary", "run_engines_bench"]
+
+MOBILENET = "mobilenetv3-int8"
+
+
+def _digits_onnx(recipe_path: Path, work: Path, store: Path, log) -> tuple[Path, list[bytes]]:
+    raw = yaml.safe_load(recipe_path.read_text())
+    raw["export"] = {**raw.get("export", {}), "formats": ["onnx"], "teacher_formats": ["onnx"]}
+    recipe = Recipe.from_dict(raw)
+    log(f"engines: building {recipe_path} (ONNX only)")
+    result = build(recipe, work / "build", log=log, teacher_cache_dir=Path("build/teacher-cache"))
+    archive = build_archive(
+        result.artifacts["student"], store, model_format="onnx", model_name="digits-int8-onnx",
+        force=True,
+    ).path  # fmt: skip
+    test = load_splits(recipe.data, recipe.seed).test
+    return archive, [encode_png(test[i][0]) for i in range(len(test))]
+
+
+def _mobilenet_onnx(work: Path, store: Path, log) -> Path:
+    """MobileNetV3-Large with random weights, static int8 through ONNX Runtime."""
+    directory = vision_artifact(MOBILENET, work / "artifacts")
+    if not (directory / "model.onnx").is_file():
+        log("engines: MobileNetV3-Large to int8 ONNX (random weights)")
+        torch.manual_seed(0)
+        model = build_model("mobilenet_v3_large", 1000, 3).eval()
+        fp32 = directory / "fp32.onnx"
+        export_onnx(model, torch.rand(2, 3, 224, 224), fp32)
+        calibration = [(torch.rand(4, 3, 224, 224), None) for _ in range(2)]
+        quantize_onnx(fp32, directory / "model.onnx", calibration, "static")
+        fp32.unlink()
+    return build_archive(
+        directory, store, model_format="onnx", model_name=f"{MOBILENET}-onnx", force=True
+    ).path
+
+
+def _settings(archive: Path) -> dict:
+    import zipfile
+
+    with zipfile.ZipFile(archive) as mar:
+        return yaml.safe_load(mar.read("model-config.yaml"))
+
+
+def run_engines_bench(
+    work: Path,
+    recipe_path: Path = Path("recipes/digits.yaml"),
+    seconds: float = 5.0,
+    rounds: int = 3,
+    concurrencies: tuple[int, ...] = (16, 32),
+    log: Callable[[str], None] = print,
+) -> dict:
+    ensure_keys()
+    work = work.resolve()
+    store = work / "model_store"
+    store.mkdir(parents=True, exist_ok=True)
+    digits, pngs = _digits_onnx(recipe_path, work, store, log)
+    mobilenet = _mobilenet_onnx(work, store, log)
+    jpegs = photo_jpegs(16, (224, 224))
+    archives = {"digits": (digits, pngs), "mobilenet": (mobilenet, jpegs)}
+    ceilings = {}
+    for key, (archive, payloads) in archives.items():
+        batch = int(_settings(archive).get("batchSize", 1))
+        measured = handler_ceiling(archive, payloads, [batch], work / f"ceiling-{key}")
+        ceilings[key] = measured[str(batch)]["images_per_s"]
+    digits_settings = _settings(digits)
+    batch, delay = int(digits_settings["batchSize"]), int(digits_settings["maxBatchDelay"])
+
+    config = ServerConfig.with_free_ports(store, enable_model_api=True)
+    torchserve = TorchServe(config.write(work / "config.properties"), work / "serve", store)
+    trust = Trust.resolve()
+    repository = work / "triton"
+    export_triton([digits, mobilenet], repository, trust, force=True)
+    write_triton_floor(repository, batch, delay)
+    triton = TritonEngine(repository, work / "triton-run", TritonAddresses.free(), trust)
+    bodies = {"digits": v2_bodies(pngs), "mobilenet": v2_bodies(jpegs), "floor": v2_bodies(pngs)}
+    with torchserve, triton:
+        for archive, payloads in archives.values():
+            s = _settings(archive)
+            register_timed(torchserve, archive, archive.stem, payloads[0],
+                           int(s["batchSize"]), int(s["maxBatchDelay"]))  # fmt: skip
+        register_timed(torchserve, floor_archive(store), "floor", pngs[0], batch, delay)
+        engines = {
+            "torchserve": {
+                "url": torchserve.inference_url,
+                "pid": torchserve.pid(),
+                "token": torchserve.keys().get("inference"),
+                "names": {"digits": digits.stem, "mobilenet": mobilenet.stem, "floor": "floor"},
+            },
+            "triton": {
+                "url": triton.addresses.http_url,
+                "pid": triton.pid(),
+                "names": {
+                    "digits": digits.stem,
+                    "mobilenet": mobilenet.stem,
+                    "floor": TRITON_FLOOR,
+                },
+            },
+        }
+        rows = engines_section(engines, bodies, concurrencies, seconds, rounds, log)
+        memory = {name: process_memory(e["pid"]) for name, e in engines.items()}
+    return {
+        "cpu": _cpu(),
+        "cores": len(os.sched_getaffinity(0)),
+        "seconds_per_point": seconds,
+        "rounds": rounds,
+        "batch_size": batch,
+        "max_batch_delay_ms": delay,
+        "handler_ceiling_rps": ceilings,
+        "rows": rows,
+        "memory": memory,
+        "targets": _targets(rows, ceilings),
+    }
+
+
+def _targets(rows: list[dict], ceilings: dict[str, float]) -> dict:
+    """served ÷ min(the engine's floor, the handler ceiling) per point, and Triton's CPU-ms per
+    request over TorchServe's for the digits student."""
+    by = {(r["model"], r["concurrency"], r["engine"]): r for r in rows}
+    limit = {}
+    for (model, concurrency, engine), row in by.items():
+        if model == "floor":
+            continue
+        floor = by[("floor", concurrency, engine)]["rps"]
+        bound = min(floor, ceilings[model])
+        limit[f"{engine} {model} c{concurrency}"] = round(row["rps"] / bound, 3) if bound else 0.0
+    cpu = {
+        c: round(by[("digits", c, "triton")]["cpu_ms_per_request"]
+                 / by[("digits", c, "torchserve")]["cpu_ms_per_request"], 3)
+        for (m, c, e) in by if m == "digits" and e == "triton"
+    }  # fmt: skip
+    return {"served_over_limit": limit, "triton_cpu_over_torchserve_digits": cpu}
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def engines_summary(results: dict) -> str:
+    """The engines table and the targets, as Markdown."""
+    lines = [
+        f"Engines: {results['cpu']} ({results['cores']} cores), batch {results['batch_size']}, "
+        f"delay {results['max_batch_delay_ms']} ms, {results['rounds']} rounds of "
+        f"{results['seconds_per_point']:.0f} s per point (medians), KServe v2 JSON bodies.",
+        "",
+        "| engine | model | clients | req/s | p50 / p99 ms | CPU-ms per request | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(results["rows"], key=lambda r: (r["model"], r["concurrency"], r["engine"])):
+        lines.append(
+            f"| {r['engine']} | {r['model']} | {r['concurrency']} | {r['rps']:,.0f} | "
+            f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} | {r['cpu_ms_per_request']:.2f} | "
+            f"{r['errors']} |"
+        )
+    lines += ["", "| engine | RSS MiB | USS MiB (all processes, every model loaded) |",
+              "| --- | ---: | ---: |"]  # fmt: skip
+    for engine, memory in results["memory"].items():
+        lines.append(f"| {engine} | {memory['rss_mib']:,.0f} | {memory['uss_mib']:,.0f} |")
+    ceilings = ", ".join(f"{k} {v:,.0f}" for k, v in results["handler_ceiling_rps"].items())
+    lines += ["", f"Handler ceiling in process (req/s at the archive's batch): {ceilings}."]
+    limit = results["targets"]["served_over_limit"]
+    lines.append(
+        "Served / min(floor, ceiling), target >= 0.9: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in limit.items())
+    )
+    cpu = results["targets"]["triton_cpu_over_torchserve_digits"]
+    lines.append(
+        "Triton's CPU-ms per request / TorchServe's, digits, target <= 0.7: "
+        + ", ".join(f"c{c} {v:.2f}" for c, v in cpu.items())
+    )
+    return "\n".join(lines) + "\n"
