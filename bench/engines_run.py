@@ -37,9 +37,13 @@ __all__ = ["engines_summary", "run_engines_bench"]
 MOBILENET = "mobilenetv3-int8"
 
 
-def _digits_onnx(recipe_path: Path, work: Path, store: Path, log) -> tuple[Path, list[bytes]]:
+def _digits_onnx(
+    recipe_path: Path, work: Path, store: Path, log, quick: bool
+) -> tuple[Path, list[bytes]]:
     raw = yaml.safe_load(recipe_path.read_text())
     raw["export"] = {**raw.get("export", {}), "formats": ["onnx"], "teacher_formats": ["onnx"]}
+    if quick:  # a smoke run: speed does not depend on how well the student learned
+        raw["distill"] = {**raw.get("distill", {}), "epochs": 3}
     recipe = Recipe.from_dict(raw)
     log(f"engines: building {recipe_path} (ONNX only)")
     result = build(recipe, work / "build", log=log, teacher_cache_dir=Path("build/teacher-cache"))
@@ -82,12 +86,13 @@ def run_engines_bench(
     rounds: int = 3,
     concurrencies: tuple[int, ...] = (16, 32),
     log: Callable[[str], None] = print,
+    quick: bool = False,
 ) -> dict:
     ensure_keys()
     work = work.resolve()
     store = work / "model_store"
     store.mkdir(parents=True, exist_ok=True)
-    digits, pngs = _digits_onnx(recipe_path, work, store, log)
+    digits, pngs = _digits_onnx(recipe_path, work, store, log, quick)
     mobilenet = _mobilenet_onnx(work, store, log)
     jpegs = photo_jpegs(16, (224, 224))
     archives = {"digits": (digits, pngs), "mobilenet": (mobilenet, jpegs)}
@@ -108,6 +113,7 @@ def run_engines_bench(
     triton = TritonEngine(repository, work / "triton-run", TritonAddresses.free(), trust)
     bodies = {"digits": v2_bodies(pngs), "mobilenet": v2_bodies(jpegs), "floor": v2_bodies(pngs)}
     with torchserve, triton:
+        torchserve.start(models=[])
         for archive, payloads in archives.values():
             s = _settings(archive)
             register_timed(torchserve, archive, archive.stem, payloads[0],

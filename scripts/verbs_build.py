@@ -198,6 +198,7 @@ def _bench_engines(args: argparse.Namespace) -> int:
         seconds=2.0 if args.quick else 5.0,
         rounds=1 if args.quick else 3,
         log=progress("bench"),
+        quick=args.quick,
     )
     stamp = "quick" if args.quick else datetime.now(UTC).strftime("%Y-%m-%d")
     (out / f"{stamp}-engines.json").write_text(json.dumps(results, indent=2) + "\n")

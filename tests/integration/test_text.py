@@ -1,13 +1,17 @@
 """Text classification end to end on a real TorchServe: a user's own Hugging Face teacher
 directory (offline), a distilled int8 student archived in every format with its tokenizer,
 served over REST, KServe v2 (tritonclient with its defaults) and gRPC; hostile texts inside a
-batch of good ones get their own 4xx while their neighbours get 200."""
+batch of good ones get their own 4xx while their neighbours get 200. The same archives on the
+Triton engine too."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +21,17 @@ import yaml
 
 from distillserve.archiver import build_archive
 from distillserve.archiver.properties import ServerConfig, read_properties
+from distillserve.archiver.signing import Trust
+from distillserve.archiver.triton import export_triton
+from distillserve.errors import ServerError
 from distillserve.handlers.classification import sha256_file
 from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.handlers.textprep import TextSpec, encode_batch, load_tokenizer
 from distillserve.serving.grpc_client import GrpcClient
 from distillserve.serving.server import TorchServe
+from distillserve.serving.triton_client import TritonClient
+from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
+from distillserve.serving.triton_env import find_dist
 from distillserve.students.distill import predict
 from distillserve.students.exported import load_exported
 from distillserve.students.pipeline import build
@@ -222,3 +232,72 @@ def test_grpc_predictions(server, text_store):
         refused = client.predict_result(name, b"caf\xe9")
     assert answer["label"] in ("negative", "positive") and set(answer["probabilities"])
     assert refused.status == 400 and "UTF-8" in refused.body["message"]
+
+
+@pytest.fixture(scope="module")
+def triton(text_store, tmp_path_factory):
+    """The three text archives on the Triton engine (export-triton, the bundled server)."""
+    try:
+        find_dist()
+    except ServerError as err:
+        pytest.skip(f"Triton engine unavailable: {err}")
+    _, archives = text_store
+    repo = tmp_path_factory.mktemp("text-triton") / "repository"
+    export_triton([a.path for a in archives.values()], repo, Trust.resolve())
+    run = Path(tempfile.mkdtemp(prefix="ds-text-triton-"))
+    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve())
+    try:
+        engine.start()
+        yield engine
+    finally:
+        engine.stop()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_triton_answers_every_test_text_like_in_process(
+    triton, text_store, text_build, in_process, fmt
+):
+    """The whole test split through Triton (the text input, KServe v2 HTTP): the file's own
+    probabilities in process, and its labels but an exact tie's."""
+    _, archives = text_store
+    _, _, splits = text_build
+    texts = [t.encode() for t in splits.test.texts]
+    answers = TritonClient(triton.addresses).predict_many(
+        archives[fmt].model_name, texts, text=True, concurrency=8
+    )
+    assert [a.status for a in answers] == [200] * len(texts), answers[:3]
+    for answer, probs in zip(answers, in_process[fmt]):
+        served = torch.tensor([answer.body.get(c, 0.0) for c in splits.classes])
+        assert torch.allclose(served, probs, atol=0.002), (answer, probs)
+        top2 = probs.topk(2).values
+        if top2[0] - top2[1] > 0.004:
+            assert answer.top1 == splits.classes[int(probs.argmax())]
+
+
+def test_triton_hostile_texts_inside_a_batch_are_answered_alone(triton, text_store, text_build):
+    """Empty, blank, invalid UTF-8 and oversized texts sent at once with good ones over gRPC:
+    each gets its own error (Triton answers 400 for every input error), its neighbours their
+    labels as when sent alone."""
+    _, archives = text_store
+    _, result, splits = text_build
+    spec = TextSpec.from_dict(
+        yaml.safe_load((result.artifacts["student"] / "handler.yaml").read_text())
+    )
+    hostile = {
+        name: body
+        for name, (body, _, _) in hostile_requests(spec.max_bytes).items()
+        if name in ("empty", "whitespace", "invalid-utf8", "too-large")
+    }
+    good = [t.encode() for t in [*splits.test.texts[:4], *ODD_BUT_VALID.values()]]
+    mixed = [*good[:3], *hostile.values(), *good[3:]]
+    client = TritonClient(triton.addresses, grpc=True)
+    name = archives["onnx"].model_name
+    with ThreadPoolExecutor(len(mixed)) as pool:
+        answers = list(pool.map(lambda body: client.predict(name, body, text=True), mixed))
+    alone = [client.predict(name, body, text=True) for body in good]
+    by_body = dict(zip(mixed, answers))
+    assert [by_body[b].body for b in good] == [a.body for a in alone]
+    for kind, body in hostile.items():
+        assert by_body[body].status == 400, (kind, by_body[body])
+        assert by_body[body].body["error"], kind

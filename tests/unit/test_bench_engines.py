@@ -1,0 +1,79 @@
+"""The engines section's arithmetic on recorded points (no server): medians over rounds, the
+served-over-limit and CPU targets, the summary table, and the requests both engines get."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+
+from distillserve.bench import engines
+from distillserve.bench.engines_run import _targets, engines_summary
+
+
+def _point(rps: float, cpu: float) -> dict:
+    return {"rps": rps, "p50_ms": 10.0, "p99_ms": 30.0, "errors": 0, "cpu_ms_per_request": cpu}
+
+
+def test_rounds_are_rotated_and_reduced_to_medians(monkeypatch):
+    calls = []
+    values = iter([100, 300, 200, 150, 250, 50])  # in call order
+
+    def fake(url, model, bodies, concurrency, seconds, pid, token=None):
+        calls.append(url)
+        return _point(next(values), 1.0)
+
+    monkeypatch.setattr(engines, "measure_point", fake)
+    monkeypatch.setattr(engines.time, "sleep", lambda s: None)
+    setup = {
+        "torchserve": {"url": "ts", "pid": 1, "names": {"digits": "d"}},
+        "triton": {"url": "tr", "pid": 2, "names": {"digits": "d"}},
+    }
+    rows = engines.engines_section(setup, {"digits": [b"x"]}, [16], 1.0, 3, lambda _: None)
+    assert calls == ["ts", "tr", "tr", "ts", "ts", "tr"]  # the first engine changes each round
+    by_engine = {r["engine"]: r for r in rows}
+    assert by_engine["torchserve"]["rps"] == 150  # median of 100, 150, 250
+    assert by_engine["triton"]["rps"] == 200  # median of 300, 200, 50
+    assert len(by_engine["triton"]["rounds"]) == 3
+
+
+def test_targets_divide_by_the_lower_limit_and_compare_cpu():
+    rows = []
+    for engine, served, floor, cpu in (("torchserve", 800, 1000, 2.0), ("triton", 900, 2000, 1.2)):
+        rows.append({"model": "digits", "concurrency": 16, "engine": engine, "rps": served,
+                     "cpu_ms_per_request": cpu})  # fmt: skip
+        rows.append({"model": "floor", "concurrency": 16, "engine": engine, "rps": floor,
+                     "cpu_ms_per_request": 0.5})  # fmt: skip
+    targets = _targets(rows, {"digits": 950.0})
+    # the limit is the lower of the engine's floor and the handler ceiling: 950 for both here
+    assert targets["served_over_limit"]["torchserve digits c16"] == pytest.approx(800 / 950, 1e-3)
+    assert targets["served_over_limit"]["triton digits c16"] == pytest.approx(900 / 950, 1e-3)
+    assert targets["triton_cpu_over_torchserve_digits"] == {16: 0.6}
+    summary = engines_summary(
+        {
+            "cpu": "test CPU", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 3,
+            "seconds_per_point": 5, "rows": [{**r, "p50_ms": 1, "p99_ms": 2, "errors": 0}
+                                              for r in rows],
+            "memory": {"torchserve": {"rss_mib": 500, "uss_mib": 400},
+                       "triton": {"rss_mib": 250, "uss_mib": 180}},
+            "handler_ceiling_rps": {"digits": 950.0},
+            "targets": targets,
+        }
+    )  # fmt: skip
+    assert "| triton | digits | 16 | 900 | 1.0 / 2.0 | 1.20 | 0 |" in summary
+    assert "triton digits c16 0.95" in summary and "c16 0.60" in summary
+
+
+def test_both_engines_get_the_same_v2_request():
+    (body,) = engines.v2_bodies([b"\x89PNG..."])
+    tensor = json.loads(body)["inputs"][0]
+    assert tensor["name"] == "images" and tensor["shape"] == [1, 1]
+    assert base64.b64decode(tensor["data"][0]) == b"\x89PNG..."
+
+
+def test_cpu_and_memory_of_a_process_tree_are_counted():
+    assert engines.cpu_seconds(os.getpid()) > 0
+    memory = engines.process_memory(os.getpid())
+    assert memory["rss_mib"] >= memory["uss_mib"] > 0
