@@ -108,7 +108,9 @@ def _test_inputs(recipe, result) -> tuple[list[bytes], list[str], dict]:
     return payloads, labels, loaders
 
 
-def _on_triton(names: dict, model_store, out_root, payloads: list[bytes]) -> dict | None:
+def _on_triton(
+    names: dict, model_store, out_root, payloads: list[bytes], text: bool
+) -> dict | None:
     """The students' archives on the Triton engine (``serve start --engine triton``): each
     test input's top-1 label (None for a failed request), by (role, format); None when the
     engine is not installed (said in one line)."""
@@ -137,7 +139,7 @@ def _on_triton(names: dict, model_store, out_root, payloads: list[bytes]) -> dic
     with engine:
         client = TritonClient(engine.addresses)
         return {
-            key: [a.top1 for a in client.predict_many(name, payloads, concurrency=16)]
+            key: [a.top1 for a in client.predict_many(name, payloads, text, concurrency=16)]
             for key, name in students.items()
         }
 
@@ -207,7 +209,7 @@ def run_demo(
         }
         stage("query")
     stage("serve stop")
-    triton = None if recipe.is_text else _on_triton(names, model_store, out_root, payloads)
+    triton = _on_triton(names, model_store, out_root, payloads, recipe.is_text)
     if triton is not None:
         stage("triton")
 
