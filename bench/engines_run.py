@@ -4,7 +4,6 @@ on it, measure (``bench.engines``) and summarise against the targets."""
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from distillserve.bench.engines import (
     write_triton_floor,
 )
 from distillserve.bench.models import handler_ceiling, photo_jpegs, vision_artifact
+from distillserve.bench.report_util import cpu_name
 from distillserve.bench.served import floor_archive, register_timed
 from distillserve.serving.server import TorchServe
 from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
@@ -139,7 +139,7 @@ def run_engines_bench(
         rows = engines_section(engines, bodies, concurrencies, seconds, rounds, log)
         memory = {name: process_memory(e["pid"]) for name, e in engines.items()}
     return {
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
         "seconds_per_point": seconds,
         "rounds": rounds,
@@ -169,16 +169,6 @@ def _targets(rows: list[dict], ceilings: dict[str, float]) -> dict:
         for (m, c, e) in by if m == "digits" and e == "triton"
     }  # fmt: skip
     return {"served_over_limit": limit, "triton_cpu_over_torchserve_digits": cpu}
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def engines_summary(results: dict) -> str:

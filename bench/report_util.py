@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 __all__ = ["ceiling_at", "fmt"]
 
@@ -25,3 +26,16 @@ def ceiling_at(ceiling: dict[str, dict], batch: float) -> float:
 def fmt(value: float) -> str:
     """A figure with the digits that matter: 1,234 / 12.3 / 1.23."""
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from distillserve.bench.models import (
 )
 from distillserve.bench.plan import Plan
 from distillserve.bench.plots import write_plots
+from distillserve.bench.report_util import cpu_name
 from distillserve.bench.runtimes import (
     add_vision_formats,
     digits_export_seconds,
@@ -73,16 +73,6 @@ DIGITS_ROLES = {
 
 
 _log = progress("bench")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _int8_features() -> list[str]:
@@ -119,7 +109,7 @@ def run_bench(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "mode": "quick" if quick else "full",
             "cores": cores,
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cpu_int8_features": _int8_features(),
             "serving": {},  # workers and threads of each archive, as its `auto` chose them
             "versions": package_versions(
