@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when the dependencies change. The Triton engine's own small environment
+# Re-install only when the dependencies change (no bytecode compiled at install: Python compiles
+# what is imported, on first import, instead of every file of torch and transformers). The
+# Triton engine's own small environment
 # (NumPy 1 and the bundled tritonserver, beside this one: serving/triton_env.py) comes with it.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
 	$(BIN)/python -m distillserve.serving.triton_env
 	touch $(STAMP)
 
