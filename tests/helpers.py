@@ -18,6 +18,7 @@ __all__ = [
     "handle",
     "handler_context",
     "load_handler",
+    "model_log_line",
     "register",
     "resign",
     "run_cli",
@@ -78,6 +79,25 @@ def shipped_profile(name: str, model_store: Path, run_dir: Path, keep_models: bo
         props.pop("models", None)
     run_dir.mkdir(parents=True, exist_ok=True)
     return TorchServe(write_properties(props, run_dir / name), run_dir / "serve", model_store)
+
+
+def model_log_line(ts, *needles: str, timeout: float = 30.0) -> str:
+    """The first line of the server's ``model_log.log`` holding every one of ``needles``.
+    TorchServe copies a worker's output into the log on its own thread, so a line can land
+    after the answer that it explains: the log is read again until the line is there (or
+    ``timeout`` passes: ``AssertionError`` with the log's end)."""
+    import time
+
+    path = ts.log_dir / "model_log.log"
+    deadline = time.monotonic() + timeout
+    while True:
+        log = path.read_text() if path.exists() else ""
+        found = next((x for x in log.splitlines() if all(n in x for n in needles)), None)
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no line with {needles} in model_log.log: {log[-2000:]}")
+        time.sleep(0.2)
 
 
 def register(ts, url: str, **params):
