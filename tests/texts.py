@@ -85,6 +85,10 @@ def text_recipe_dict(teacher_dir: Path | None = None, formats: list[str] | None 
         "export": {
             "formats": formats or ["torchscript", "pt2", "onnx"],
             "teacher_formats": ["onnx"],
+            # a student of one epoch has nearly flat logits, so int8 flips some of its top-1
+            # labels (a fresh-clone run measured 0.9167 for ONNX); the served tests compare
+            # each file with itself in process, and int8 parity is judged on the real recipe
+            "min_int8_agreement": 0.8,
         },
         "archive": {
             "model_name": "reviews-ci",
