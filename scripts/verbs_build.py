@@ -163,10 +163,19 @@ def _cpp_check(args: argparse.Namespace) -> int:
     return 0 if report["same"] else 1
 
 
-def _bench_text(args: argparse.Namespace) -> int:
+def _write_section(out: Path, name: str, quick: bool, results: dict, summary: str) -> int:
+    """A bench section's ``<date>-NAME.json`` and ``.md`` (``quick-NAME`` for a quick run)."""
     import json
     from datetime import UTC, datetime
 
+    stamp = "quick" if quick else datetime.now(UTC).strftime("%Y-%m-%d")
+    (out / f"{stamp}-{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stamp}-{name}.md").write_text(summary)
+    print(summary, end="")
+    return 0
+
+
+def _bench_text(args: argparse.Namespace) -> int:
     from distillserve.bench.text import run_text_bench, text_summary
     from distillserve.log import progress
 
@@ -175,18 +184,10 @@ def _bench_text(args: argparse.Namespace) -> int:
     results = run_text_bench(
         Path(args.work), seconds=3.0 if args.quick else 6.0, log=progress("bench")
     )
-    stamp = "quick" if args.quick else datetime.now(UTC).strftime("%Y-%m-%d")
-    (out / f"{stamp}-text.json").write_text(json.dumps(results, indent=2) + "\n")
-    summary = text_summary(results)
-    (out / f"{stamp}-text.md").write_text(summary)
-    print(summary, end="")
-    return 0
+    return _write_section(out, "text", args.quick, results, text_summary(results))
 
 
 def _bench_engines(args: argparse.Namespace) -> int:
-    import json
-    from datetime import UTC, datetime
-
     from distillserve.bench.engines_run import engines_summary, run_engines_bench
     from distillserve.log import progress
 
@@ -200,12 +201,7 @@ def _bench_engines(args: argparse.Namespace) -> int:
         log=progress("bench"),
         quick=args.quick,
     )
-    stamp = "quick" if args.quick else datetime.now(UTC).strftime("%Y-%m-%d")
-    (out / f"{stamp}-engines.json").write_text(json.dumps(results, indent=2) + "\n")
-    summary = engines_summary(results)
-    (out / f"{stamp}-engines.md").write_text(summary)
-    print(summary, end="")
-    return 0
+    return _write_section(out, "engines", args.quick, results, engines_summary(results))
 
 
 def _demo(args: argparse.Namespace) -> int:

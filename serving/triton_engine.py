@@ -214,6 +214,8 @@ class TritonEngine:
         if prefix:
             for region in Path("/dev/shm").glob(f"{prefix}*"):
                 region.unlink(missing_ok=True)
+        # the run directory no longer names a Triton engine (``serve`` dispatches on this file)
+        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
         return pid is not None
 
     def _state(self) -> dict:
