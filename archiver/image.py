@@ -1,12 +1,21 @@
-"""The container image a deployment of these archives runs: TorchServe 0.12's CPU image with
-the exact torch and torchvision the archives were built with (``build-info.json``), since the
-image ships an older torch and a TorchScript file saved by a newer torch may not load there."""
+"""The container image a deployment of these archives runs, with the exact torch and torchvision
+the archives were built with (``build-info.json``; a TorchScript file saved by a newer torch may
+not load under an older one):
+
+  TorchServe (``export-kserve``)       TorchServe 0.12's CPU image, which ships an older torch;
+  Triton (``export-triton --deploy``)  Python 3.11 with the tritonserver nvidia-pytriton 0.7.0
+                                       bundles (Triton 2.51, CPU, Python backend), set up as
+                                       ``serving/triton_env.py`` sets it up on a host: NumPy 1
+                                       for the backend's stub, the stub built for Python 3.11
+                                       beside the backend, ``libpython3.11`` on the loader's
+                                       path."""
 
 from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
 
+from distillserve.archiver.kserve_common import TRITON_BACKENDS
 from distillserve.archiver.mar import inspect_archive
 from distillserve.errors import ArchiveError
 
@@ -17,13 +26,20 @@ __all__ = [
     "default_image",
     "dockerfile",
     "runtime_versions",
+    "triton_dockerfile",
 ]
 
 BASE_IMAGE = "pytorch/torchserve:0.12.0-cpu"
 # What the handler needs beyond the base image, pinned to the versions the archives record.
 RUNTIME_PACKAGES = ("torch", "torchvision")
-# What an archive of a format needs beyond those (from the package index, not PyTorch's).
+# What an archive of a format or a task needs beyond those (from the package index, not
+# PyTorch's).
 FORMAT_PACKAGES = {"onnx": ("onnxruntime",)}
+TASK_PACKAGES = {"text-classification": ("tokenizers",)}
+# What the Triton image adds: the server and the NumPy its Python-backend stub is built for,
+# and what TorchServe's image already has (Pillow, PyYAML).
+TRITON_PACKAGES = ("numpy==1.26.4", "nvidia-pytriton==0.7.0")
+TRITON_BASE_IMAGE = "python:3.11-slim-bookworm"
 # What the handler verifies archive signatures with (this host's versions).
 SIGNING_PACKAGES = ("model-signing", "pyopenssl")
 
@@ -44,7 +60,9 @@ def runtime_versions(mars: list[Path]) -> dict[str, str]:
     for mar in mars:
         info = inspect_archive(mar)["build_info"]
         versions = info.get("versions", {})
-        needed = FORMAT_PACKAGES.get(info.get("format", "torchscript"), ())
+        needed = FORMAT_PACKAGES.get(info.get("format", "torchscript"), ()) + TASK_PACKAGES.get(
+            info.get("task", "image-classification"), ()
+        )
         for name in (*RUNTIME_PACKAGES, *needed):
             recorded = versions.get(name) or (_installed(name) if name in needed else "unknown")
             found.setdefault(name, set()).add(str(recorded).split("+")[0])
@@ -60,8 +78,10 @@ def runtime_versions(mars: list[Path]) -> dict[str, str]:
     return {**pins, **{name: _installed(name) for name in SIGNING_PACKAGES}}
 
 
-def default_image(versions: dict[str, str]) -> str:
+def default_image(versions: dict[str, str], engine: str = "torchserve") -> str:
     """A name for the image when the user gives none (push it to your registry under yours)."""
+    if engine == "triton":
+        return f"distillserve-triton:2.51-torch{versions['torch']}"
     return f"distillserve-torchserve:0.12.0-torch{versions['torch']}"
 
 
@@ -80,4 +100,39 @@ def dockerfile(versions: dict[str, str]) -> str:
         f" {pins}\n"
         + (f"RUN python -m pip install --no-cache-dir {extra}\n" if extra else "")
         + "USER model-server\n"
+    )
+
+
+def triton_dockerfile(versions: dict[str, str], with_torch: bool = True) -> str:
+    """Python 3.11 with ``versions`` and the bundled tritonserver, its Python backend in
+    ``TRITON_BACKENDS`` with the 3.11 stub (``serving.triton_env.TritonDist.backends``);
+    without torch and torchvision when every archive is ONNX (``with_torch`` false)."""
+    pins = " ".join(f"{name}=={versions[name]}" for name in RUNTIME_PACKAGES)
+    extra = " ".join(f"{n}=={v}" for n, v in versions.items() if n not in RUNTIME_PACKAGES)
+    torch_line = (
+        "RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu"
+        f" {pins}\n"
+        if with_torch
+        else "# ONNX archives only: no torch (the handler core runs on NumPy and ONNX Runtime)\n"
+    )
+    numpy, pytriton = TRITON_PACKAGES
+    site = "/usr/local/lib/python3.11/site-packages"
+    server = f"{site}/pytriton/tritonserver"
+    backend = f"{TRITON_BACKENDS}/python"
+    return (
+        "# Written by distillserve export-triton --deploy: Python 3.11 with the torch the\n"
+        "# archives were built with (their build-info.json; none for ONNX archives), what their\n"
+        "# formats need, and the Triton server nvidia-pytriton bundles (CPU, Python backend).\n"
+        "# Build and push it under the name the manifests use:\n"
+        "#   docker build -t IMAGE . && docker push IMAGE\n"
+        f"FROM {TRITON_BASE_IMAGE}\n"
+        + torch_line
+        # the stub reads tensors with NumPy 1's layout; pytriton's own pins would pull more
+        + f"RUN python -m pip install --no-cache-dir {numpy} pillow pyyaml {extra}\n"
+        f"RUN python -m pip install --no-cache-dir --no-deps {pytriton}\n"
+        f"RUN mkdir -p {backend} && ln -s {server}/backends/python/* {backend}/ \\\n"
+        f" && ln -sf {server}/python_backend_stubs/3.11/triton_python_backend_stub {backend}/ \\\n"
+        f" && ln -s {server}/bin/tritonserver /usr/local/bin/tritonserver\n"
+        f"ENV LD_LIBRARY_PATH=/usr/local/lib:{site}/nvidia_pytriton.libs\n"
+        "USER 1000\n"
     )

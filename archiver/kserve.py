@@ -35,11 +35,15 @@ from distillserve.archiver.kserve_common import (
     METRICS_PORT,
     MOUNT,
     PUBLIC_KEY_FILE,
-    RESOURCES,
-    TORCHSERVE_ARGS,
+    TORCHSERVE,
     container_env,
+    kserve_manifests,
 )
-from distillserve.archiver.kubernetes import kubernetes_manifests, storage_manifests
+from distillserve.archiver.kubernetes import (
+    kubernetes_manifests,
+    storage_manifests,
+    write_manifests,
+)
 from distillserve.archiver.mar import inspect_archive
 from distillserve.archiver.properties import ServerConfig
 from distillserve.archiver.signing import Trust
@@ -94,53 +98,6 @@ def _server_config(snapshot: dict) -> ServerConfig:
             "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
         },
     )
-
-
-def _kserve_manifests(name: str, image: str, storage_uri: str, env: list[dict]) -> list[dict]:
-    runtime = f"{name}-torchserve"
-    return [
-        {
-            "apiVersion": "serving.kserve.io/v1alpha1",
-            "kind": "ServingRuntime",
-            "metadata": {"name": runtime},
-            "spec": {
-                "supportedModelFormats": [{"name": "pytorch", "version": "1", "autoSelect": False}],
-                "protocolVersions": ["v1", "v2"],
-                "containers": [
-                    {
-                        "name": "kserve-container",
-                        "image": image,
-                        "args": TORCHSERVE_ARGS,
-                        "env": env,
-                        "ports": [{"containerPort": INFERENCE_PORT, "protocol": "TCP"}],
-                        "resources": RESOURCES,
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "serving.kserve.io/v1beta1",
-            "kind": "InferenceService",
-            "metadata": {"name": name},
-            "spec": {
-                "predictor": {
-                    "model": {
-                        "modelFormat": {"name": "pytorch"},
-                        "runtime": runtime,
-                        "protocolVersion": "v2",
-                        "storageUri": storage_uri,
-                    }
-                }
-            },
-        },
-    ]
-
-
-class _PlainDumper(yaml.SafeDumper):
-    """Writes shared objects out in full: no ``&id`` anchors in manifests people read."""
-
-    def ignore_aliases(self, data) -> bool:
-        return True
 
 
 def _readme(name: str, image: str, storage_uri: str) -> str:
@@ -210,11 +167,9 @@ def export_kserve(
     (out / "Dockerfile").write_text(dockerfile(versions))
     (out / "README.md").write_text(_readme(name, image, storage_uri))
     manifests = {
-        "kserve.yaml": _kserve_manifests(name, image, storage_uri, env),
+        "kserve.yaml": kserve_manifests(name, image, storage_uri, env, TORCHSERVE),
         "kubernetes.yaml": kubernetes_manifests(name, image, env),
         "storage.yaml": storage_manifests(name),
     }
-    for file, documents in manifests.items():
-        text = yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False)
-        (out / "manifests" / file).write_text(text)
+    write_manifests(out / "manifests", manifests)
     return out

@@ -1,24 +1,39 @@
-"""Plain Kubernetes manifests for the layout ``export-kserve`` writes: a Deployment running the
-image, a Service, a HorizontalPodAutoscaler, and the storage the layout lives on: a
-PersistentVolumeClaim and a short-lived Pod that mounts it read-write so the layout can be copied
-in with ``kubectl cp`` (the exported README.md gives the commands)."""
+"""Plain Kubernetes manifests for the layout ``export-kserve`` (TorchServe) or ``export-triton
+--deploy`` (Triton) writes: a Deployment running the engine's image, a Service, a
+HorizontalPodAutoscaler, and the storage the layout lives on: a PersistentVolumeClaim and a
+short-lived Pod that mounts it read-write so the layout can be copied in with ``kubectl cp``
+(the exported README.md gives the commands); ``write_manifests`` writes them as YAML."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from distillserve.archiver.kserve_common import (
-    INFERENCE_PORT,
-    METRICS_PORT,
     MOUNT,
     RESOURCES,
-    TORCHSERVE_ARGS,
+    TORCHSERVE,
+    EngineContainer,
+    shared_memory_volume,
 )
 
-__all__ = ["kubernetes_manifests", "storage_manifests"]
+__all__ = ["kubernetes_manifests", "storage_manifests", "write_manifests"]
 
 
-def kubernetes_manifests(name: str, image: str, env: list[dict] | None = None) -> list[dict]:
+def kubernetes_manifests(
+    name: str, image: str, env: list[dict] | None = None, engine: EngineContainer = TORCHSERVE
+) -> list[dict]:
+    """A Deployment running ``engine`` from ``image`` on the claim ``{name}-models``, a Service
+    of its ports and an autoscaler on CPU."""
     labels = {"app.kubernetes.io/name": name}
-    probe = {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10}
+    probe = {"httpGet": {"path": engine.health_path, "port": "http"}, "periodSeconds": 10}
+    mounts = [{"name": "models", "mountPath": MOUNT, "readOnly": True}]
+    volumes = [{"name": "models", "persistentVolumeClaim": {"claimName": f"{name}-models"}}]
+    if engine.shared_memory:
+        volume, mount = shared_memory_volume()
+        mounts.append(mount)
+        volumes.append(volume)
     return [
         {
             "apiVersion": "apps/v1",
@@ -32,28 +47,21 @@ def kubernetes_manifests(name: str, image: str, env: list[dict] | None = None) -
                     "spec": {
                         "containers": [
                             {
-                                "name": "torchserve",
+                                "name": engine.name,
                                 "image": image,
-                                "args": TORCHSERVE_ARGS,
+                                "args": engine.args,
                                 "env": env or [],
                                 "ports": [
-                                    {"name": "http", "containerPort": INFERENCE_PORT},
-                                    {"name": "metrics", "containerPort": METRICS_PORT},
+                                    {"name": port_name, "containerPort": port}
+                                    for port_name, port in engine.ports.items()
                                 ],
                                 "readinessProbe": {**probe, "initialDelaySeconds": 10},
                                 "livenessProbe": {**probe, "initialDelaySeconds": 60},
                                 "resources": RESOURCES,
-                                "volumeMounts": [
-                                    {"name": "models", "mountPath": MOUNT, "readOnly": True}
-                                ],
+                                "volumeMounts": mounts,
                             }
                         ],
-                        "volumes": [
-                            {
-                                "name": "models",
-                                "persistentVolumeClaim": {"claimName": f"{name}-models"},
-                            }
-                        ],
+                        "volumes": volumes,
                     },
                 },
             },
@@ -65,8 +73,8 @@ def kubernetes_manifests(name: str, image: str, env: list[dict] | None = None) -
             "spec": {
                 "selector": labels,
                 "ports": [
-                    {"name": "http", "port": INFERENCE_PORT, "targetPort": "http"},
-                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+                    {"name": port_name, "port": port, "targetPort": port_name}
+                    for port_name, port in engine.ports.items()
                 ],
             },
         },
@@ -123,3 +131,18 @@ def storage_manifests(name: str, size: str = "1Gi") -> list[dict]:
             },
         },
     ]
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes shared objects out in full: no ``&id`` anchors in manifests people read."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def write_manifests(folder: Path, manifests: dict[str, list[dict]]) -> None:
+    """Each file name's documents as one multi-document YAML file in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, documents in manifests.items():
+        text = yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False)
+        (folder / file).write_text(text)

@@ -58,6 +58,7 @@ CORE_FILES = (
     "served_model.py",
     "triton_model.py",
     "core.py",
+    "arrays.py",
     "classification.py",
     "integrity.py",
     "imageprep.py",

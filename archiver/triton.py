@@ -107,14 +107,12 @@ def model_config(version_dir: Path, archive_version: str) -> str:
 
 def _signature(version_dir: Path, settings: dict, manifest: dict) -> dict:
     """The task adapter's v2 inputs and outputs (``describe``), from the archive's own files."""
-    import torch
-
     from distillserve.handlers import classification, served_model
 
     handler = classification.HandlerSettings.from_dict(settings.get("handler", {}))
     mapping = json.loads((version_dir / "index_to_name.json").read_text())
     adapter = served_model.make_adapter(
-        served_model.task_of(manifest), handler, mapping, version_dir, torch.device("cpu")
+        served_model.task_of(manifest), handler, mapping, version_dir, None
     )
     return adapter.describe()
 

@@ -17,8 +17,6 @@ engine's no-op floor, measured side by side in one run.
 
 from __future__ import annotations
 
-import base64
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +26,7 @@ import psutil
 
 from distillserve.serving.load import run_load
 
-__all__ = ["cpu_seconds", "engines_section", "process_memory", "v2_bodies", "write_triton_floor"]
+__all__ = ["cpu_seconds", "engines_section", "process_memory", "write_triton_floor"]
 
 TRITON_FLOOR = "triton-floor"
 _FLOOR_MODEL = '''"""No-op floor: answers every request without reading it."""
@@ -46,25 +44,6 @@ class TritonPythonModel:
             for _ in requests
         ]
 '''
-
-
-def v2_bodies(images: Sequence[bytes]) -> list[bytes]:
-    """One KServe v2 JSON request per image: input ``images``, BYTES ``[1, 1]`` (base64)."""
-    return [
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [1, 1],
-                        "datatype": "BYTES",
-                        "data": [base64.b64encode(image).decode()],
-                    }
-                ]
-            }
-        ).encode()
-        for image in images
-    ]
 
 
 def write_triton_floor(repository: Path, batch_size: int, delay_ms: int) -> None:

@@ -18,12 +18,12 @@ from distillserve.bench.engines import (
     TRITON_FLOOR,
     engines_section,
     process_memory,
-    v2_bodies,
     write_triton_floor,
 )
 from distillserve.bench.models import handler_ceiling, photo_jpegs, vision_artifact
 from distillserve.bench.report_util import cpu_name
 from distillserve.bench.served import floor_archive, register_timed
+from distillserve.serving.load import v2_image_bodies
 from distillserve.serving.server import TorchServe
 from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
 from distillserve.students.data import encode_png, load_splits
@@ -111,7 +111,11 @@ def run_engines_bench(
     export_triton([digits, mobilenet], repository, trust, force=True)
     write_triton_floor(repository, batch, delay)
     triton = TritonEngine(repository, work / "triton-run", TritonAddresses.free(), trust)
-    bodies = {"digits": v2_bodies(pngs), "mobilenet": v2_bodies(jpegs), "floor": v2_bodies(pngs)}
+    bodies = {
+        "digits": v2_image_bodies(pngs),
+        "mobilenet": v2_image_bodies(jpegs),
+        "floor": v2_image_bodies(pngs),
+    }
     with torchserve, triton:
         torchserve.start(models=[])
         for archive, payloads in archives.values():

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
-
 try:  # inside this repository
+    from . import arrays
     from .imageprep import ImageLimits, PreprocessSpec
     from .serving_policy import AUTO
     from .textprep import TASK as TEXT_TASK
     from .textprep import TextSpec
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    import arrays
     from imageprep import ImageLimits, PreprocessSpec
     from serving_policy import AUTO
     from textprep import TASK as TEXT_TASK
@@ -115,17 +115,13 @@ def _threads(value) -> int | str:
     return value if value == AUTO else int(value)
 
 
-def ranked(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` probabilities and class indices per row. A stable sort, so equal scores (common
-    with int8 models, whose outputs are discrete) rank the lower class index first, exactly as
-    ``argmax`` does; ``topk`` leaves the order of ties unspecified."""
-    probabilities = torch.softmax(logits.float(), dim=1)
-    values, indices = torch.sort(probabilities, dim=1, descending=True, stable=True)
-    k = min(k, probabilities.shape[1])
-    return values[:, :k], indices[:, :k]
+def ranked(logits, k: int):
+    """Top-``k`` probabilities and class indices per row (``arrays.ranked``: a stable sort, so
+    ties rank the lower class index first, as ``argmax`` does)."""
+    return arrays.ranked(logits, k)
 
 
-def topk_answers(logits: torch.Tensor, mapping: dict[str, str], k: int) -> list[dict[str, float]]:
+def topk_answers(logits, mapping: dict[str, str], k: int) -> list[dict[str, float]]:
     """One ``{label: probability}`` dict per row, the ``k`` most probable labels first."""
     values, indices = ranked(logits, k)
     return [

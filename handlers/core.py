@@ -28,12 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
+import numpy as np
 
 try:  # inside this repository
-    from . import kserve_v2, payloads
+    from . import arrays, kserve_v2, payloads
     from .imageprep import InputError
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    import arrays
     import kserve_v2
     import payloads
     from imageprep import InputError
@@ -214,7 +215,7 @@ class HandlerCore:
         if batch.count:
             started = time.perf_counter()
             try:
-                with torch.inference_mode():
+                with arrays.inference():
                     batch.outputs = _to_cpu(self.model(batch.inputs))
             except Exception as err:
                 logger.exception("forward pass failed on a batch of %d", batch.count)
@@ -296,8 +297,8 @@ def _every_one(results: list) -> list:
 
 def _to_cpu(outputs: Any) -> Any:
     if isinstance(outputs, (tuple, list)):
-        return type(outputs)(o.cpu() for o in outputs)
-    return outputs.cpu()
+        return type(outputs)(_to_cpu(o) for o in outputs)
+    return outputs if isinstance(outputs, np.ndarray) else outputs.cpu()
 
 
 def _rows(outputs: Any, start: int, stop: int) -> Any:

@@ -16,13 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 try:  # inside this repository
-    from . import imageprep, kserve_v2, payloads
+    from . import arrays, imageprep, kserve_v2, payloads
     from .classification import HandlerSettings, ranked, topk_answers
     from .core import Request, V2Output
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    import arrays
     import imageprep
     import kserve_v2
     import payloads
@@ -36,14 +35,14 @@ __all__ = ["ImageClassification", "Normalised", "Pixels"]
 class Pixels:
     """A decoded image (uint8 ``C x H x W``), to be preprocessed with the batch."""
 
-    image: torch.Tensor
+    image: object  # torch.Tensor, or np.ndarray on a host without torch
 
 
 @dataclass(frozen=True)
 class Normalised:
     """One row of model input a client sent already normalised (v2 FP32)."""
 
-    row: torch.Tensor
+    row: object  # torch.Tensor, or np.ndarray on a host without torch
 
 
 class ImageClassification:
@@ -55,12 +54,12 @@ class ImageClassification:
         self,
         settings: HandlerSettings,
         mapping: dict[str, str],
-        device: torch.device | None = None,
+        device=None,
     ) -> None:
         self.settings = settings
         self.spec = settings.spec
         self.mapping = mapping
-        self.device = device or torch.device("cpu")
+        self.device = device  # a torch.device; None: the CPU
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -87,27 +86,27 @@ class ImageClassification:
             )
         return [Normalised(row) for row in tensor.values.reshape(-1, *shape)]
 
-    def collate(self, items: Sequence) -> torch.Tensor:
+    def collate(self, items: Sequence):
         images = [i.image for i in items if isinstance(i, Pixels)]
         pixels = imageprep.preprocess(images, self.spec) if images else None
         if len(images) == len(items):  # images only, the usual batch: already in order
-            return pixels.to(self.device)
+            return arrays.to_device(pixels, self.device)
         rows, taken = [], iter(pixels if pixels is not None else [])
         for item in items:
             rows.append(next(taken) if isinstance(item, Pixels) else item.row)
-        return torch.stack(rows).to(self.device)
+        return arrays.to_device(arrays.stack(rows), self.device)
 
-    def empty(self) -> torch.Tensor:
-        return torch.empty((0, *self.input_shape), device=self.device)
+    def empty(self):
+        return arrays.to_device(arrays.empty((0, *self.input_shape)), self.device)
 
-    def example(self, batch_size: int) -> torch.Tensor:
+    def example(self, batch_size: int):
         """Model input of ``batch_size`` zeros, for warming the model up."""
-        return torch.zeros((batch_size, *self.input_shape), device=self.device)
+        return arrays.to_device(arrays.zeros((batch_size, *self.input_shape)), self.device)
 
-    def answer(self, rows: torch.Tensor) -> dict[str, float]:
+    def answer(self, rows) -> dict[str, float]:
         return topk_answers(rows, self.mapping, self.settings.topk)[0]
 
-    def v2_outputs(self, rows: torch.Tensor) -> list[V2Output]:
+    def v2_outputs(self, rows) -> list[V2Output]:
         values, indices = ranked(rows, self.settings.topk)
         shape = [int(rows.shape[0]), int(indices.shape[1])]
         labels = [self.mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]

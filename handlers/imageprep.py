@@ -5,8 +5,11 @@ model's channel count; ``preprocess`` turns a list of such tensors into one norm
 batch ``(N, C, H, W)``. ``students`` evaluates with exactly these functions, so an image scored in
 process and the same image sent to TorchServe as a lossless file give the same tensor.
 
-This module ships inside every .mar: it may import only the standard library, torch, torchvision
-and Pillow.
+This module ships inside every .mar: it may import only the standard library, NumPy, Pillow and,
+where they are installed, torch and torchvision. Without torch (an ONNX student on a host with
+onnxruntime, Pillow and NumPy alone) images are NumPy arrays and resized by Pillow's bilinear
+filter, which the antialiased torchvision resize reproduces to within one grey level (measured
+on photos and random images); an image already at the model's size is not resized at all.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as F
+
+try:
+    import torch
+    from torchvision.transforms.v2 import functional as F
+except ImportError:  # an ONNX-only host: NumPy arrays and Pillow's resize
+    torch = F = None
 
 __all__ = [
     "ImageLimits",
@@ -107,7 +114,7 @@ def decode_image(
     channels: int,
     limits: ImageLimits = ImageLimits(),
     target_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
+):
     """Decode one still image in any Pillow format to ``uint8`` ``(channels, H, W)``.
 
     With ``target_size`` (the model's ``(height, width)``) a JPEG at least twice as large on both
@@ -148,15 +155,21 @@ def decode_image(
         raise InputError(f"image has too many pixels: {err}", 413, "TooLarge") from None
     except Exception as err:  # Pillow raises many types for corrupt data (OSError, SyntaxError...)
         raise InputError(f"image could not be decoded: {err}", 400, "UndecodableImage") from None
+    if F is None:
+        pixels = np.asarray(image, dtype=np.uint8)
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        return np.ascontiguousarray(pixels)
     return F.pil_to_tensor(image).contiguous()
 
 
-def preprocess(images: Sequence[torch.Tensor], spec: PreprocessSpec) -> torch.Tensor:
+def preprocess(images: Sequence, spec: PreprocessSpec):
     """Resize each ``uint8`` image to ``spec.image_size``, stack, scale to [0, 1] and normalise.
 
     Each image is resized on its own (antialiased bilinear), so the result for an image never
     depends on the other images in the batch.
     """
+    if torch is None:
+        return _preprocess_numpy(images, spec)
     if not images:
         return torch.empty((0, spec.channels, *spec.image_size))
     size = list(spec.image_size)
@@ -168,6 +181,24 @@ def preprocess(images: Sequence[torch.Tensor], spec: PreprocessSpec) -> torch.Te
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     return batch.sub_(mean).div_(std)
+
+
+def _preprocess_numpy(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """``preprocess`` without torch: Pillow's bilinear resize (antialiased when reducing)."""
+    if not images:
+        return np.empty((0, spec.channels, *spec.image_size), dtype=np.float32)
+    height, width = spec.image_size
+    resized = []
+    for img in images:
+        if tuple(img.shape[-2:]) != spec.image_size:
+            picture = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+            array = np.asarray(picture.resize((width, height), Image.BILINEAR))
+            img = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        resized.append(img)
+    batch = np.stack(resized).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return (batch - mean) / std
 
 
 def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:

@@ -22,12 +22,14 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 try:  # inside this repository
+    from .arrays import from_numpy
     from .imageprep import InputError
     from .payloads import b64decode, body_of, parse_json
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    from arrays import from_numpy
     from imageprep import InputError
     from payloads import b64decode, body_of, parse_json
 
@@ -214,7 +216,7 @@ class V2Tensor:
     name: str
     datatype: str  # BYTES | FP32
     shape: list[int]
-    values: list | torch.Tensor
+    values: Any  # list, or a float32 batch (torch.Tensor; np.ndarray on a host without torch)
     binary: bool = False  # BYTES elements came as binary data (raw bytes, not JSON strings)
 
 
@@ -247,12 +249,12 @@ def first_input(request: V2Request | dict) -> V2Tensor:
     if size is not None:
         if size != expected * 4:
             raise InputError(f"v2 FP32 binary data is {size} bytes for {expected} values")
-        values = torch.frombuffer(bytearray(request.binary[:size]), dtype=torch.float32)
-        if not torch.isfinite(values).all():
+        array = np.frombuffer(bytearray(request.binary[:size]), dtype="<f4")
+        if not np.isfinite(array).all():
             raise InputError("v2 FP32 input holds NaN or infinite values")
     else:
-        values = torch.tensor(_fp32(_tensor_values(tensor.get("data"), shape)))
-    return V2Tensor(name, datatype, shape, values.reshape(shape))
+        array = np.asarray(_fp32(_tensor_values(tensor.get("data"), shape)), dtype=np.float32)
+    return V2Tensor(name, datatype, shape, from_numpy(array.reshape(shape)))
 
 
 def bytes_element(element: Any, binary: bool) -> bytes:

@@ -4,9 +4,10 @@
     model.pt2    torch.export + AOTInductor        torch._inductor.aoti_load_package
     model.onnx   ONNX                             onnxruntime.InferenceSession (CPU)
 
-Every runtime is called the same way: an NCHW float tensor in, a logits tensor out. Shipped
-inside each .mar beside the handler (torch is the only import at module level; onnxruntime is
-imported when an ONNX model is loaded, and its absence is a one-line load error).
+Every runtime is called the same way: a batch in (an NCHW float tensor, or token ids), a logits
+tensor out. Shipped inside each .mar beside the handler; onnxruntime is imported when an ONNX
+model is loaded (its absence is a one-line load error), and an ONNX model also loads on a host
+without torch, where batches and logits are NumPy arrays (``arrays``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+try:
+    import torch
+except ImportError:  # an ONNX-only host: ONNX Runtime on NumPy arrays
+    torch = None
+
+try:  # inside this repository
+    from .arrays import from_numpy, to_numpy
+except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    from arrays import from_numpy, to_numpy
 
 __all__ = ["FORMATS", "MODEL_FILES", "Runtime", "format_of", "load_runtime"]
 
@@ -41,9 +50,9 @@ class Runtime:
 
     format: str
     path: Path
-    run: Callable[[torch.Tensor], torch.Tensor]
+    run: Callable  # a batch -> logits (torch tensors; NumPy arrays on a host without torch)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch):
         return self.run(batch)
 
     @property
@@ -62,11 +71,19 @@ def format_of(path: str | Path) -> str:
     return _SUFFIXES[suffix]
 
 
-def load_runtime(path: str | Path, device: torch.device | None = None, threads: int = 0) -> Runtime:
+def load_runtime(path: str | Path, device=None, threads: int = 0) -> Runtime:
     """Load ``path`` in its runtime. ``threads`` > 0 sets ONNX Runtime's intra-op threads (torch's
-    own runtimes follow ``torch.set_num_threads``); ``device`` applies to TorchScript."""
+    own runtimes follow ``torch.set_num_threads``); ``device`` (a torch device, default the
+    CPU) applies to TorchScript. Only an ONNX file loads on a host without torch."""
     path = Path(path)
     fmt = format_of(path)
+    if fmt == "onnx":
+        return Runtime(fmt, path, _load_onnx(path, threads))
+    if torch is None:
+        raise RuntimeLoadError(
+            f"{path.name} is a {fmt} model: this host needs torch to serve it (only ONNX "
+            "students serve without torch)"
+        )
     device = device or torch.device("cpu")
     if fmt == "torchscript":
         with warnings.catch_warnings():
@@ -79,12 +96,10 @@ def load_runtime(path: str | Path, device: torch.device | None = None, threads: 
                     f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
                 ) from err
         return Runtime(fmt, path, module)
-    if fmt == "pt2":
-        return Runtime(fmt, path, _load_pt2(path))
-    return Runtime(fmt, path, _load_onnx(path, threads))
+    return Runtime(fmt, path, _load_pt2(path))
 
 
-def _load_pt2(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _load_pt2(path: Path) -> Callable:
     try:
         compiled = torch._inductor.aoti_load_package(str(path))
     except Exception as err:  # a package compiled for another torch or CPU fails in many ways
@@ -94,14 +109,14 @@ def _load_pt2(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
             "be compiled with the torch version the server runs"
         ) from err
 
-    def run(batch: torch.Tensor) -> torch.Tensor:
+    def run(batch):
         with torch.no_grad():
             return compiled(batch.contiguous())
 
     return run
 
 
-def _load_onnx(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _load_onnx(path: Path, threads: int) -> Callable:
     try:
         import onnxruntime
     except ImportError:
@@ -124,8 +139,7 @@ def _load_onnx(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tenso
         ) from err
     name = session.get_inputs()[0].name
 
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().cpu().contiguous().numpy()
-        return torch.from_numpy(session.run(None, {name: array})[0])
+    def run(batch):
+        return from_numpy(session.run(None, {name: to_numpy(batch)})[0])
 
     return run

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 try:  # inside this repository
-    from . import classification, core, integrity, runtimes, serving_policy
+    from . import arrays, classification, core, integrity, runtimes, serving_policy
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    import arrays
     import classification
     import core
     import integrity
@@ -73,7 +72,7 @@ class ServedModel:
     model_format: str
     version: str
     threads: int
-    device: torch.device
+    device: Any  # torch.device; None on a host without torch
     model: Any  # runtimes' callable
     mapping: dict[str, str]
     adapter: Any  # core.TaskAdapter
@@ -85,7 +84,7 @@ class ServedModel:
         executor specialises on the first calls of each input shape, which are slow (and the
         other runtimes allocate their buffers)."""
         outputs = 0
-        with torch.inference_mode():
+        with arrays.inference():
             for size in sorted({1, min(batch_size, serving_policy.MAX_BATCH_SIZE)}):
                 example = self.adapter.example(size)
                 for _ in range(max(1, self.settings.warmup_iterations)):
@@ -98,9 +97,39 @@ class ServedModel:
         return (
             f"{self.serialized} ({self.model_format}, "
             f"{'int8' if self.settings.quantized else 'fp32'}, "
-            f"engine={torch.backends.quantized.engine}, threads={self.threads}, "
-            f"device={self.device})"
+            f"engine={_engine()}, threads={self.threads}, device={self.device or 'cpu'})"
         )
+
+
+def _engine() -> str:
+    torch = arrays.torch
+    return torch.backends.quantized.engine if torch is not None else "none (no torch)"
+
+
+def _torch_settings(model_dir: Path, settings, model_format: str, threads: int, gpu_id):
+    """The host's torch checked against the one that built the archive, its quantized engine
+    and threads set; the device the model runs on. Without torch (an ONNX model on a host
+    with onnxruntime alone) nothing to set: ``None``, the CPU."""
+    torch = arrays.torch
+    if torch is None:
+        return None
+    classification.check_torch_version(model_dir, torch.__version__, model_format)
+    if settings.quantized:
+        supported = torch.backends.quantized.supported_engines
+        if settings.engine not in supported:
+            raise RuntimeError(
+                f"quantized engine {settings.engine!r} is not supported by this torch "
+                f"build (supported: {', '.join(supported)}); rebuild with one of them"
+            )
+        torch.backends.quantized.engine = settings.engine
+    torch.set_num_threads(threads)
+    use_cuda = (
+        model_format == "torchscript"  # the compiled .pt2 and the ONNX session are CPU ones
+        and not settings.quantized
+        and torch.cuda.is_available()
+        and gpu_id is not None
+    )
+    return torch.device(f"cuda:{gpu_id}" if use_cuda else "cpu")
 
 
 def load(
@@ -122,24 +151,8 @@ def load(
     serialized = manifest["model"].get("serializedFile", "model.pt")
     classification.verify_checksum(model_dir, serialized)
     model_format = runtimes.format_of(serialized)
-    classification.check_torch_version(model_dir, torch.__version__, model_format)
-    if settings.quantized:
-        supported = torch.backends.quantized.supported_engines
-        if settings.engine not in supported:
-            raise RuntimeError(
-                f"quantized engine {settings.engine!r} is not supported by this torch "
-                f"build (supported: {', '.join(supported)}); rebuild with one of them"
-            )
-        torch.backends.quantized.engine = settings.engine
     threads = serving_policy.serve_threads(settings.threads, workers)
-    torch.set_num_threads(threads)
-    use_cuda = (
-        model_format == "torchscript"  # the compiled .pt2 and the ONNX session are CPU ones
-        and not settings.quantized
-        and torch.cuda.is_available()
-        and gpu_id is not None
-    )
-    device = torch.device(f"cuda:{gpu_id}" if use_cuda else "cpu")
+    device = _torch_settings(model_dir, settings, model_format, threads, gpu_id)
     model = runtimes.load_runtime(model_dir / serialized, device, threads)
     labels = json.loads((model_dir / "index_to_name.json").read_text())
     mapping = classification.checked_labels(labels)

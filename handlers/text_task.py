@@ -19,14 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 try:  # inside this repository
-    from . import kserve_v2, textprep
+    from . import arrays, kserve_v2, textprep
     from .classification import HandlerSettings, ranked
     from .core import Request, V2Output
     from .imageprep import InputError
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    import arrays
     import kserve_v2
     import textprep
     from classification import HandlerSettings, ranked
@@ -49,8 +48,8 @@ class Text:
 class TextBatch:
     """The batch's token ids ``(N, longest)`` and whether each text was truncated."""
 
-    ids: torch.Tensor
-    truncated: torch.Tensor  # bool (N,)
+    ids: object  # int64 (N, longest): torch.Tensor, or np.ndarray on a host without torch
+    truncated: object  # bool (N,)
 
 
 class TextClassification:
@@ -64,12 +63,12 @@ class TextClassification:
         settings: HandlerSettings,
         mapping: dict[str, str],
         model_dir: Path,
-        device: torch.device | None = None,
+        device=None,
     ) -> None:
         self.settings = settings
         self.spec: textprep.TextSpec = settings.spec
         self.mapping = mapping
-        self.device = device or torch.device("cpu")
+        self.device = device  # a torch.device; None: the CPU
         self.tokenizer = textprep.load_tokenizer(Path(model_dir) / self.spec.tokenizer, self.spec)
 
     def _checked(self, text: str) -> Text:
@@ -100,28 +99,26 @@ class TextClassification:
 
     def collate(self, items: Sequence[Text]) -> TextBatch:
         ids, truncated = textprep.encode_batch(self.tokenizer, [item.text for item in items])
-        return TextBatch(ids.to(self.device), torch.tensor(truncated, dtype=torch.bool))
+        return TextBatch(arrays.to_device(ids, self.device), arrays.bools(truncated))
 
     def empty(self) -> TextBatch:
-        return TextBatch(
-            torch.empty((0, 2), dtype=torch.long, device=self.device),
-            torch.empty(0, dtype=torch.bool),
-        )
+        ids = arrays.to_device(arrays.empty((0, 2), integer=True), self.device)
+        return TextBatch(ids, arrays.bools([]))
 
-    def example(self, batch_size: int) -> torch.Tensor:
+    def example(self, batch_size: int):
         """Token ids of a typical sentence ``batch_size`` times, for warming the model up."""
         ids, _ = textprep.encode_batch(self.tokenizer, [WARM_UP_TEXT] * batch_size)
-        return ids.to(self.device)
+        return arrays.to_device(ids, self.device)
 
-    def bind(self, model: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    def bind(self, model: Callable) -> Callable:
         """What the core calls: the model on the batch's ids, with its truncation flags."""
 
-        def run(batch: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(batch: TextBatch) -> tuple:
             return model(batch.ids), batch.truncated
 
         return run
 
-    def answer(self, rows: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    def answer(self, rows: tuple) -> dict:
         logits, truncated = rows
         values, indices = ranked(logits, self.settings.topk)
         labels = [self.mapping.get(str(i), str(i)) for i in indices[0].tolist()]
@@ -131,7 +128,7 @@ class TextClassification:
             "truncated": bool(truncated[0]),
         }
 
-    def v2_outputs(self, rows: tuple[torch.Tensor, torch.Tensor]) -> list[V2Output]:
+    def v2_outputs(self, rows: tuple) -> list[V2Output]:
         logits, truncated = rows
         values, indices = ranked(logits, self.settings.topk)
         shape = [int(logits.shape[0]), int(indices.shape[1])]

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 try:  # inside this repository
+    from .arrays import as_int64
     from .imageprep import InputError
     from .payloads import body_of, is_json_type, parse_json
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    from arrays import as_int64
     from imageprep import InputError
     from payloads import body_of, is_json_type, parse_json
 
@@ -105,11 +105,11 @@ def configure(tokenizer, spec: TextSpec):
     return tokenizer
 
 
-def encode_batch(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
-    """Token ids ``(len(texts), longest)`` from one call of the fast tokenizer, and whether
-    each text was truncated."""
+def encode_batch(tokenizer, texts: Sequence[str]) -> tuple[Any, list[bool]]:
+    """Token ids ``(len(texts), longest)`` (int64; a torch tensor where torch is installed)
+    from one call of the fast tokenizer, and whether each text was truncated."""
     encodings = tokenizer.encode_batch(list(texts))
-    ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+    ids = as_int64([e.ids for e in encodings])
     return ids, [bool(e.overflowing) for e in encodings]
 
 

@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 try:  # Triton's stub provides it
     import triton_python_backend_utils as pb_utils
@@ -33,8 +32,9 @@ except ImportError:  # anywhere else (TorchServe's worker never imports this mod
     pb_utils = None
 
 try:  # inside this repository
-    from . import core, kserve_v2, served_model
+    from . import arrays, core, kserve_v2, served_model
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
+    import arrays
     import core
     import kserve_v2
     import served_model
@@ -116,7 +116,7 @@ def _v2_tensor(name: str, tensor) -> kserve_v2.V2Tensor:
     array = tensor.as_numpy()
     if array.dtype == np.object_:
         return kserve_v2.V2Tensor(name, "BYTES", list(array.shape), list(array.ravel()), True)
-    values = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    values = arrays.from_numpy(np.array(array, dtype=np.float32))  # a copy Triton does not own
     return kserve_v2.V2Tensor(name, "FP32", list(array.shape), values)
 
 

@@ -11,6 +11,7 @@ from distillserve.archiver.signing import Trust
 from distillserve.serving.connect import Connection
 
 __all__ = [
+    "add_deployment_options",
     "add_server_options",
     "add_trust_options",
     "connection",
@@ -86,4 +87,20 @@ def teacher_cache_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-teacher-cache", action="store_true", help="always train the teacher afresh"
+    )
+
+
+def add_deployment_options(p: argparse.ArgumentParser, default_image: str, layout: str) -> None:
+    """What the Kubernetes and KServe manifests name: the service, the image the written
+    Dockerfile builds (``default_image`` when not given) and where KServe reads ``layout``."""
+    p.add_argument("--name", default="distillserve", help="name of the service and manifests")
+    p.add_argument(
+        "--image",
+        help="the image the manifests run, as your registry names it (build it from the "
+        f"written Dockerfile; default: {default_image})",
+    )
+    p.add_argument(
+        "--storage-uri",
+        help=f"where KServe reads {layout} (default: pvc://NAME-models, the claim in "
+        "manifests/storage.yaml)",
     )

@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 
 from distillserve.errors import ExportError
-from distillserve.scripts.options import add_trust_options, teacher_cache_options, trust_of
+from distillserve.scripts.options import (
+    add_deployment_options,
+    add_trust_options,
+    teacher_cache_options,
+    trust_of,
+)
 
 __all__ = ["add_verbs"]
 
@@ -343,16 +348,8 @@ def add_verbs(verbs) -> None:
     )
     p.add_argument("mars", nargs="+", help=".mar files to deploy")
     p.add_argument("--out", default="build/kserve", help="output directory (default build/kserve)")
-    p.add_argument("--name", default="distillserve", help="name of the service and manifests")
-    p.add_argument(
-        "--image",
-        help="the image the manifests run, as your registry names it (build it from the "
-        "written Dockerfile; default: distillserve-torchserve:0.12.0-torchVERSION)",
-    )
-    p.add_argument(
-        "--storage-uri",
-        help="where KServe reads config/ and model-store/ (default: pvc://NAME-models, the "
-        "claim in manifests/storage.yaml)",
+    add_deployment_options(
+        p, "distillserve-torchserve:0.12.0-torchVERSION", "config/ and model-store/"
     )
     p.add_argument(
         "--config",

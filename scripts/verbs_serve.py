@@ -16,6 +16,7 @@ from distillserve.scripts.options import (
 )
 from distillserve.scripts.verbs_triton import (
     add_engine_option,
+    load_triton,
     predict_triton,
     refuse_on_triton,
     serve_triton,
@@ -166,7 +167,8 @@ def _load_payloads(images: str | None) -> list[bytes]:
 def _load(args: argparse.Namespace) -> int:
     from distillserve.serving.load import NO_RETRY, format_report, parse_target, run_load
 
-    refuse_on_triton(args, "load")
+    if args.engine == "triton":
+        return load_triton(args, _load_payloads(args.images))
     base, model = parse_target(args.target)
     server = connection(args, config_optional=base is not None)
     if base is None:  # a model of the configured server: refuse a name it does not have

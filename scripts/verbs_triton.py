@@ -8,9 +8,16 @@ import json
 from pathlib import Path
 
 from distillserve.errors import DistillServeError
-from distillserve.scripts.options import add_trust_options, trust_of
+from distillserve.scripts.options import add_deployment_options, add_trust_options, trust_of
 
-__all__ = ["add_verbs", "predict_triton", "refuse_on_triton", "serve_triton"]
+__all__ = [
+    "add_verbs",
+    "load_triton",
+    "predict_triton",
+    "refuse_on_triton",
+    "serve_triton",
+    "versions_on_triton",
+]
 
 
 def _archives(items: list[str]) -> list[Path]:
@@ -34,13 +41,31 @@ def _export_triton(args: argparse.Namespace) -> int:
     from distillserve.archiver.triton import export_triton
 
     out = Path(args.out)
-    models = export_triton(_archives(args.mars), out, trust_of(args), force=args.force)
+    archives, trust = _archives(args.mars), trust_of(args)
+    models = export_triton(archives, out, trust, force=args.force)
     for model in models:
         print(f"{model.path} ({model.name} {model.archive_version})")
     print(
         f"wrote a Triton model repository of {len(models)} models to {out}; serve it with: "
         f"distillserve serve start --engine triton --repository {out}"
     )
+    if args.deploy:
+        from distillserve.archiver.triton_deploy import export_triton_deploy
+
+        deploy = export_triton_deploy(
+            archives,
+            out,
+            Path(args.deploy),
+            name=args.name,
+            image=args.image,
+            storage_uri=args.storage_uri,
+            trust=trust,
+        )
+        files = sorted(p for p in deploy.rglob("*") if p.is_file())
+        print(
+            f"wrote the image's Dockerfile and the Kubernetes / KServe manifests to {deploy} "
+            f"({len(files)} files); see {deploy / 'README.md'}"
+        )
     return 0
 
 
@@ -101,20 +126,84 @@ def predict_triton(args: argparse.Namespace, payloads: list[bytes], text: bool) 
     """Each payload classified by the Triton engine in ``--run-dir`` over KServe v2 (HTTP, or
     gRPC with ``--grpc``): ``(status, body)`` per payload, a refused one with its error."""
     from distillserve.serving.triton_client import TritonClient
-    from distillserve.serving.triton_engine import TritonEngine
 
-    engine = TritonEngine.attach(args.run_dir)
+    engine = _attached(args.run_dir)
     client = TritonClient(engine.addresses, grpc=args.grpc, timeout=args.timeout)
     return client.predict_many(args.model, payloads, text=text, concurrency=args.concurrency)
 
 
+# The version verbs Triton cannot do here, and why: the engine loads its repository at start
+# (Triton's default model-control mode), one version per model.
+_STATIC_REPOSITORY = (
+    "the Triton engine serves the repository it was started on (one version per model): "
+    "export-triton the archives and restart it with serve start --engine triton"
+)
+
+
 def refuse_on_triton(args: argparse.Namespace, verb: str) -> None:
-    """A TorchServe-only verb asked of the Triton engine: one line saying so."""
+    """A verb that needs TorchServe's management API, asked of the Triton engine: one line
+    saying so, and why."""
     if getattr(args, "engine", "torchserve") == "triton":
+        raise DistillServeError(f"{verb} works with TorchServe only: {_STATIC_REPOSITORY}")
+
+
+def versions_on_triton(args: argparse.Namespace, verb: str) -> int:
+    """``list`` and ``describe`` from Triton's repository index and model endpoints; the
+    other version verbs refused in one line saying why."""
+    if verb not in ("list", "describe"):
+        refuse_on_triton(args, verb)
+    engine = _attached(args.run_dir)
+    if verb == "describe":
+        print(json.dumps(engine.describe(args.model), indent=2))
+        return 0
+    rows = [f"{'model':<32} {'version':>7}  {'state':<12} archive"]
+    for name, state in sorted(engine.model_states().items()):
+        config = engine.describe(name)["config"] if state.get("state") == "READY" else {}
+        archive = config.get("parameters", {}).get("archive_version", {}).get("string_value")
+        rows.append(f"{name:<32} {state.get('version', '-'):>7}  {state.get('state', '?'):<12} "
+                    f"{archive or '-'}")  # fmt: skip
+    print("\n".join(rows))
+    return 0
+
+
+def _attached(run_dir: str):
+    """The Triton engine ``serve start --engine triton`` left running in ``run_dir``."""
+    from distillserve.serving.triton_engine import TritonEngine
+
+    engine = TritonEngine.attach(run_dir) if (Path(run_dir) / "engine.json").exists() else None
+    if engine is None or engine.pid() is None:
         raise DistillServeError(
-            f"{verb} works with TorchServe only (Triton has no management API for it here): "
-            "use predict, or Triton's own endpoints"
+            f"no Triton engine running from {run_dir} (serve start --engine triton)"
         )
+    return engine
+
+
+def load_triton(args: argparse.Namespace, images: list[bytes]) -> int:
+    """``load --engine triton``: the bounded load as KServe v2 JSON requests (input
+    ``images``) to the engine in ``--run-dir``; the worker-kill fault check stays
+    TorchServe's."""
+    from distillserve.serving.load import NO_RETRY, format_report, run_load, v2_image_bodies
+
+    if args.kill_worker_after is not None:
+        raise DistillServeError("--kill-worker-after works with TorchServe only (its workers)")
+    if "/" in args.target:
+        raise DistillServeError(
+            "load --engine triton takes a model name (of the engine in --run-dir)"
+        )
+    engine = _attached(args.run_dir)
+    engine.describe(args.target)  # an unknown model: one line naming the ones it has
+    report = run_load(
+        engine.addresses.http_url,
+        args.target,
+        v2_image_bodies(images),
+        total=args.requests,
+        concurrency=args.concurrency,
+        time_limit_s=args.time_limit,
+        retry=NO_RETRY if args.no_retry else None,
+        route="v2",
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 1 if report.errors and not args.no_retry else 0
 
 
 def add_engine_option(p: argparse.ArgumentParser) -> None:
@@ -133,6 +222,13 @@ def add_verbs(verbs) -> None:
     p.add_argument("mars", nargs="+", help=".mar files (or folders of them) to serve")
     p.add_argument("--out", default="build/triton", help="repository folder (default %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.add_argument(
+        "--deploy",
+        metavar="DIR",
+        help="also write the image's Dockerfile and the Kubernetes and KServe (Triton runtime) "
+        "manifests for the repository into DIR",
+    )
+    add_deployment_options(p, "distillserve-triton:2.51-torchVERSION", "the repository")
     p.add_argument(
         "--config",
         default="config.properties",

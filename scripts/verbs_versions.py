@@ -1,5 +1,7 @@
 """Verbs that manage model versions on a server and in the model store: register, set-default,
-scale, unregister, rollback, list, describe, models."""
+scale, unregister, rollback, list, describe, models. On the Triton engine (``--engine triton``)
+``list`` and ``describe`` read Triton's repository and model endpoints; the others refuse in
+one line (``verbs_triton.versions_on_triton``)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ from distillserve.scripts.options import (
     connection,
     trust_of,
 )
+from distillserve.scripts.verbs_triton import add_engine_option, versions_on_triton
 
 __all__ = ["add_verbs"]
 
 
 def _register(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "register")
     from distillserve.serving.versions import register_archive
 
     server = connection(args)
@@ -37,6 +42,8 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _set_default(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "set-default")
     from distillserve.serving.versions import set_default
 
     server = connection(args)
@@ -46,6 +53,8 @@ def _set_default(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "scale")
     from distillserve.serving.versions import require_version
 
     client = connection(args).management_client()
@@ -56,6 +65,8 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def _unregister(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "unregister")
     from distillserve.serving.versions import unregister
 
     server = connection(args)
@@ -65,6 +76,8 @@ def _unregister(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "rollback")
     from distillserve.serving.versions import rollback
 
     server = connection(args)
@@ -74,6 +87,8 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "list")
     from distillserve.serving.versions import server_state, versions_table
 
     print(versions_table(server_state(connection(args).management_client())))
@@ -81,6 +96,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "describe")
     from distillserve.serving.versions import require_version
 
     client = connection(args).management_client()
@@ -90,6 +107,8 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.engine == "triton":
+        return versions_on_triton(args, "models")
     from distillserve.archiver import Registry
     from distillserve.errors import ServerError
     from distillserve.serving.versions import server_state, store_table
@@ -116,12 +135,14 @@ def add_verbs(verbs) -> None:
     p.add_argument("--set-default", action="store_true", help="make it the default version")
     add_trust_options(p)
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_register)
 
     p = verbs.add_parser("set-default", help="make a registered version the default")
     p.add_argument("model")
     p.add_argument("version")
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_set_default)
 
     p = verbs.add_parser("scale", help="set the min/max workers of a model (version)")
@@ -130,31 +151,37 @@ def add_verbs(verbs) -> None:
     p.add_argument("--min", type=int, required=True, help="minimum workers")
     p.add_argument("--max", type=int, help="maximum workers (default: --min)")
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_scale)
 
     p = verbs.add_parser("unregister", help="remove a model version from the server")
     p.add_argument("model")
     p.add_argument("version")
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_unregister)
 
     p = verbs.add_parser("rollback", help="make the previous version default, retire the current")
     p.add_argument("model")
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_rollback)
 
     p = verbs.add_parser("list", help="models and versions on the server, default marked *")
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_list)
 
     p = verbs.add_parser("describe", help="TorchServe's description of a model (JSON)")
     p.add_argument("model")
     p.add_argument("--version", default="all", help="a version, or all (default)")
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_describe)
 
     p = verbs.add_parser(
         "models", help="the model store's archives and what the server says of each"
     )
     add_server_options(p)
+    add_engine_option(p)
     p.set_defaults(func=_models)

@@ -10,7 +10,9 @@ and what the kill cost in p99/max latency.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -37,6 +39,7 @@ __all__ = [
     "format_report",
     "parse_target",
     "run_load",
+    "v2_image_bodies",
 ]
 
 MAX_REQUESTS = 1_000_000
@@ -331,3 +334,23 @@ def format_report(report: LoadReport) -> str:
             f"requests in flight from the kill until the new worker was ready"
         )
     return "\n".join(lines)
+
+
+def v2_image_bodies(images: Sequence[bytes]) -> list[bytes]:
+    """One KServe v2 JSON request per image (for ``route="v2"``): input ``images``, BYTES
+    ``[1, 1]``, base64 as the v2 JSON protocol carries bytes."""
+    return [
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [1, 1],
+                        "datatype": "BYTES",
+                        "data": [base64.b64encode(image).decode()],
+                    }
+                ]
+            }
+        ).encode()
+        for image in images
+    ]

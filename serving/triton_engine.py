@@ -157,7 +157,7 @@ class TritonEngine:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ServerError(f"tritonserver exited ({process.returncode}): {self._cause()}")
-            states = self._model_states()
+            states = self.model_states()
             failed = {m: s for m, s in states.items() if s.get("state") == "UNAVAILABLE"}
             if failed:
                 model, state = next(iter(failed.items()))
@@ -175,7 +175,7 @@ class TritonEngine:
         except requests.RequestException:
             return False
 
-    def _model_states(self) -> dict[str, dict]:
+    def model_states(self) -> dict[str, dict]:
         """The repository index: each model's state and, when it failed, why."""
         try:
             answer = requests.post(f"{self.addresses.http_url}/v2/repository/index", timeout=2)
@@ -233,8 +233,24 @@ class TritonEngine:
             "http": self.addresses.http_url,
             "grpc": self.addresses.grpc_target,
             "metrics": self.addresses.metrics_url,
-            "models": self._model_states() if pid else {},
+            "models": self.model_states() if pid else {},
         }
+
+    def describe(self, model: str) -> dict:
+        """Triton's own view of ``model``: its metadata (inputs, outputs, versions), its
+        configuration and its statistics; ``ServerError`` naming the models it has."""
+        base = f"{self.addresses.http_url}/v2/models/{model}"
+        try:
+            answers = {part: requests.get(f"{base}{path}", timeout=10)
+                       for part, path in (("metadata", ""), ("config", "/config"),
+                                          ("stats", "/stats"))}  # fmt: skip
+        except requests.RequestException as err:
+            where = self.addresses.http_url
+            raise ServerError(f"Triton at {where} does not answer: {err}") from None
+        if answers["metadata"].status_code != 200:
+            known = ", ".join(sorted(self.model_states())) or "none"
+            raise ServerError(f"Triton has no model {model!r} (it has: {known})")
+        return {part: answer.json() for part, answer in answers.items()}
 
     def __enter__(self) -> TritonEngine:
         self.start()

@@ -29,6 +29,7 @@ from tests.helpers import (
     ROOT,
     STUDENT_MARS,
     CliResult,
+    kubernetes_validate_strict,
     register,
     run_cli,
     shipped_profile,
@@ -342,14 +343,6 @@ def test_prometheus_endpoint_has_the_handler_metrics_per_version(served, digits_
     ).ok
 
 
-def _kubernetes_validate_strict(path: Path) -> None:
-    """Every document of ``path`` against Kubernetes' own schemas, unknown fields refused."""
-    import kubernetes_validate
-
-    for document in yaml.safe_load_all(path.read_text()):
-        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
-
-
 def test_export_kserve_layout_manifests_and_real_start(
     store, tmp_path, digits_splits, expected_torchscript
 ):
@@ -398,8 +391,8 @@ def test_export_kserve_layout_manifests_and_real_start(
         assert "name: DISTILLSERVE_PUBLIC_KEY\n" in text, manifest
         assert "value: /mnt/models/config/archive-signing.pub.pem\n" in text, manifest
         assert "DISTILLSERVE_ALLOW_UNSIGNED" not in text, manifest
-    _kubernetes_validate_strict(out / "manifests" / "kubernetes.yaml")
-    _kubernetes_validate_strict(out / "manifests" / "storage.yaml")
+    kubernetes_validate_strict(out / "manifests" / "kubernetes.yaml")
+    kubernetes_validate_strict(out / "manifests" / "storage.yaml")
     claims = [d for d in yaml.safe_load_all((out / "manifests" / "storage.yaml").read_text())]
     assert claims[0]["kind"] == "PersistentVolumeClaim" and claims[0]["metadata"]["name"] == (
         "digits-models"

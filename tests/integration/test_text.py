@@ -37,7 +37,7 @@ from distillserve.students.exported import load_exported
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe
 from distillserve.students.text_data import load_text_splits, make_text_loader
-from tests.helpers import register
+from tests.helpers import register, torch_free_triton_env
 from tests.texts import ODD_BUT_VALID, hostile_requests, save_hf_teacher, text_recipe_dict
 
 pytestmark = pytest.mark.slow
@@ -126,6 +126,21 @@ def test_the_archive_carries_the_tokenizer_and_no_transformers_code(text_store, 
     handler = config["handler"]
     assert handler["task"] == "text-classification" and handler["max_length"] == 48
     assert handler["tokenizer"] == "tokenizer.json" and handler["pad_id"] == 0
+
+
+def test_a_text_archives_image_installs_tokenizers(text_store):
+    """The deployment images (export-kserve, export-triton --deploy) install the tokenizers
+    the text handler imports, at this host's version."""
+    from importlib import metadata
+
+    from distillserve.archiver.image import dockerfile, runtime_versions, triton_dockerfile
+
+    _, archives = text_store
+    versions = runtime_versions([archives["onnx"].path])
+    assert versions["tokenizers"] == metadata.version("tokenizers")
+    for text in (dockerfile(versions), triton_dockerfile(versions)):
+        assert f"tokenizers=={versions['tokenizers']}" in text
+        assert f"onnxruntime=={versions['onnxruntime']}" in text
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -301,3 +316,40 @@ def test_triton_hostile_texts_inside_a_batch_are_answered_alone(triton, text_sto
     for kind, body in hostile.items():
         assert by_body[body].status == 400, (kind, by_body[body])
         assert by_body[body].body["error"], kind
+
+
+def test_the_onnx_text_student_serves_on_a_host_without_torch(
+    text_store, text_build, in_process, tmp_path, monkeypatch
+):
+    """torch unimportable in Triton's model process (``torch_free_triton_env``): the int8 ONNX
+    text student, tokenizer and all, answers every test text with the file's in-process
+    probabilities, refuses a bad text alone, and has no libtorch mapped."""
+    import psutil
+
+    try:
+        find_dist()
+    except ServerError as err:
+        pytest.skip(f"Triton engine unavailable: {err}")
+    monkeypatch.setenv("DISTILLSERVE_TRITON_ENV", str(torch_free_triton_env(tmp_path / "env")))
+    _, archives = text_store
+    _, _, splits = text_build
+    repo = tmp_path / "repository"
+    export_triton([archives["onnx"].path], repo, Trust.resolve())
+    run = Path(tempfile.mkdtemp(prefix="ds-text-notorch-"))
+    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve())
+    try:
+        engine.start()
+        stubs = psutil.Process(engine.pid()).children(recursive=True)
+        assert stubs and not any("libtorch" in Path(f"/proc/{s.pid}/maps").read_text()
+                                 for s in stubs)  # fmt: skip
+        texts = [t.encode() for t in splits.test.texts]
+        answers = TritonClient(engine.addresses).predict_many(
+            archives["onnx"].model_name, [*texts, b"caf\xe9"], text=True, concurrency=8
+        )
+    finally:
+        engine.stop()
+        shutil.rmtree(run, ignore_errors=True)
+    assert answers[-1].status == 400 and "UTF-8" in answers[-1].body["error"]
+    for answer, probs in zip(answers[:-1], in_process["onnx"]):
+        served = torch.tensor([answer.body.get(c, 0.0) for c in splits.classes])
+        assert torch.allclose(served, probs, atol=0.002), (answer, probs)

@@ -2,13 +2,18 @@
 a Triton model repository and served by the bundled tritonserver on free loopback ports, asked
 through tritonclient over KServe v2 HTTP and gRPC: the whole test split answered as in process,
 hostile requests inside a batch answered alone, the batch proven from Triton's statistics,
-the handler's metrics beside Triton's, tampering refused at export and at load, and the CLI."""
+the handler's metrics beside Triton's, tampering refused at export and at load, the CLI, the
+Kubernetes / KServe export's own command line, and the ONNX student on a host without torch."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 import shutil
 import tempfile
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +32,13 @@ from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
 from distillserve.serving.triton_env import find_dist
 from distillserve.students.data import digits_test_pngs, make_loader, preprocess_spec
 from distillserve.students.recipe import DataConfig
-from tests.helpers import STUDENT_MARS, run_cli, student_labels
+from tests.helpers import (
+    STUDENT_MARS,
+    kubernetes_validate_strict,
+    run_cli,
+    student_labels,
+    torch_free_triton_env,
+)
 
 pytestmark = pytest.mark.slow
 MODELS = {fmt: mar.removesuffix(".mar") for fmt, mar in STUDENT_MARS.items()}
@@ -190,7 +201,8 @@ def test_tampering_is_refused_at_export_and_at_load(model_store, tmp_path):
 
 def test_cli_serves_predicts_and_stops_on_triton(model_store, pngs, tmp_path):
     """``serve start --engine triton --models``, ``predict --engine triton`` (REST and gRPC),
-    a TorchServe-only verb refused in one line, ``serve stop``."""
+    ``load``, ``list`` and ``describe`` against it, the verbs that need TorchServe's
+    management API refused in one line, ``serve stop``."""
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
@@ -217,10 +229,161 @@ def test_cli_serves_predicts_and_stops_on_triton(model_store, pngs, tmp_path):
             lines = answer.stdout.strip().splitlines()
             assert ['"status": 400' in line for line in lines] == [False, False, False, True]
             assert "4 images, 1 failed" in answer.stderr
-        refused = run_cli("load", "digits-student", "--engine", "triton", *server)
-        assert refused.returncode == 2
-        assert "load works with TorchServe only" in refused.stderr.strip().splitlines()[-1]
+        load = ["load", "digits-student", "--engine", "triton", "--requests", "40"]
+        loaded = run_cli(*load, "--concurrency", "4", "--images", str(images), "--json", *server)
+        report = json.loads(loaded.stdout)
+        assert loaded.returncode == 1  # the bad image, every time it is sent
+        assert (report["requests"], report["completed"]) == (40, 40), report
+        assert report["errors_by_status"] == {"400": 10}, report  # 1 in 4 images is bad
+        listed = run_cli("list", "--engine", "triton", *server)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        row = listed.stdout.strip().splitlines()[1].split()
+        assert row == ["digits-student", "1", "READY", "1.0"], listed.stdout
+        described = json.loads(run_cli("describe", "digits-student", "--engine", "triton",
+                                       *server).stdout)  # fmt: skip
+        assert {i["name"] for i in described["metadata"]["inputs"]} == {"images", "input"}
+        assert described["config"]["max_batch_size"] == 8
+        for verb in (["register", store], ["ab", "digits-student", "1.0", "2.0", "data"],
+                     ["scale", "digits-student", "--min", "2"]):  # fmt: skip
+            refused = run_cli(*verb, "--engine", "triton", *server)
+            assert refused.returncode == 2, refused.stderr
+            last = refused.stderr.strip().splitlines()[-1]
+            assert f"{verb[0]} works with TorchServe only: the Triton engine serves" in last
     finally:
         stopped = run_cli("serve", "stop", *server)
         shutil.rmtree(run, ignore_errors=True)
     assert stopped.stdout.strip() == "stopped"
+
+
+def test_export_triton_deploy_writes_valid_manifests_whose_command_serves(
+    model_store, pngs, tmp_path, build_result, digits_splits
+):
+    """``export-triton --deploy``: the Deployment and storage validate against Kubernetes'
+    schemas, the KServe runtime and service agree, the signing key sits at the repository's
+    top, and the pods' own command line and environment (paths and ports moved to this
+    machine) start the bundled tritonserver on that repository and answer as in process."""
+    import subprocess
+
+    import yaml
+
+    repo, deploy = tmp_path / "repository", tmp_path / "deploy"
+    onnx = str(model_store / STUDENT_MARS["onnx"])
+    image = "registry.example/team/digits-triton:1"
+    written = run_cli("export-triton", onnx, "--out", str(repo), "--deploy", str(deploy),
+                      "--name", "digits", "--image", image)  # fmt: skip
+    assert written.returncode == 0, written.stderr[-2000:]
+    assert f"Kubernetes / KServe manifests to {deploy}" in written.stdout
+    key = repo / "archive-signing.pub.pem"
+    assert key.read_bytes() == Trust.resolve().public_key.read_bytes()
+    for manifest in ("kubernetes.yaml", "storage.yaml"):
+        kubernetes_validate_strict(deploy / "manifests" / manifest)
+    runtime, isvc = yaml.safe_load_all((deploy / "manifests" / "kserve.yaml").read_text())
+    assert runtime["kind"] == "ServingRuntime" and isvc["kind"] == "InferenceService"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] == "digits-triton"
+    assert model["modelFormat"]["name"] == runtime["spec"]["supportedModelFormats"][0]["name"]
+    assert model["protocolVersion"] == "v2" and model["storageUri"] == "pvc://digits-models"
+    assert set(runtime["spec"]["protocolVersions"]) == {"v2", "grpc-v2"}
+    deployment = next(yaml.safe_load_all((deploy / "manifests" / "kubernetes.yaml").read_text()))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    serving = runtime["spec"]["containers"][0]
+    assert container["args"] == serving["args"] and container["env"] == serving["env"]
+    assert container["image"] == serving["image"] == image
+    assert "/dev/shm" in {m["mountPath"] for m in container["volumeMounts"]}
+    dockerfile = (deploy / "Dockerfile").read_text()
+    assert "nvidia-pytriton==0.7.0" in dockerfile and "numpy==1.26.4" in dockerfile
+    assert "onnxruntime==" in dockerfile and "torch==" not in dockerfile  # ONNX: no torch
+
+    # The pod's command on this machine: the repository, backends and ports moved here.
+    dist = find_dist()
+    run = _short_dir("ds-deploy-")
+    a = TritonAddresses.free()
+    moved = {"http": a.http_port, "grpc": a.grpc_port, "metrics": a.metrics_port}
+    command = [str(dist.binary)]
+    for arg in container["args"][1:]:
+        flag, _, value = arg.partition("=")
+        if flag == "--model-repository":
+            value = str(repo)
+        elif flag == "--backend-directory":
+            value = str(dist.backends(run / "backends"))
+        elif flag.endswith("-port"):
+            value = str(moved[flag.removeprefix("--").removesuffix("-port")])
+        command.append(f"{flag}={value}")
+    command += [f"--{p}-address=127.0.0.1" for p in moved]
+    prefix = f"ds_deploy_{run.name[-8:]}_"
+    command.append(f"--backend-config=python,shm-region-prefix-name={prefix}")
+    env = {e["name"]: e["value"].replace("/mnt/models", str(repo)) for e in container["env"]}
+    assert env["DISTILLSERVE_PUBLIC_KEY"] == str(key)
+    log = open(run / "triton.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, env=dist.environment({**os.environ, **env}),
+                               stdout=log, stderr=subprocess.STDOUT, cwd=run)  # fmt: skip
+    try:
+        ready = f"{a.http_url}/v2/models/{MODELS['onnx']}/ready"
+        for _ in range(600):
+            if process.poll() is not None:
+                break
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(ready, timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        assert process.poll() is None, (run / "triton.log").read_text()[-3000:]
+        expected = student_labels(build_result, digits_splits, "onnx")[:32]
+        answers = TritonClient(a).predict_many(MODELS["onnx"], pngs[:32], concurrency=8)
+        assert [x.top1 for x in answers] == expected
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+        for region in Path("/dev/shm").glob(f"{prefix}*"):
+            region.unlink(missing_ok=True)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _loads_torch(engine) -> bool:
+    """Whether any of the engine's model processes has libtorch mapped."""
+    import psutil
+
+    children = psutil.Process(engine.pid()).children(recursive=True)
+    assert children, "no model process"
+    return any("libtorch" in Path(f"/proc/{c.pid}/maps").read_text() for c in children)
+
+
+def test_an_onnx_student_serves_on_a_host_without_torch(
+    model_store, pngs, tmp_path, build_result, digits_splits, monkeypatch
+):
+    """torch unimportable in Triton's model processes (``torch_free_triton_env``): the ONNX
+    student answers the test split as in process, its FP32 input and a bad image too, with
+    no libtorch in its process; a TorchScript student refuses to load, saying why."""
+    import tritonclient.http as http_client
+
+    monkeypatch.setenv("DISTILLSERVE_TRITON_ENV", str(torch_free_triton_env(tmp_path / "env")))
+    repo = tmp_path / "repository"
+    export_triton([model_store / STUDENT_MARS["onnx"]], repo, Trust.resolve())
+    run = _short_dir("ds-notorch-")
+    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve())
+    try:
+        engine.start()
+        assert not _loads_torch(engine)
+        expected = student_labels(build_result, digits_splits, "onnx")
+        answers = TritonClient(engine.addresses).predict_many(MODELS["onnx"], [*pngs, b"junk"])
+        assert [a.top1 for a in answers[:-1]] == expected
+        assert answers[-1].status == 400 and "not an image" in answers[-1].body["error"]
+        inputs = next(iter(make_loader(digits_splits.test, preprocess_spec(DataConfig()), 4)))[0]
+        a = engine.addresses
+        client = http_client.InferenceServerClient(f"{a.host}:{a.http_port}")
+        tensor = http_client.InferInput("input", list(inputs.shape), "FP32")
+        tensor.set_data_from_numpy(inputs.numpy().astype(np.float32))
+        answer = client.infer(MODELS["onnx"], [tensor])
+        assert [row[0].decode() for row in answer.as_numpy("labels")] == expected[:4]
+    finally:
+        engine.stop()
+        shutil.rmtree(run, ignore_errors=True)
+    repo = tmp_path / "torchscript"
+    export_triton([model_store / STUDENT_MARS["torchscript"]], repo, Trust.resolve())
+    run = _short_dir("ds-notorch-")
+    try:
+        with pytest.raises(ServerError, match="this host needs torch to serve it"):
+            TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve()).start()
+    finally:
+        TritonEngine(repo, run).stop()
+        shutil.rmtree(run, ignore_errors=True)

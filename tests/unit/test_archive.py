@@ -20,6 +20,7 @@ EXPECTED_FILES = {
     "served_model.py",
     "triton_model.py",
     "core.py",
+    "arrays.py",
     "image_task.py",
     "classification.py",
     "integrity.py",

@@ -11,6 +11,7 @@ import pytest
 
 from distillserve.bench import engines
 from distillserve.bench.engines_run import _targets, engines_summary
+from distillserve.serving.load import v2_image_bodies
 
 
 def _point(rps: float, cpu: float) -> dict:
@@ -67,7 +68,7 @@ def test_targets_divide_by_the_lower_limit_and_compare_cpu():
 
 
 def test_both_engines_get_the_same_v2_request():
-    (body,) = engines.v2_bodies([b"\x89PNG..."])
+    (body,) = v2_image_bodies([b"\x89PNG..."])
     tensor = json.loads(body)["inputs"][0]
     assert tensor["name"] == "images" and tensor["shape"] == [1, 1]
     assert base64.b64decode(tensor["data"][0]) == b"\x89PNG..."
