@@ -1,5 +1,6 @@
-"""``distillserve bench --engines``: build what the engines section serves, start both engines
-on it, measure (``bench.engines``) and summarise against the targets."""
+"""``distillserve bench --engines``: build what the engines section serves, start the engines on
+it (TorchServe, Triton, and Triton with its model processes where torch cannot be imported),
+measure (``bench.engines``) and summarise against the targets."""
 
 from __future__ import annotations
 
@@ -111,12 +112,15 @@ def run_engines_bench(
     export_triton([digits, mobilenet], repository, trust, force=True)
     write_triton_floor(repository, batch, delay)
     triton = TritonEngine(repository, work / "triton-run", TritonAddresses.free(), trust)
+    # the same repository where torch cannot be imported: what a torch-free ONNX host costs
+    lean = TritonEngine(repository, work / "triton-lean-run", TritonAddresses.free(), trust,
+                        without_torch=True)  # fmt: skip
     bodies = {
         "digits": v2_image_bodies(pngs),
         "mobilenet": v2_image_bodies(jpegs),
         "floor": v2_image_bodies(pngs),
     }
-    with torchserve, triton:
+    with torchserve, triton, lean:
         torchserve.start(models=[])
         for archive, payloads in archives.values():
             s = _settings(archive)
@@ -130,14 +134,17 @@ def run_engines_bench(
                 "token": torchserve.keys().get("inference"),
                 "names": {"digits": digits.stem, "mobilenet": mobilenet.stem, "floor": "floor"},
             },
-            "triton": {
-                "url": triton.addresses.http_url,
-                "pid": triton.pid(),
-                "names": {
-                    "digits": digits.stem,
-                    "mobilenet": mobilenet.stem,
-                    "floor": TRITON_FLOOR,
-                },
+            **{
+                name: {
+                    "url": engine.addresses.http_url,
+                    "pid": engine.pid(),
+                    "names": {
+                        "digits": digits.stem,
+                        "mobilenet": mobilenet.stem,
+                        "floor": TRITON_FLOOR,
+                    },
+                }
+                for name, engine in (("triton", triton), (LEAN, lean))
             },
         }
         rows = engines_section(engines, bodies, concurrencies, seconds, rounds, log)
@@ -156,6 +163,10 @@ def run_engines_bench(
     }
 
 
+# Triton with its model processes where torch cannot be imported (``without_torch``)
+LEAN = "triton-no-torch"
+
+
 def _targets(rows: list[dict], ceilings: dict[str, float]) -> dict:
     """served ÷ min(the engine's floor, the handler ceiling) per point, and Triton's CPU-ms per
     request over TorchServe's for the digits student."""
@@ -167,12 +178,18 @@ def _targets(rows: list[dict], ceilings: dict[str, float]) -> dict:
         floor = by[("floor", concurrency, engine)]["rps"]
         bound = min(floor, ceilings[model])
         limit[f"{engine} {model} c{concurrency}"] = round(row["rps"] / bound, 3) if bound else 0.0
-    cpu = {
-        c: round(by[("digits", c, "triton")]["cpu_ms_per_request"]
-                 / by[("digits", c, "torchserve")]["cpu_ms_per_request"], 3)
-        for (m, c, e) in by if m == "digits" and e == "triton"
-    }  # fmt: skip
-    return {"served_over_limit": limit, "triton_cpu_over_torchserve_digits": cpu}
+
+    def cpu_ratio(engine: str) -> dict:
+        return {
+            c: round(by[("digits", c, engine)]["cpu_ms_per_request"]
+                     / by[("digits", c, "torchserve")]["cpu_ms_per_request"], 3)
+            for (m, c, e) in by if m == "digits" and e == engine
+        }  # fmt: skip
+
+    targets = {"served_over_limit": limit, "triton_cpu_over_torchserve_digits": cpu_ratio("triton")}
+    if any(e == LEAN for (_, _, e) in by):
+        targets["lean_cpu_over_torchserve_digits"] = cpu_ratio(LEAN)
+    return targets
 
 
 def engines_summary(results: dict) -> str:
@@ -202,9 +219,12 @@ def engines_summary(results: dict) -> str:
         "Served / min(floor, ceiling), target >= 0.9: "
         + ", ".join(f"{k} {v:.2f}" for k, v in limit.items())
     )
-    cpu = results["targets"]["triton_cpu_over_torchserve_digits"]
-    lines.append(
-        "Triton's CPU-ms per request / TorchServe's, digits, target <= 0.7: "
-        + ", ".join(f"c{c} {v:.2f}" for c, v in cpu.items())
-    )
+    for key, who in (("triton_cpu_over_torchserve_digits", "Triton's"),
+                     ("lean_cpu_over_torchserve_digits", f"{LEAN}'s")):  # fmt: skip
+        cpu = results["targets"].get(key)
+        if cpu:
+            lines.append(
+                f"{who} CPU-ms per request / TorchServe's, digits, target <= 0.7: "
+                + ", ".join(f"c{c} {v:.2f}" for c, v in cpu.items())
+            )
     return "\n".join(lines) + "\n"

@@ -30,8 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.engine == "triton" or (Path(args.run_dir) / "engine.json").exists():
         return serve_triton(args)
-    if args.repository:
-        raise DistillServeError("--repository goes with --engine triton")
+    if args.repository or args.without_torch:
+        flag = "--repository" if args.repository else "--without-torch"
+        raise DistillServeError(f"{flag} goes with --engine triton")
     store, archives = args.model_store, None
     if args.models:
         if args.action != "start":
@@ -219,6 +220,12 @@ def add_verbs(verbs) -> None:
         "--repository",
         help="--engine triton: serve this model repository (distillserve export-triton) "
         "instead of exporting --models into the run directory",
+    )
+    p.add_argument(
+        "--without-torch",
+        action="store_true",
+        help="--engine triton: run the models where torch cannot be imported, as on a host "
+        "without it (ONNX students serve there; others refuse to load, saying why)",
     )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.add_argument(

@@ -75,8 +75,11 @@ class TritonEngine:
         run_dir: str | Path,
         addresses: TritonAddresses | None = None,
         trust: Trust | None = None,
+        without_torch: bool = False,
     ) -> None:
         self.repository = Path(repository).resolve()
+        # the model processes in the environment that cannot import torch (ONNX students)
+        self.without_torch = without_torch
         self.run_dir = Path(run_dir).resolve()
         self.addresses = addresses or TritonAddresses()
         self.trust = trust or Trust.resolve()
@@ -86,7 +89,10 @@ class TritonEngine:
     def attach(cls, run_dir: str | Path) -> TritonEngine:
         """The engine a ``serve start --engine triton`` left in ``run_dir``."""
         state = json.loads((Path(run_dir) / STATE_FILE).read_text())
-        return cls(state["repository"], run_dir, TritonAddresses(**state["addresses"]))
+        addresses = TritonAddresses(**state["addresses"])
+        return cls(
+            state["repository"], run_dir, addresses, without_torch=state.get("without_torch", False)
+        )
 
     @property
     def models(self) -> list[str]:
@@ -112,7 +118,7 @@ class TritonEngine:
             raise ServerError(f"a Triton engine is already running from {self.run_dir}")
         if not self.models:
             raise ServerError(f"no models in {self.repository} (distillserve export-triton)")
-        dist = find_dist()
+        dist = find_dist(without_torch=self.without_torch)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shm_prefix = f"distillserve_{uuid.uuid4().hex[:8]}_"
         a = self.addresses
@@ -144,6 +150,7 @@ class TritonEngine:
             "repository": str(self.repository),
             "addresses": asdict(a),
             "shm_prefix": shm_prefix,
+            "without_torch": self.without_torch,
         }
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
         try:
@@ -230,6 +237,7 @@ class TritonEngine:
             "engine": "triton",
             "running": pid is not None,
             "pid": pid,
+            "without_torch": self.without_torch,
             "http": self.addresses.http_url,
             "grpc": self.addresses.grpc_target,
             "metrics": self.addresses.metrics_url,

@@ -16,6 +16,13 @@ environment of its own, beside this one:
 
 The stub also links ``libpython3.11``: the engine puts this interpreter's own ``LIBDIR`` first
 on ``LD_LIBRARY_PATH``, so a pyenv Python's stub does not pick up the system's 3.11 library.
+
+``ensure_torch_free_env`` makes a second environment beside it (``triton-env-no-torch``), for
+``serve start --engine triton --without-torch``: the same packages, but torch and torchvision
+cannot be imported in it, as on an inference host that never installed them, so an ONNX
+student is proven (and measured) torch-free on a machine that has torch. Its first ``.pth``
+marks them absent: the stub embeds an isolated interpreter, which ignores ``PYTHONPATH`` (so
+no ``sitecustomize`` of ours) but reads the ``.pth`` files of its site-packages.
 """
 
 from __future__ import annotations
@@ -26,9 +33,18 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from filelock import FileLock
+
 from distillserve.errors import ServerError
 
-__all__ = ["TRITON_ENV_VAR", "TritonDist", "ensure_env", "env_path", "find_dist"]
+__all__ = [
+    "TRITON_ENV_VAR",
+    "TritonDist",
+    "ensure_env",
+    "ensure_torch_free_env",
+    "env_path",
+    "find_dist",
+]
 
 TRITON_ENV_VAR = "DISTILLSERVE_TRITON_ENV"
 PACKAGES = ("numpy==1.26.4", "nvidia-pytriton==0.7.0")
@@ -73,6 +89,36 @@ def ensure_env(path: Path | None = None, log=print) -> Path:
     return path
 
 
+def ensure_torch_free_env(path: Path | None = None) -> Path:
+    """The environment at ``path`` (default: ``triton-env-no-torch`` beside ``env_path()``)
+    in which torch and torchvision cannot be imported; made from the prepared environment if
+    missing (links to its NumPy 1 and pytriton, this environment's packages after them)."""
+    prepared = ensure_env()
+    path = path or prepared.with_name(f"{prepared.name}-no-torch")
+    with FileLock(f"{path}.lock"):  # two servers started at once make it once
+        if not (path / ".complete").exists():
+            _make_torch_free(path, prepared)
+    return path
+
+
+def _make_torch_free(path: Path, prepared: Path) -> None:
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(path)],
+                       check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise ServerError(
+            f"could not make the torch-free Triton environment {path}: {err}"
+        ) from None
+    site, source = _site_packages(path), _site_packages(prepared)
+    for name in ("numpy", "numpy.libs", "pytriton", "nvidia_pytriton.libs"):
+        (site / name).symlink_to(source / name)
+    (site / "00-distillserve-no-torch.pth").write_text(
+        "import sys; sys.modules.update(torch=None, torchvision=None)\n"
+    )
+    (site / _PTH).write_text(f"{_site_packages(Path(sys.prefix))}\n")
+    (path / ".complete").write_text("torch and torchvision blocked\n")
+
+
 class TritonDist:
     """The bundled tritonserver of the environment at ``env``: binary, libraries, stub."""
 
@@ -115,9 +161,12 @@ class TritonDist:
         return env
 
 
-def find_dist(prepare: bool = True) -> TritonDist:
+def find_dist(prepare: bool = True, without_torch: bool = False) -> TritonDist:
     """The bundled Triton, its environment prepared when ``prepare`` (``ServerError`` with
-    what is missing otherwise)."""
+    what is missing otherwise); with ``without_torch``, the environment that cannot import
+    torch."""
+    if without_torch:
+        return TritonDist(ensure_torch_free_env())
     path = ensure_env() if prepare else env_path()
     dist = TritonDist(path)
     missing = dist.missing()

@@ -153,34 +153,3 @@ def kubernetes_validate_strict(path: Path) -> None:
 
     for document in yaml.safe_load_all(path.read_text()):
         kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
-
-
-def torch_free_triton_env(folder: Path) -> Path:
-    """A Triton engine environment (``DISTILLSERVE_TRITON_ENV``) in which torch and
-    torchvision cannot be imported, as on an inference host that never installed them.
-
-    A venv whose site-packages links the prepared environment's NumPy 1 and pytriton and
-    reaches this environment's packages (onnxruntime, Pillow, PyYAML, tokenizers,
-    model-signing) through a ``.pth``; its first ``.pth`` marks torch as absent before anything
-    runs. (Triton's stub embeds an isolated interpreter that ignores ``PYTHONPATH``, so a
-    ``sitecustomize`` there cannot do it; ``.pth`` files in the stub's site-packages are read.)
-    """
-    import subprocess
-    import sys
-    import sysconfig
-
-    from distillserve.serving.triton_env import ensure_env
-
-    prepared = ensure_env()
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    site = folder / "lib" / version / "site-packages"
-    source = prepared / "lib" / version / "site-packages"
-    for name in ("numpy", "numpy.libs", "pytriton", "nvidia_pytriton.libs"):
-        (site / name).symlink_to(source / name)
-    (site / "00-no-torch.pth").write_text(
-        "import sys; sys.modules.update(torch=None, torchvision=None)\n"
-    )
-    (site / "zz-distillserve-site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    (folder / ".complete").write_text("torch-free test environment\n")
-    return folder

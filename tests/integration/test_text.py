@@ -37,7 +37,7 @@ from distillserve.students.exported import load_exported
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import Recipe
 from distillserve.students.text_data import load_text_splits, make_text_loader
-from tests.helpers import register, torch_free_triton_env
+from tests.helpers import register
 from tests.texts import ODD_BUT_VALID, hostile_requests, save_hf_teacher, text_recipe_dict
 
 pytestmark = pytest.mark.slow
@@ -319,9 +319,9 @@ def test_triton_hostile_texts_inside_a_batch_are_answered_alone(triton, text_sto
 
 
 def test_the_onnx_text_student_serves_on_a_host_without_torch(
-    text_store, text_build, in_process, tmp_path, monkeypatch
+    text_store, text_build, in_process, tmp_path
 ):
-    """torch unimportable in Triton's model process (``torch_free_triton_env``): the int8 ONNX
+    """torch unimportable in Triton's model process (``without_torch``): the int8 ONNX
     text student, tokenizer and all, answers every test text with the file's in-process
     probabilities, refuses a bad text alone, and has no libtorch mapped."""
     import psutil
@@ -330,13 +330,12 @@ def test_the_onnx_text_student_serves_on_a_host_without_torch(
         find_dist()
     except ServerError as err:
         pytest.skip(f"Triton engine unavailable: {err}")
-    monkeypatch.setenv("DISTILLSERVE_TRITON_ENV", str(torch_free_triton_env(tmp_path / "env")))
     _, archives = text_store
     _, _, splits = text_build
     repo = tmp_path / "repository"
     export_triton([archives["onnx"].path], repo, Trust.resolve())
     run = Path(tempfile.mkdtemp(prefix="ds-text-notorch-"))
-    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve())
+    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve(), without_torch=True)
     try:
         engine.start()
         stubs = psutil.Process(engine.pid()).children(recursive=True)

@@ -32,13 +32,7 @@ from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
 from distillserve.serving.triton_env import find_dist
 from distillserve.students.data import digits_test_pngs, make_loader, preprocess_spec
 from distillserve.students.recipe import DataConfig
-from tests.helpers import (
-    STUDENT_MARS,
-    kubernetes_validate_strict,
-    run_cli,
-    student_labels,
-    torch_free_triton_env,
-)
+from tests.helpers import STUDENT_MARS, kubernetes_validate_strict, run_cli, student_labels
 
 pytestmark = pytest.mark.slow
 MODELS = {fmt: mar.removesuffix(".mar") for fmt, mar in STUDENT_MARS.items()}
@@ -349,18 +343,17 @@ def _loads_torch(engine) -> bool:
 
 
 def test_an_onnx_student_serves_on_a_host_without_torch(
-    model_store, pngs, tmp_path, build_result, digits_splits, monkeypatch
+    model_store, pngs, tmp_path, build_result, digits_splits
 ):
-    """torch unimportable in Triton's model processes (``torch_free_triton_env``): the ONNX
-    student answers the test split as in process, its FP32 input and a bad image too, with
-    no libtorch in its process; a TorchScript student refuses to load, saying why."""
+    """torch unimportable in Triton's model processes (``without_torch``): the ONNX student
+    answers the test split as in process, its FP32 input and a bad image too, with no
+    libtorch in its process; a TorchScript student refuses to load, saying why."""
     import tritonclient.http as http_client
 
-    monkeypatch.setenv("DISTILLSERVE_TRITON_ENV", str(torch_free_triton_env(tmp_path / "env")))
     repo = tmp_path / "repository"
     export_triton([model_store / STUDENT_MARS["onnx"]], repo, Trust.resolve())
     run = _short_dir("ds-notorch-")
-    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve())
+    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve(), without_torch=True)
     try:
         engine.start()
         assert not _loads_torch(engine)
@@ -382,8 +375,9 @@ def test_an_onnx_student_serves_on_a_host_without_torch(
     export_triton([model_store / STUDENT_MARS["torchscript"]], repo, Trust.resolve())
     run = _short_dir("ds-notorch-")
     try:
+        refused = TritonEngine(repo, run, TritonAddresses.free(), without_torch=True)
         with pytest.raises(ServerError, match="this host needs torch to serve it"):
-            TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve()).start()
+            refused.start()
     finally:
         TritonEngine(repo, run).stop()
         shutil.rmtree(run, ignore_errors=True)

@@ -61,8 +61,14 @@ def test_help_runs_as_a_command():
             "token file not found",
         ),
         (["serve", "start", "--config", "no-such.properties"], "config file not found"),
+        (["serve", "start", "--without-torch", "--run-dir", "build/no-such-run"],
+         "--without-torch goes with --engine triton"),
+        (["register", "model_store/x.mar", "--engine", "triton", "--run-dir", "build/no-run"],
+         "register works with TorchServe only: the Triton engine serves the repository"),
+        (["list", "--engine", "triton", "--run-dir", "build/no-such-run"],
+         "no Triton engine running from build/no-such-run"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(args, expected):
     result = _run(*args)
     assert result.returncode == 2
