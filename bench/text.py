@@ -319,4 +319,38 @@ def text_summary(results: dict) -> str:
         f"Target, the int8 student at 4x the teacher's requests/s at 16 clients: {verdict} it "
         f"({best:.2f}x at best)."
     )
+    kernels = kernel_ratios(results)
+    if kernels:
+        lines.append(
+            "Against the kernels' ratio in this run (the teacher's batch-8 forward time over "
+            "the int8 student's, in process), the served ratio at 16 clients: "
+            + ", ".join(
+                f"{fmt} {k['served']:.2f}x of {k['kernels']:.2f}x ({k['fraction']:.0%})"
+                for fmt, k in kernels.items()
+            )
+            + "."
+        )
     return "\n".join(lines) + "\n"
+
+
+def kernel_ratios(results: dict) -> dict[str, dict[str, float]]:
+    """Per int8 format: the teacher's batch-8 latency over the student's (what the kernels
+    allow), the served requests/s ratio at 16 clients, and the served share of the former."""
+    teacher = results["models"].get("teacher", {}).get("formats", {}).get("torchscript", {})
+    student = results["models"].get("student", {}).get("formats", {})
+    out = {}
+    for fmt, own in student.items():
+        served = results["ratios_c16"].get(f"int8-{fmt}", {}).get("vs_teacher")
+        if (
+            served is None
+            or not teacher.get("latency_ms_batch8")
+            or not own.get("latency_ms_batch8")
+        ):
+            continue
+        kernels = teacher["latency_ms_batch8"] / own["latency_ms_batch8"]
+        out[fmt] = {
+            "kernels": round(kernels, 2),
+            "served": served,
+            "fraction": round(served / kernels, 3),
+        }
+    return out

@@ -113,3 +113,21 @@ def test_paired_points_take_the_median_ratio_of_the_rounds(monkeypatch):
     paired = served.paired_points(None, ("a", "b"), [b""], 8, 1.0, rounds=3)
     assert paired["rounds"] == [[100.0, 50.0], [90.0, 30.0], [120.0, 80.0]]
     assert (paired["ratio"], paired["a_rps"], paired["b_rps"]) == (2.0, 100.0, 50.0)
+
+
+def test_the_text_sections_kernel_ratios_from_a_recorded_run():
+    """The text section's target judged against the kernels' ratio of the same run (the
+    published 2026-12-03 run): teacher batch-8 time over the int8 student's, per format."""
+    from distillserve.bench.text import kernel_ratios, text_summary
+
+    recorded = Path(__file__).parents[2] / "docs" / "bench" / "2026-12-03-text.json"
+    results = json.loads(recorded.read_text())
+    ratios = kernel_ratios(results)
+    teacher = results["models"]["teacher"]["formats"]["torchscript"]["latency_ms_batch8"]
+    for fmt, own in results["models"]["student"]["formats"].items():
+        kernels = teacher / own["latency_ms_batch8"]
+        served = results["ratios_c16"][f"int8-{fmt}"]["vs_teacher"]
+        assert ratios[fmt]["kernels"] == round(kernels, 2)
+        assert ratios[fmt]["fraction"] == round(served / kernels, 3)
+    assert set(ratios) == {"torchscript", "pt2", "onnx"}
+    assert "onnx 1.72x of 3.61x (48%)" in text_summary(results)
