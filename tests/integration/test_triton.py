@@ -2,8 +2,8 @@
 a Triton model repository and served by the bundled tritonserver on free loopback ports, asked
 through tritonclient over KServe v2 HTTP and gRPC: the whole test split answered as in process,
 hostile requests inside a batch answered alone, the batch proven from Triton's statistics,
-the handler's metrics beside Triton's, tampering refused at export and at load, the CLI, the
-Kubernetes / KServe export's own command line, and the ONNX student on a host without torch."""
+the handler's metrics beside Triton's, tampering refused at export and at load, the CLI, and
+the Kubernetes / KServe export's own command line, run where torch cannot be imported."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from distillserve.errors import ServerError
 from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.serving.triton_client import TritonClient
 from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
-from distillserve.serving.triton_env import find_dist
+from distillserve.serving.triton_env import TritonDist, ensure_torch_free_env, find_dist
 from distillserve.students.data import digits_test_pngs, make_loader, preprocess_spec
 from distillserve.students.recipe import DataConfig
 from tests.helpers import STUDENT_MARS, kubernetes_validate_strict, run_cli, student_labels
@@ -255,9 +255,14 @@ def test_export_triton_deploy_writes_valid_manifests_whose_command_serves(
     """``export-triton --deploy``: the Deployment and storage validate against Kubernetes'
     schemas, the KServe runtime and service agree, the signing key sits at the repository's
     top, and the pods' own command line and environment (paths and ports moved to this
-    machine) start the bundled tritonserver on that repository and answer as in process."""
+    machine) start the bundled tritonserver on that repository where torch cannot be imported,
+    as in the image of ONNX archives, which has none: with no libtorch in its model process
+    the ONNX student answers the test split as in process (images and the FP32 input) and a
+    bad image alone."""
     import subprocess
 
+    import psutil
+    import tritonclient.http as http_client
     import yaml
 
     repo, deploy = tmp_path / "repository", tmp_path / "deploy"
@@ -288,8 +293,9 @@ def test_export_triton_deploy_writes_valid_manifests_whose_command_serves(
     assert "nvidia-pytriton==0.7.0" in dockerfile and "numpy==1.26.4" in dockerfile
     assert "onnxruntime==" in dockerfile and "torch==" not in dockerfile  # ONNX: no torch
 
-    # The pod's command on this machine: the repository, backends and ports moved here.
-    dist = find_dist()
+    # The pod's command on this machine: the repository, backends and ports moved here, and
+    # torch unimportable, as in the image (ONNX archives only: no torch installed there).
+    dist = TritonDist(ensure_torch_free_env())
     run = _short_dir("ds-deploy-")
     a = TritonAddresses.free()
     moved = {"http": a.http_port, "grpc": a.grpc_port, "metrics": a.metrics_port}
@@ -321,63 +327,23 @@ def test_export_triton_deploy_writes_valid_manifests_whose_command_serves(
                     break
             time.sleep(0.2)
         assert process.poll() is None, (run / "triton.log").read_text()[-3000:]
-        expected = student_labels(build_result, digits_splits, "onnx")[:32]
-        answers = TritonClient(a).predict_many(MODELS["onnx"], pngs[:32], concurrency=8)
-        assert [x.top1 for x in answers] == expected
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
-        for region in Path("/dev/shm").glob(f"{prefix}*"):
-            region.unlink(missing_ok=True)
-        shutil.rmtree(run, ignore_errors=True)
-
-
-def _loads_torch(engine) -> bool:
-    """Whether any of the engine's model processes has libtorch mapped."""
-    import psutil
-
-    children = psutil.Process(engine.pid()).children(recursive=True)
-    assert children, "no model process"
-    return any("libtorch" in Path(f"/proc/{c.pid}/maps").read_text() for c in children)
-
-
-def test_an_onnx_student_serves_on_a_host_without_torch(
-    model_store, pngs, tmp_path, build_result, digits_splits
-):
-    """torch unimportable in Triton's model processes (``without_torch``): the ONNX student
-    answers the test split as in process, its FP32 input and a bad image too, with no
-    libtorch in its process; a TorchScript student refuses to load, saying why."""
-    import tritonclient.http as http_client
-
-    repo = tmp_path / "repository"
-    export_triton([model_store / STUDENT_MARS["onnx"]], repo, Trust.resolve())
-    run = _short_dir("ds-notorch-")
-    engine = TritonEngine(repo, run, TritonAddresses.free(), Trust.resolve(), without_torch=True)
-    try:
-        engine.start()
-        assert not _loads_torch(engine)
+        stubs = psutil.Process(process.pid).children(recursive=True)
+        assert stubs and not any("libtorch" in Path(f"/proc/{c.pid}/maps").read_text()
+                                 for c in stubs)  # fmt: skip
         expected = student_labels(build_result, digits_splits, "onnx")
-        answers = TritonClient(engine.addresses).predict_many(MODELS["onnx"], [*pngs, b"junk"])
-        assert [a.top1 for a in answers[:-1]] == expected
+        answers = TritonClient(a).predict_many(MODELS["onnx"], [*pngs, b"junk"], concurrency=8)
+        assert [x.top1 for x in answers[:-1]] == expected
         assert answers[-1].status == 400 and "not an image" in answers[-1].body["error"]
         inputs = next(iter(make_loader(digits_splits.test, preprocess_spec(DataConfig()), 4)))[0]
-        a = engine.addresses
         client = http_client.InferenceServerClient(f"{a.host}:{a.http_port}")
         tensor = http_client.InferInput("input", list(inputs.shape), "FP32")
         tensor.set_data_from_numpy(inputs.numpy().astype(np.float32))
         answer = client.infer(MODELS["onnx"], [tensor])
         assert [row[0].decode() for row in answer.as_numpy("labels")] == expected[:4]
     finally:
-        engine.stop()
-        shutil.rmtree(run, ignore_errors=True)
-    repo = tmp_path / "torchscript"
-    export_triton([model_store / STUDENT_MARS["torchscript"]], repo, Trust.resolve())
-    run = _short_dir("ds-notorch-")
-    try:
-        refused = TritonEngine(repo, run, TritonAddresses.free(), without_torch=True)
-        with pytest.raises(ServerError, match="this host needs torch to serve it"):
-            refused.start()
-    finally:
-        TritonEngine(repo, run).stop()
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+        for region in Path("/dev/shm").glob(f"{prefix}*"):
+            region.unlink(missing_ok=True)
         shutil.rmtree(run, ignore_errors=True)

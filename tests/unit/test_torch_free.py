@@ -93,3 +93,14 @@ def test_batches_and_warm_up_inputs_without_torch(no_torch):
     assert isinstance(arrays.to_device(np.ones(2), "cuda:0"), np.ndarray)  # stays on the CPU
     with arrays.inference():
         pass
+
+
+def test_a_torch_model_file_refuses_to_load_without_torch(monkeypatch, tmp_path):
+    """On a host without torch only an ONNX file loads; the others say why in one line."""
+    from distillserve.handlers import runtimes
+
+    monkeypatch.setattr(runtimes, "torch", None)
+    for name in ("model.pt", "model.pt2"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(runtimes.RuntimeLoadError, match="this host needs torch to serve it"):
+            runtimes.load_runtime(tmp_path / name)
