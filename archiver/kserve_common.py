@@ -4,7 +4,7 @@ started from it, its ports and health path, and what a pod asks for."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "INFERENCE_PORT",
@@ -56,7 +56,7 @@ class EngineContainer:
     model_format: dict[str, str]
     protocols: list[str]
     shared_memory: bool = False
-    key_dir: str = field(default=f"{MOUNT}/config")
+    key_dir: str = f"{MOUNT}/config"  # where the layout keeps the signing public key
 
     @property
     def http_port(self) -> int:

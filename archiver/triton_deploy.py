@@ -18,6 +18,7 @@ the model-control API off (Triton's default mode: the repository is loaded at st
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,7 +35,6 @@ from distillserve.archiver.kubernetes import (
     storage_manifests,
     write_manifests,
 )
-from distillserve.archiver.mar import inspect_archive
 from distillserve.archiver.signing import Trust
 from distillserve.errors import ArchiveError
 
@@ -94,7 +94,10 @@ def export_triton_deploy(
     if trust.public_key is not None:
         shutil.copy2(trust.public_key, repository / PUBLIC_KEY_FILE)
     env = container_env(trust.public_key is not None, trust.allow_unsigned, TRITON)
-    formats = {inspect_archive(a, trust)["build_info"].get("format") for a in archives}
+    # every model the pods will load (the repository's own build-info; already verified)
+    formats = {
+        json.loads(f.read_text()).get("format") for f in repository.glob("*/1/build-info.json")
+    }
     (out / "Dockerfile").write_text(triton_dockerfile(versions, with_torch=formats != {"onnx"}))
     (out / "README.md").write_text(_readme(name, image, storage_uri, repository))
     write_manifests(

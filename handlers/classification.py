@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 try:  # inside this repository
-    from . import arrays
+    from .arrays import ranked
     from .imageprep import ImageLimits, PreprocessSpec
     from .serving_policy import AUTO
     from .textprep import TASK as TEXT_TASK
     from .textprep import TextSpec
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
-    import arrays
+    from arrays import ranked
     from imageprep import ImageLimits, PreprocessSpec
     from serving_policy import AUTO
     from textprep import TASK as TEXT_TASK
@@ -113,12 +113,6 @@ class HandlerSettings:
 def _threads(value) -> int | str:
     """``handler.threads``: a number, or the policy's sentinel for a choice not yet made."""
     return value if value == AUTO else int(value)
-
-
-def ranked(logits, k: int):
-    """Top-``k`` probabilities and class indices per row (``arrays.ranked``: a stable sort, so
-    ties rank the lower class index first, as ``argmax`` does)."""
-    return arrays.ranked(logits, k)
 
 
 def topk_answers(logits, mapping: dict[str, str], k: int) -> list[dict[str, float]]:

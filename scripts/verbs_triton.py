@@ -161,7 +161,8 @@ def versions_on_triton(args: argparse.Namespace, verb: str) -> int:
         return 0
     rows = [f"{'model':<32} {'version':>7}  {'state':<12} archive"]
     for name, state in sorted(engine.model_states().items()):
-        config = engine.describe(name)["config"] if state.get("state") == "READY" else {}
+        ready = state.get("state") == "READY"
+        config = engine.describe(name, ("config",))["config"] if ready else {}
         archive = config.get("parameters", {}).get("archive_version", {}).get("string_value")
         rows.append(f"{name:<32} {state.get('version', '-'):>7}  {state.get('state', '?'):<12} "
                     f"{archive or '-'}")  # fmt: skip
@@ -194,7 +195,7 @@ def load_triton(args: argparse.Namespace, images: list[bytes]) -> int:
             "load --engine triton takes a model name (of the engine in --run-dir)"
         )
     engine = _attached(args.run_dir)
-    engine.describe(args.target)  # an unknown model: one line naming the ones it has
+    engine.describe(args.target, ("metadata",))  # an unknown model: one line naming the rest
     report = run_load(
         engine.addresses.http_url,
         args.target,

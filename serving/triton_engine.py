@@ -244,18 +244,18 @@ class TritonEngine:
             "models": self.model_states() if pid else {},
         }
 
-    def describe(self, model: str) -> dict:
+    def describe(self, model: str, parts: tuple[str, ...] = ("metadata", "config", "stats")):
         """Triton's own view of ``model``: its metadata (inputs, outputs, versions), its
-        configuration and its statistics; ``ServerError`` naming the models it has."""
+        configuration and its statistics, or those of ``parts``; ``ServerError`` naming the
+        models it has."""
         base = f"{self.addresses.http_url}/v2/models/{model}"
+        paths = {"metadata": "", "config": "/config", "stats": "/stats"}
         try:
-            answers = {part: requests.get(f"{base}{path}", timeout=10)
-                       for part, path in (("metadata", ""), ("config", "/config"),
-                                          ("stats", "/stats"))}  # fmt: skip
+            answers = {part: requests.get(f"{base}{paths[part]}", timeout=10) for part in parts}
         except requests.RequestException as err:
             where = self.addresses.http_url
             raise ServerError(f"Triton at {where} does not answer: {err}") from None
-        if answers["metadata"].status_code != 200:
+        if any(answer.status_code != 200 for answer in answers.values()):
             known = ", ".join(sorted(self.model_states())) or "none"
             raise ServerError(f"Triton has no model {model!r} (it has: {known})")
         return {part: answer.json() for part, answer in answers.items()}
