@@ -2,7 +2,9 @@
 
 Each archive is verified (signature, checksum, labels, batch size: ``inspect_archive`` under the
 caller's trust) and unpacked, unchanged, as version ``1`` of a Triton model named like the
-archive's model; its ``config.pbtxt`` runs the archive's own handler core in Triton's Python
+archive's model (``versions.json`` beside it maps Triton's numbered versions to the archives'
+own; ``serving.triton_versions`` adds and retires versions on a running engine); its
+``config.pbtxt`` runs the archive's own handler core in Triton's Python
 backend (``handlers/triton_model.py``, named by ``default_model_filename``, so that nothing is
 added to the signed files and the handler verifies them again when Triton loads it):
 
@@ -10,6 +12,8 @@ added to the signed files and the handler verifies them again when Triton loads 
                                      (preferred size: the batch size);
   instance_group                     ``maxWorkers`` CPU instances (each its own process, with
                                      the archive's threads);
+  version_policy                     all: every version of the folder is served, an
+                                     unversioned request by the highest (the newest);
   input / output                     the task adapter's v2 tensors (``describe``): ``images``
                                      (encoded image files) or ``input`` (normalised FP32) for an
                                      image model, ``text`` for a text model; ``probabilities``
@@ -32,9 +36,19 @@ import yaml
 from distillserve.archiver.mar import ArchiveError, inspect_archive
 from distillserve.archiver.signing import Trust
 
-__all__ = ["TRITON_ENTRY", "TritonModel", "export_triton", "model_config"]
+__all__ = [
+    "TRITON_ENTRY",
+    "VERSIONS_FILE",
+    "TritonModel",
+    "export_triton",
+    "model_config",
+    "read_versions",
+    "unpack_version",
+    "write_versions",
+]
 
 TRITON_ENTRY = "triton_model.py"
+VERSIONS_FILE = "versions.json"  # {Triton's version number: the archive's version}
 # v2 datatypes -> Triton's config datatypes
 _TYPES = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL"}
 
@@ -64,32 +78,55 @@ def export_triton(
         folder = out / info["model_name"]
         if folder.exists():
             shutil.rmtree(folder)
-        version_dir = folder / "1"
-        version_dir.mkdir(parents=True)
-        with zipfile.ZipFile(archive) as mar:
-            mar.extractall(version_dir)
-        (folder / "config.pbtxt").write_text(model_config(version_dir, info["version"]))
+        version_dir = unpack_version(archive, folder, 1)
+        (folder / "config.pbtxt").write_text(model_config(version_dir, info["model_name"]))
+        write_versions(folder, {1: info["version"]})
         models.append(TritonModel(info["model_name"], info["version"], folder))
     return models
 
 
-def model_config(version_dir: Path, archive_version: str) -> str:
-    """``config.pbtxt`` for the archive unpacked in ``version_dir``."""
+def unpack_version(archive: Path, folder: Path, number: int) -> Path:
+    """The archive unpacked, unchanged, as version ``number`` of the model in ``folder``."""
+    version_dir = folder / str(number)
+    version_dir.mkdir(parents=True)
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(version_dir)
+    return version_dir
+
+
+def read_versions(folder: Path) -> dict[int, str]:
+    """Triton's version numbers of the model in ``folder`` and the archive version of each."""
+    try:
+        saved = json.loads((folder / VERSIONS_FILE).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    return {int(number): str(version) for number, version in saved.items()}
+
+
+def write_versions(folder: Path, versions: dict[int, str]) -> None:
+    (folder / VERSIONS_FILE).write_text(json.dumps(dict(sorted(versions.items())), indent=2))
+
+
+def model_config(version_dir: Path, name: str, instances: int | None = None) -> str:
+    """``config.pbtxt`` of model ``name`` from the archive unpacked in ``version_dir`` (its
+    batch settings and signature); ``instances`` overrides the archive's worker count."""
     settings = yaml.safe_load((version_dir / "model-config.yaml").read_text()) or {}
     manifest = json.loads((version_dir / "MAR-INF" / "MANIFEST.json").read_text())
     signature = _signature(version_dir, settings, manifest)
     batch = int(settings.get("batchSize", 1))
     delay_us = int(float(settings.get("maxBatchDelay", 0)) * 1000)
-    instances = int(settings.get("maxWorkers") or settings.get("minWorkers") or 1)
+    if instances is None:
+        instances = int(settings.get("maxWorkers") or settings.get("minWorkers") or 1)
     optional = len(signature["inputs"]) > 1  # a request sends one of the model's inputs
     inputs = [_tensor(t, optional=optional) for t in signature["inputs"]]
     # outputs of any length per row: top-k is at most the number of labels
     outputs = [_tensor({**t, "shape": [-1] * len(t["shape"])}) for t in signature["outputs"]]
     return "\n".join(
         [
-            f'name: "{manifest["model"]["modelName"]}"',
+            f'name: "{name}"',
             'backend: "python"',
             f'default_model_filename: "{TRITON_ENTRY}"',
+            "version_policy: { all { } }",
             f"max_batch_size: {batch}",
             "input [\n" + ",\n".join(inputs) + "\n]",
             "output [\n" + ",\n".join(outputs) + "\n]",
@@ -98,8 +135,6 @@ def model_config(version_dir: Path, archive_version: str) -> str:
             f"  max_queue_delay_microseconds: {delay_us}",
             "}",
             f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]",
-            f'parameters {{ key: "archive_version" '
-            f'value: {{ string_value: "{archive_version}" }} }}',
             "",
         ]
     )

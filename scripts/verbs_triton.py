@@ -129,45 +129,81 @@ def predict_triton(args: argparse.Namespace, payloads: list[bytes], text: bool) 
     """Each payload classified by the Triton engine in ``--run-dir`` over KServe v2 (HTTP, or
     gRPC with ``--grpc``): ``(status, body)`` per payload, a refused one with its error."""
     from distillserve.serving.triton_client import TritonClient
+    from distillserve.serving.triton_versions import number_of
 
     engine = _attached(args.run_dir)
+    number = number_of(engine, args.model, args.version) if args.version else ""
     client = TritonClient(engine.addresses, grpc=args.grpc, timeout=args.timeout)
-    return client.predict_many(args.model, payloads, text=text, concurrency=args.concurrency)
+    return client.predict_many(
+        args.model, payloads, text=text, concurrency=args.concurrency, version=number
+    )
 
 
-# The version verbs Triton cannot do here, and why: the engine loads its repository at start
-# (Triton's default model-control mode), one version per model.
-_STATIC_REPOSITORY = (
-    "the Triton engine serves the repository it was started on (one version per model): "
-    "export-triton the archives and restart it with serve start --engine triton"
+# What TorchServe's management API does that the Triton engine does not
+_NO_DEFAULT = (
+    "Triton answers an unversioned request with a model's newest version: rollback retires "
+    "the newest, register adds one"
 )
 
 
-def refuse_on_triton(args: argparse.Namespace, verb: str) -> None:
+def refuse_on_triton(args: argparse.Namespace, verb: str, why: str = "") -> None:
     """A verb that needs TorchServe's management API, asked of the Triton engine: one line
     saying so, and why."""
     if getattr(args, "engine", "torchserve") == "triton":
-        raise DistillServeError(f"{verb} works with TorchServe only: {_STATIC_REPOSITORY}")
+        raise DistillServeError(
+            f"{verb} works with TorchServe only{': ' + why if why else ''} "
+            "(the Triton engine: register, unregister, rollback, scale, list, describe)"
+        )
 
 
 def versions_on_triton(args: argparse.Namespace, verb: str) -> int:
-    """``list`` and ``describe`` from Triton's repository index and model endpoints; the
-    other version verbs refused in one line saying why."""
-    if verb not in ("list", "describe"):
-        refuse_on_triton(args, verb)
+    """The version verbs on the Triton engine in ``--run-dir``, through its model-repository
+    API (``serving.triton_versions``): register, unregister, rollback, scale, list, describe.
+    ``set-default`` and ``models`` are refused in one line saying why."""
+    from distillserve.serving import triton_versions
+
+    if verb == "set-default" or getattr(args, "set_default", False):
+        refuse_on_triton(args, "set-default", _NO_DEFAULT)
+    if verb == "models":
+        refuse_on_triton(args, verb, "it lists TorchServe's model store")
     engine = _attached(args.run_dir)
     if verb == "describe":
         print(json.dumps(engine.describe(args.model), indent=2))
-        return 0
-    rows = [f"{'model':<32} {'version':>7}  {'state':<12} archive"]
-    for name, state in sorted(engine.model_states().items()):
-        ready = state.get("state") == "READY"
-        config = engine.describe(name, ("config",))["config"] if ready else {}
-        archive = config.get("parameters", {}).get("archive_version", {}).get("string_value")
-        rows.append(f"{name:<32} {state.get('version', '-'):>7}  {state.get('state', '?'):<12} "
-                    f"{archive or '-'}")  # fmt: skip
-    print("\n".join(rows))
+    elif verb == "register":
+        _batch_options_refused(args)
+        got = triton_versions.register(engine, Path(args.mar), trust_of(args), args.model_name)
+        print(f"registered {got.model} {got.archive_version} as Triton version {got.number} "
+              "(now the default)")  # fmt: skip
+    elif verb == "unregister":
+        triton_versions.unregister(engine, args.model, args.version)
+        print(f"unregistered {args.model} {args.version}")
+    elif verb == "rollback":
+        retired, restored = triton_versions.rollback(engine, args.model)
+        print(f"{args.model}: default is {restored} again; {retired} unregistered")
+    elif verb == "scale":
+        if args.version:
+            refuse_on_triton(args, "scale --version", "Triton scales every version of a model")
+        triton_versions.scale(engine, args.model, args.max or args.min)
+        print(f"{args.model}: {args.max or args.min} model instances on Triton")
+    else:
+        rows = [f"{'model':<32} {'version':>7}  {'state':<12} archive"]
+        for v in triton_versions.versions(engine):
+            rows.append(f"{v.model:<32} {v.number:>7}  {v.state:<12} "
+                        f"{v.archive_version}{' *' if v.default else ''}")  # fmt: skip
+        print("\n".join(rows))
     return 0
+
+
+def _batch_options_refused(args: argparse.Namespace) -> None:
+    """Triton takes batch settings and instances from the archive (``scale`` changes the
+    instances), not from register's options."""
+    given = [f"--{k.replace('_', '-')}" for k in ("batch_size", "max_batch_delay")
+             if getattr(args, k, None) is not None]  # fmt: skip
+    if given:
+        raise DistillServeError(
+            f"register --engine triton takes the batch settings from the archive, not "
+            f"{', '.join(given)} (archive it again with them)"
+        )
 
 
 def _attached(run_dir: str):

@@ -46,8 +46,11 @@ class TritonClient:
             network_timeout=self.timeout,
         )
 
-    def predict(self, model: str, payload: bytes, text: bool = False, client=None) -> Prediction:
-        """One payload (an image file's bytes, or a UTF-8 text) as one request."""
+    def predict(
+        self, model: str, payload: bytes, text: bool = False, client=None, version: str = ""
+    ) -> Prediction:
+        """One payload (an image file's bytes, or a UTF-8 text) as one request, to Triton's
+        ``version`` of the model (a number; default: the newest)."""
         from tritonclient.utils import InferenceServerException
 
         module = self._module()
@@ -55,7 +58,7 @@ class TritonClient:
         tensor = module.InferInput(input_name(text), [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[payload]], dtype=np.object_))
         try:
-            answer = client.infer(model, [tensor])
+            answer = client.infer(model, [tensor], model_version=version)
         except InferenceServerException as err:
             return Prediction(_status(err), {"error": err.message()})
         labels = [v.decode() for v in answer.as_numpy("labels")[0]]
@@ -63,12 +66,17 @@ class TritonClient:
         return Prediction(200, dict(zip(labels, probabilities)))
 
     def predict_many(
-        self, model: str, payloads: Sequence[bytes], text: bool = False, concurrency: int = 8
+        self,
+        model: str,
+        payloads: Sequence[bytes],
+        text: bool = False,
+        concurrency: int = 8,
+        version: str = "",
     ) -> list[Prediction]:
         """Many payloads concurrently (Triton's dynamic batcher batches them), in order."""
 
         def one(payload: bytes) -> Prediction:
-            return self.predict(model, payload, text)
+            return self.predict(model, payload, text, version=version)
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             return list(pool.map(one, payloads))

@@ -7,6 +7,10 @@ prefix (the Python backend keeps its regions in ``/dev/shm``; they are removed a
 Readiness is polled, never slept for: the server is up when every model of the repository is
 READY, and a model that fails to load stops the start with its own reason (for example the
 handler's signature check: ``IntegrityError: changed since signing: model.onnx``).
+
+The server runs in Triton's explicit model-control mode with every model of the repository
+loaded at start, so that ``load`` and ``unload`` (the model-repository API) can add, swap and
+retire versions while it serves (``serving.triton_versions``).
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ class TritonEngine:
         command = [
             str(dist.binary),
             f"--model-repository={self.repository}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
             f"--backend-directory={dist.backends(self.run_dir / 'backends')}",
             f"--http-address={a.host}", f"--http-port={a.http_port}",
             f"--grpc-address={a.host}", f"--grpc-port={a.grpc_port}",
@@ -182,14 +188,49 @@ class TritonEngine:
         except requests.RequestException:
             return False
 
-    def model_states(self) -> dict[str, dict]:
-        """The repository index: each model's state and, when it failed, why."""
+    def repository_index(self) -> list[dict]:
+        """Triton's repository index: one entry per model version (name, version, state and,
+        when it failed, why); empty when the server does not answer."""
         try:
             answer = requests.post(f"{self.addresses.http_url}/v2/repository/index", timeout=2)
             index = answer.json() if answer.status_code == 200 else []
         except (requests.RequestException, ValueError):
-            return {}
-        return {entry["name"]: entry for entry in index if "name" in entry}
+            return []
+        return [entry for entry in index if "name" in entry]
+
+    def model_states(self) -> dict[str, dict]:
+        """The repository index by model: each model's state and, when it failed, why (a
+        model with a version not READY shows that version)."""
+        states: dict[str, dict] = {}
+        for entry in self.repository_index():
+            kept = states.get(entry["name"])
+            if kept is None or kept.get("state") == "READY":
+                states[entry["name"]] = entry
+        return states
+
+    def load(self, model: str, timeout: float = 300.0) -> None:
+        """(Re)load ``model`` from the repository as it is now: Triton loads what is new or
+        changed, retires the versions no longer there, and keeps serving throughout; when the
+        load fails, what was loaded stays (``ServerError`` with Triton's reason)."""
+        self._control(model, "load", timeout)
+
+    def unload(self, model: str, timeout: float = 120.0) -> None:
+        """Stop serving ``model`` (every version); requests in flight are answered first."""
+        self._control(model, "unload", timeout)
+
+    def _control(self, model: str, action: str, timeout: float) -> None:
+        url = f"{self.addresses.http_url}/v2/repository/models/{model}/{action}"
+        try:
+            answer = requests.post(url, timeout=timeout)
+        except requests.RequestException as err:
+            where = self.addresses.http_url
+            raise ServerError(f"Triton at {where} does not answer: {err}") from None
+        if answer.status_code != 200:
+            try:
+                reason = answer.json().get("error", answer.text)
+            except ValueError:
+                reason = answer.text
+            raise ServerError(f"Triton could not {action} {model}: {_reason(reason)}")
 
     def _cause(self) -> str:
         try:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import requests
 
+from distillserve.archiver import build_archive
 from distillserve.archiver.mar import ArchiveError
 from distillserve.archiver.signing import Trust
 from distillserve.archiver.triton import export_triton
@@ -30,6 +31,7 @@ from distillserve.handlers.runtimes import MODEL_FILES
 from distillserve.serving.triton_client import TritonClient
 from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
 from distillserve.serving.triton_env import TritonDist, ensure_torch_free_env, find_dist
+from distillserve.serving.triton_versions import scale, unregister, versions
 from distillserve.students.data import digits_test_pngs, make_loader, preprocess_spec
 from distillserve.students.recipe import DataConfig
 from tests.helpers import STUDENT_MARS, kubernetes_validate_strict, run_cli, student_labels
@@ -193,10 +195,12 @@ def test_tampering_is_refused_at_export_and_at_load(model_store, tmp_path):
         shutil.rmtree(run, ignore_errors=True)
 
 
-def test_cli_serves_predicts_and_stops_on_triton(model_store, pngs, tmp_path):
+def test_cli_serves_predicts_and_stops_on_triton(model_store, build_result, pngs, tmp_path):
     """``serve start --engine triton --models``, ``predict --engine triton`` (REST and gRPC),
-    ``load``, ``list`` and ``describe`` against it, the verbs that need TorchServe's
-    management API refused in one line, ``serve stop``."""
+    ``load``, ``list`` and ``describe`` against it; versions while it serves: ``register`` a
+    2.0 (the default from then on, 1.0 still answering at its own version), ``rollback``,
+    ``scale``, ``unregister``; the verbs that need TorchServe's management API refused in one
+    line; ``serve stop``."""
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
@@ -232,21 +236,57 @@ def test_cli_serves_predicts_and_stops_on_triton(model_store, pngs, tmp_path):
         listed = run_cli("list", "--engine", "triton", *server)
         assert listed.returncode == 0, listed.stderr[-2000:]
         row = listed.stdout.strip().splitlines()[1].split()
-        assert row == ["digits-student", "1", "READY", "1.0"], listed.stdout
+        assert row == ["digits-student", "1", "READY", "1.0", "*"], listed.stdout
         described = json.loads(run_cli("describe", "digits-student", "--engine", "triton",
                                        *server).stdout)  # fmt: skip
         assert {i["name"] for i in described["metadata"]["inputs"]} == {"images", "input"}
         assert described["config"]["max_batch_size"] == 8
-        for verb in (["register", store], ["ab", "digits-student", "1.0", "2.0", "data"],
-                     ["scale", "digits-student", "--min", "2"]):  # fmt: skip
+        _versions_while_serving(run, server, build_result, pngs, tmp_path)
+        for verb in (["set-default", "digits-student", "1.0"],
+                     ["ab", "digits-student", "1.0", "2.0", "data"]):  # fmt: skip
             refused = run_cli(*verb, "--engine", "triton", *server)
             assert refused.returncode == 2, refused.stderr
             last = refused.stderr.strip().splitlines()[-1]
-            assert f"{verb[0]} works with TorchServe only: the Triton engine serves" in last
+            assert f"{verb[0]} works with TorchServe only" in last
     finally:
         stopped = run_cli("serve", "stop", *server)
         shutil.rmtree(run, ignore_errors=True)
     assert stopped.stdout.strip() == "stopped"
+
+
+def _versions_while_serving(run: Path, server: list[str], build_result, pngs, tmp_path) -> None:
+    """The version verbs on the engine started by the CLI test (digits-student 1.0 served)."""
+    engine = TritonEngine.attach(run)
+    v2 = build_archive(build_result.artifacts["student"], tmp_path / "v2", version="2.0")
+    registered = run_cli("register", str(v2.path), "--engine", "triton", *server)
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    assert "digits-student 2.0 as Triton version 2 (now the default)" in registered.stdout
+    table = [(v.number, v.archive_version, v.state, v.default) for v in versions(engine)]
+    assert table == [(1, "1.0", "READY", False), (2, "2.0", "READY", True)]
+    again = run_cli("register", str(v2.path), "--engine", "triton", *server)
+    assert again.returncode == 2 and "2.0 is already served" in again.stderr
+
+    def served() -> list[int]:  # requests answered by Triton's versions 1 and 2
+        return [_statistics(engine, f"digits-student/versions/{n}")[0] for n in (1, 2)]
+
+    before, client = served(), TritonClient(engine.addresses)
+    answers = [client.predict("digits-student", p) for p in pngs[:2]]  # the default: 2
+    answers.append(client.predict("digits-student", pngs[2], version="1"))
+    assert [a.status for a in answers] == [200] * 3
+    assert [a - b for a, b in zip(served(), before)] == [1, 2]
+
+    rolled = run_cli("rollback", "digits-student", "--engine", "triton", *server)
+    assert rolled.returncode == 0, rolled.stderr[-2000:]
+    assert "default is 1.0 again; 2.0 unregistered" in rolled.stdout
+    assert [(v.number, v.default) for v in versions(engine)] == [(1, True)]
+    assert not (engine.repository / "digits-student" / "2").exists()
+    scale(engine, "digits-student", 2)
+    config = engine.describe("digits-student", ("config",))["config"]
+    assert config["instance_group"][0]["count"] == 2
+    assert client.predict("digits-student", pngs[3]).status == 200
+    unregister(engine, "digits-student", "1.0")
+    assert versions(engine) == [] and not (engine.repository / "digits-student").exists()
+    assert client.predict("digits-student", pngs[3]).status >= 400
 
 
 def test_export_triton_deploy_writes_valid_manifests_whose_command_serves(
