@@ -15,10 +15,10 @@ from distillserve.scripts.options import (
     trust_of,
 )
 from distillserve.scripts.verbs_triton import (
+    ab_triton,
     add_engine_option,
     load_triton,
     predict_triton,
-    refuse_on_triton,
     serve_triton,
 )
 
@@ -201,7 +201,8 @@ def _ab(args: argparse.Namespace) -> int:
     from distillserve.serving.ab import format_ab, run_ab
     from distillserve.serving.versions import require_version
 
-    refuse_on_triton(args, "ab")
+    if args.engine == "triton":
+        return ab_triton(args)
     server = connection(args)
     management = server.management_client()
     for version in (args.v1, args.v2):

@@ -11,6 +11,7 @@ from distillserve.errors import DistillServeError
 from distillserve.scripts.options import add_deployment_options, add_trust_options, trust_of
 
 __all__ = [
+    "ab_triton",
     "add_verbs",
     "load_triton",
     "predict_triton",
@@ -152,14 +153,15 @@ def refuse_on_triton(args: argparse.Namespace, verb: str, why: str = "") -> None
     if getattr(args, "engine", "torchserve") == "triton":
         raise DistillServeError(
             f"{verb} works with TorchServe only{': ' + why if why else ''} "
-            "(the Triton engine: register, unregister, rollback, scale, list, describe)"
+            "(the Triton engine: register, unregister, rollback, scale, list, describe, ab)"
         )
 
 
 def versions_on_triton(args: argparse.Namespace, verb: str) -> int:
     """The version verbs on the Triton engine in ``--run-dir``, through its model-repository
-    API (``serving.triton_versions``): register, unregister, rollback, scale, list, describe.
-    ``set-default`` and ``models`` are refused in one line saying why."""
+    API (``serving.triton_versions``): register, unregister, rollback, scale, list, describe
+    (``ab``: ``ab_triton``). ``set-default`` and ``models`` are refused in one line saying
+    why."""
     from distillserve.serving import triton_versions
 
     if verb == "set-default" or getattr(args, "set_default", False):
@@ -204,6 +206,24 @@ def _batch_options_refused(args: argparse.Namespace) -> None:
             f"register --engine triton takes the batch settings from the archive, not "
             f"{', '.join(given)} (archive it again with them)"
         )
+
+
+def ab_triton(args: argparse.Namespace) -> int:
+    """``ab --engine triton``: two archive versions of a model on the engine, each asked at
+    its own Triton version, on the same labelled images."""
+    from distillserve.serving.ab import format_ab, run_ab
+    from distillserve.serving.triton_client import TritonClient, VersionedTritonClient
+    from distillserve.serving.triton_versions import number_of
+
+    engine = _attached(args.run_dir)
+    for version in (args.v1, args.v2):
+        number_of(engine, args.model, version)  # an unknown one: one line naming the others
+    client = VersionedTritonClient(
+        TritonClient(engine.addresses), lambda version: number_of(engine, args.model, version)
+    )
+    report = run_ab(client, args.model, args.v1, args.v2, Path(args.data_dir), args.concurrency)
+    print(json.dumps(report, indent=2) if args.json else format_ab(report))
+    return 0
 
 
 def _attached(run_dir: str):

@@ -4,15 +4,16 @@ shape the TorchServe clients answer (``rest.Prediction``: status, and the top-k 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from distillserve.serving.rest import Prediction
+from distillserve.serving.retry import RetryStats
 from distillserve.serving.triton_engine import TritonAddresses
 
-__all__ = ["TritonClient", "input_name"]
+__all__ = ["TritonClient", "VersionedTritonClient", "input_name"]
 
 
 def input_name(text: bool) -> str:
@@ -80,6 +81,20 @@ class TritonClient:
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             return list(pool.map(one, payloads))
+
+
+class VersionedTritonClient:
+    """``timed_predictions``'s client (and so ``ab``'s) on the Triton engine: ``predict_raw``
+    sends to the Triton version serving an archive version (``versions`` maps one to the
+    other). tritonclient does not retry, so ``retry_stats`` stays at zero."""
+
+    def __init__(self, client: TritonClient, versions: Callable[[str], str]) -> None:
+        self.client, self.versions = client, versions
+        self.retry_stats = RetryStats()
+
+    def predict_raw(self, model: str, payload: bytes, version: str | None = None) -> Prediction:
+        number = self.versions(version) if version else ""
+        return self.client.predict(model, payload, version=number)
 
 
 def _status(err) -> int:

@@ -198,9 +198,9 @@ def test_tampering_is_refused_at_export_and_at_load(model_store, tmp_path):
 def test_cli_serves_predicts_and_stops_on_triton(model_store, build_result, pngs, tmp_path):
     """``serve start --engine triton --models``, ``predict --engine triton`` (REST and gRPC),
     ``load``, ``list`` and ``describe`` against it; versions while it serves: ``register`` a
-    2.0 (the default from then on, 1.0 still answering at its own version), ``rollback``,
-    ``scale``, ``unregister``; the verbs that need TorchServe's management API refused in one
-    line; ``serve stop``."""
+    2.0 (the default from then on, 1.0 still answering at its own version), ``ab`` of the two,
+    ``rollback``, ``scale``, ``unregister``; the verbs that need TorchServe's management API
+    refused in one line; ``serve stop``."""
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
@@ -242,8 +242,7 @@ def test_cli_serves_predicts_and_stops_on_triton(model_store, build_result, pngs
         assert {i["name"] for i in described["metadata"]["inputs"]} == {"images", "input"}
         assert described["config"]["max_batch_size"] == 8
         _versions_while_serving(run, server, build_result, pngs, tmp_path)
-        for verb in (["set-default", "digits-student", "1.0"],
-                     ["ab", "digits-student", "1.0", "2.0", "data"]):  # fmt: skip
+        for verb in (["set-default", "digits-student", "1.0"], ["models"]):
             refused = run_cli(*verb, "--engine", "triton", *server)
             assert refused.returncode == 2, refused.stderr
             last = refused.stderr.strip().splitlines()[-1]
@@ -274,6 +273,17 @@ def _versions_while_serving(run: Path, server: list[str], build_result, pngs, tm
     answers.append(client.predict("digits-student", pngs[2], version="1"))
     assert [a.status for a in answers] == [200] * 3
     assert [a - b for a, b in zip(served(), before)] == [1, 2]
+    for i, png in enumerate(pngs[:4]):  # ab's DATA_DIR/LABEL/ layout
+        (tmp_path / "ab" / "0").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ab" / "0" / f"{i}.png").write_bytes(png)
+    before = served()
+    ab = run_cli("ab", "digits-student", "1.0", "2.0", str(tmp_path / "ab"), "--json",
+                 "--engine", "triton", *server)  # fmt: skip
+    assert ab.returncode == 0, ab.stderr[-2000:]
+    report = json.loads(ab.stdout)
+    assert report["agreement"] == 1.0 and report["images"] == 4
+    assert [report["versions"][v]["failures"] for v in ("1.0", "2.0")] == [0, 0]
+    assert [a - b for a, b in zip(served(), before)] == [4, 4]  # each version asked 4 times
 
     rolled = run_cli("rollback", "digits-student", "--engine", "triton", *server)
     assert rolled.returncode == 0, rolled.stderr[-2000:]
