@@ -27,12 +27,13 @@ import yaml
 
 from distillserve.archiver.identity import ArchiveIdentity, label_tuple, refuse_to_overwrite
 from distillserve.archiver.labels import archive_labels
+from distillserve.archiver.model_probe import probe
 from distillserve.archiver.registry import Registry
 from distillserve.archiver.serving_measure import resolve as resolve_serving
 from distillserve.archiver.signing import Trust, sign_mar, signing_key, verify_mar
 from distillserve.errors import ArchiveError, RecipeError
 from distillserve.handlers.classification import checked_labels, sha256_file, sha256_stream
-from distillserve.handlers.serving_policy import PolicyError, check_batch_size
+from distillserve.handlers.serving_policy import PolicyError, ServingChoice, check_batch_size
 from distillserve.students.artifact import Artifact
 from distillserve.students.recipe import ArchiveConfig
 
@@ -197,8 +198,10 @@ def build_archive(
     if model_name is None and model_format != artifact.formats[0]:
         model_name = f"{artifact.archive.model_name}-{model_format}"
     config = _archive_config(artifact, model_name, version)
-    labels = archive_labels(artifact.index_to_name, model_path, artifact.handler)
-    model_config, build_info = _describe(artifact, config, model_path, model_format)
+    probed = probe(model_path, artifact.handler, config.batch_size if config.is_auto else None)
+    labels = archive_labels(artifact.index_to_name, probed.outputs, model_path)
+    choice = resolve_serving(config, probed.measured)
+    model_config, build_info = _describe(artifact, config, model_path, model_format, choice)
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)
     name = file_name or archive_file_name(
@@ -222,11 +225,14 @@ def build_archive(
 
 
 def _describe(
-    artifact: Artifact, config: ArchiveConfig, model_path: Path, model_format: str
+    artifact: Artifact,
+    config: ArchiveConfig,
+    model_path: Path,
+    model_format: str,
+    choice: ServingChoice | None,
 ) -> tuple[dict, dict]:
     """``model-config.yaml`` (batching, workers, the handler's settings; ``auto`` resolved by
-    measuring the model) and ``build-info.json`` of the archive."""
-    choice = resolve_serving(config, model_path, artifact.handler)
+    ``choice``, from the model measured) and ``build-info.json`` of the archive."""
     handler_settings = dict(artifact.handler_dict)
     if choice is not None:
         handler_settings["threads"] = choice.threads

@@ -3,17 +3,14 @@ built, and resolve them by the policy (``handlers.serving_policy``, the rule and
 
 Measured on the build host, at the archive's batch size: one batch's forward pass at one thread
 and at every core, and one input's decoding in the shipped handler's own code (an image's decode
-and preprocessing; a text's checks and tokenizing), in a fresh Python process.
+and preprocessing; a text's checks and tokenizing), in the fresh Python process of
+``archiver.model_probe``.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
-import subprocess
-import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,37 +24,22 @@ from distillserve.handlers.serving_policy import Measured, ServingChoice, choose
 from distillserve.students.measure import latency_ms, threads
 from distillserve.students.recipe_sections import ArchiveConfig
 
-__all__ = ["measure", "resolve"]
+__all__ = ["measure_here", "resolve"]
 
 
-def resolve(
-    config: ArchiveConfig, model_path: Path, handler: HandlerSettings
-) -> ServingChoice | None:
-    """The choice for an archive whose section says ``auto`` somewhere (None otherwise)."""
+def resolve(config: ArchiveConfig, measured: Measured | None) -> ServingChoice | None:
+    """The choice for an archive whose section says ``auto`` somewhere (None otherwise), from
+    the model's timings (``model_probe.probe``, asked for when ``config.is_auto``)."""
     if not config.is_auto:
         return None
-    measured = measure(model_path, handler, config.batch_size)
+    if measured is None:
+        raise ArchiveError("archive workers/threads 'auto' need the model measured")
     return choose(config.min_workers, config.max_workers, config.threads, measured)
 
 
-def measure(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
-    """Time the model file and the handler's decode on this host (a few seconds), in a fresh
-    Python process: the caller's thread pools, quantized engine and loaded modules stay as they
-    are, and a caller that forked after torch started its threads cannot deadlock in them."""
-    command = [sys.executable, "-m", __name__, str(model_path), json.dumps(handler.to_dict())]
-    done = subprocess.run(
-        [*command, str(batch_size)], capture_output=True, text=True, timeout=600, check=False
-    )
-    if done.returncode != 0:
-        raise ArchiveError(
-            f"measuring {model_path.name} for archive workers/threads 'auto' failed: "
-            + (done.stderr.strip().splitlines() or ["no output"])[-1]
-        )
-    return Measured(**json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def _measure_here(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
-    """``measure`` in this process."""
+def measure_here(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
+    """One batch's forward pass at one thread and at every core, and one input's decoding,
+    timed in this process (``model_probe``'s fresh one)."""
     cores = len(os.sched_getaffinity(0))
     if handler.quantized:
         torch.backends.quantized.engine = handler.engine
@@ -116,8 +98,3 @@ def _sample_image(spec: imageprep.PreprocessSpec) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG" if max(width, height) <= 64 else "JPEG", quality=90)
     return buffer.getvalue()
-
-
-if __name__ == "__main__":  # measure's subprocess: MODEL_PATH HANDLER_JSON BATCH_SIZE
-    settings = HandlerSettings.from_dict(json.loads(sys.argv[2]))
-    print(json.dumps(asdict(_measure_here(Path(sys.argv[1]), settings, int(sys.argv[3])))))
