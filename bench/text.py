@@ -10,7 +10,9 @@
   (medians); with ``bert_base`` also a BERT-base-sized teacher with random weights (speed does
   not depend on the weights): the size of model teams serve;
 - tokenizing: the share of the worker's batch time our handler spends decoding and tokenizing
-  (its ``TextDecodeTime`` against its ``ForwardTime``, per batch, from TorchServe's metrics log).
+  (its ``TextDecodeTime`` against its ``ForwardTime``, per batch, from TorchServe's metrics log);
+- limits (``text_limits``): TorchServe's no-op floor served alongside, each model's handler
+  ceiling in process, and the int8 student's served ratio against the ratio of the limits.
 
 Nothing here asserts anything about time: the figures are written, and the summary says where
 one misses its target (the int8 student at 4x the teacher's requests/s at 16 clients).
@@ -35,16 +37,18 @@ from distillserve.bench.served import (
     _archive,
     _management,
     archive_workers,
+    floor_archive,
     served_point,
     unregister,
 )
+from distillserve.bench.text_limits import FLOOR, kernel_ratios, limit_lines, measure_ceilings
 from distillserve.handlers.textprep import TextSpec, load_tokenizer
 from distillserve.serving.server import TorchServe
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import load_recipe
 from distillserve.students.text_data import load_text_splits
 
-__all__ = ["padding_waste", "run_text_bench", "text_summary"]
+__all__ = ["kernel_ratios", "padding_waste", "run_text_bench", "text_summary"]
 
 FIXED_LENGTH = 150  # what the Hugging Face example pads every request to
 BERT_BASE = {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072}
@@ -161,6 +165,9 @@ def run_text_bench(
         archives["bert-base"] = build_archive(
             directory, store, model_name="bert-base", force=True
         ).path
+    ours = {n: a for n, a in archives.items() if n != "hf-example-teacher"}
+    results["ceilings_rps"] = measure_ceilings(ours, payloads, work)
+    archives[FLOOR] = floor_archive(store, FLOOR)
     config = ServerConfig.with_free_ports(store, enable_model_api=True)
     ts = TorchServe(config.write(work / "config.properties"), work / "serve", store)
     ts.start(timeout=180, models=[])
@@ -319,6 +326,7 @@ def text_summary(results: dict) -> str:
         f"Target, the int8 student at 4x the teacher's requests/s at 16 clients: {verdict} it "
         f"({best:.2f}x at best)."
     )
+    lines += limit_lines(results)
     kernels = kernel_ratios(results)
     if kernels:
         lines.append(
@@ -331,26 +339,3 @@ def text_summary(results: dict) -> str:
             + "."
         )
     return "\n".join(lines) + "\n"
-
-
-def kernel_ratios(results: dict) -> dict[str, dict[str, float]]:
-    """Per int8 format: the teacher's batch-8 latency over the student's (what the kernels
-    allow), the served requests/s ratio at 16 clients, and the served share of the former."""
-    teacher = results["models"].get("teacher", {}).get("formats", {}).get("torchscript", {})
-    student = results["models"].get("student", {}).get("formats", {})
-    out = {}
-    for fmt, own in student.items():
-        served = results["ratios_c16"].get(f"int8-{fmt}", {}).get("vs_teacher")
-        if (
-            served is None
-            or not teacher.get("latency_ms_batch8")
-            or not own.get("latency_ms_batch8")
-        ):
-            continue
-        kernels = teacher["latency_ms_batch8"] / own["latency_ms_batch8"]
-        out[fmt] = {
-            "kernels": round(kernels, 2),
-            "served": served,
-            "fraction": round(served / kernels, 3),
-        }
-    return out

@@ -131,3 +131,28 @@ def test_the_text_sections_kernel_ratios_from_a_recorded_run():
         assert ratios[fmt]["fraction"] == round(served / kernels, 3)
     assert set(ratios) == {"torchscript", "pt2", "onnx"}
     assert "onnx 1.72x of 3.61x (48%)" in text_summary(results)
+
+
+def test_the_text_sections_limits_judge_served_against_floor_and_ceiling():
+    """Each model's limit is min(TorchServe's no-op floor, its handler ceiling); the int8
+    student's served ratio over the teacher is judged against the ratio of their limits."""
+    from distillserve.bench.text_limits import limit_lines, limits
+
+    def point(rps: float) -> dict:
+        return {"16": {"throughput_rps": rps}}
+
+    results = {
+        "served": {"floor": point(1000), "teacher": point(400), "int8-onnx": point(900),
+                   "bert-base": point(30)},
+        "ceilings_rps": {"teacher": 500.0, "int8-onnx": 2000.0, "bert-base": 40.0},
+    }  # fmt: skip
+    rows = limits(results)
+    assert rows["teacher"] == {"limit_rps": 500.0, "ceiling_rps": 500.0, "served_of_limit": 0.8}
+    onnx = rows["int8-onnx"]
+    assert (onnx["limit_rps"], onnx["served_of_limit"]) == (1000.0, 0.9)  # the floor limits it
+    assert (onnx["limit_ratio"], onnx["served_ratio"], onnx["of_limit_ratio"]) == (2.0, 2.25, 1.125)
+    assert rows["bert-base"]["served_of_limit"] == 0.75 and "limit_ratio" not in rows["bert-base"]
+    text = "\n".join(limit_lines(results))
+    assert "no-op floor 1000 req/s" in text and "teacher 0.80 (ceiling 500)" in text
+    assert "int8-onnx 2.25x of 2.00x (112%)" in text
+    assert limits({"served": {"teacher": point(1)}}) == {}  # a run without the floor: no lines
