@@ -156,3 +156,22 @@ def test_the_text_sections_limits_judge_served_against_floor_and_ceiling():
     assert "no-op floor 1000 req/s" in text and "teacher 0.80 (ceiling 500)" in text
     assert "int8-onnx 2.25x of 2.00x (112%)" in text
     assert limits({"served": {"teacher": point(1)}}) == {}  # a run without the floor: no lines
+
+
+def test_the_text_sections_limits_from_the_recorded_run_of_2026_12_04():
+    """The published text run's limit lines are recomputed from its JSON: the floor limits the
+    int8 students, the teacher its own ceiling, and the ratio of the limits is 1.69x."""
+    from distillserve.bench.text import text_summary
+    from distillserve.bench.text_limits import limits
+
+    recorded = Path(__file__).parents[2] / "docs" / "bench" / "2026-12-04-text.json"
+    results = json.loads(recorded.read_text())
+    rows = limits(results)
+    floor = results["served"]["floor"]["16"]["throughput_rps"]
+    teacher_ceiling = results["ceilings_rps"]["teacher"]
+    assert rows["teacher"]["limit_rps"] == round(min(floor, teacher_ceiling), 1)
+    for fmt in ("torchscript", "pt2", "onnx"):
+        row = rows[f"int8-{fmt}"]
+        assert row["limit_rps"] == round(floor, 1)  # the floor, not the model, limits it
+        assert row["limit_ratio"] == round(floor / min(floor, teacher_ceiling), 2) == 1.69
+    assert "int8-onnx 1.77x of 1.69x (105%)" in text_summary(results)
