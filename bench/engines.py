@@ -100,8 +100,9 @@ def measure_point(
     server_pid: int,
     token: str | None = None,
 ) -> dict:
-    """Closed-loop v2 load for ``seconds``, with the server processes' CPU per request."""
-    before = cpu_seconds(server_pid)
+    """Closed-loop v2 load for ``seconds``, with the server processes' CPU per request and
+    the load generator's (this process's threads, on the same cores)."""
+    before, client_before = cpu_seconds(server_pid), time.process_time()
     report = run_load(
         url,
         model,
@@ -113,12 +114,14 @@ def measure_point(
         route="v2",
     )
     spent = cpu_seconds(server_pid) - before
+    client = time.process_time() - client_before
     return {
         "rps": report.throughput_rps,
         "p50_ms": report.latency_ms["p50"],
         "p99_ms": report.latency_ms["p99"],
         "errors": report.errors,
         "cpu_ms_per_request": round(spent * 1000 / max(1, report.completed), 3),
+        "client_cpu_ms_per_request": round(client * 1000 / max(1, report.completed), 3),
     }
 
 
@@ -150,8 +153,9 @@ def engines_section(
     rows = []
     for (model, concurrency, engine), points in raw.items():
         row = {"model": model, "concurrency": concurrency, "engine": engine, "rounds": points}
-        for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request"):
-            row[key] = round(statistics.median(p[key] for p in points), 3)
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "client_cpu_ms_per_request"):
+            if all(key in p for p in points):
+                row[key] = round(statistics.median(p[key] for p in points), 3)
         row["errors"] = sum(p["errors"] for p in points)
         rows.append(row)
     return rows

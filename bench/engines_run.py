@@ -159,7 +159,7 @@ def run_engines_bench(
         "handler_ceiling_rps": ceilings,
         "rows": rows,
         "memory": memory,
-        "targets": _targets(rows, ceilings),
+        "targets": _targets(rows, ceilings, len(os.sched_getaffinity(0))),
     }
 
 
@@ -167,9 +167,12 @@ def run_engines_bench(
 LEAN = "triton-no-torch"
 
 
-def _targets(rows: list[dict], ceilings: dict[str, float]) -> dict:
-    """served ÷ min(the engine's floor, the handler ceiling) per point, and Triton's CPU-ms per
-    request over TorchServe's for the digits student."""
+def _targets(rows: list[dict], ceilings: dict[str, float], cores: int = 0) -> dict:
+    """served ÷ min(the engine's floor, the handler ceiling) per point, Triton's CPU-ms per
+    request over TorchServe's for the digits student, and (with ``cores``) how busy the cores
+    were at each point: served × (server + load-generator CPU per request) ÷ cores. Near 1 the
+    machine had nothing left: the floor and the ceiling are each measured with the cores to
+    themselves, but served, the handler, the engine and the load generator share them."""
     by = {(r["model"], r["concurrency"], r["engine"]): r for r in rows}
     limit = {}
     for (model, concurrency, engine), row in by.items():
@@ -187,6 +190,15 @@ def _targets(rows: list[dict], ceilings: dict[str, float]) -> dict:
         }  # fmt: skip
 
     targets = {"served_over_limit": limit, "triton_cpu_over_torchserve_digits": cpu_ratio("triton")}
+    busy = {
+        f"{engine} {model} c{concurrency}": round(
+            row["rps"] * (row["cpu_ms_per_request"] + row["client_cpu_ms_per_request"])
+            / (1000 * cores), 3)
+        for (model, concurrency, engine), row in by.items()
+        if cores and model != "floor" and "client_cpu_ms_per_request" in row
+    }  # fmt: skip
+    if busy:
+        targets["cores_busy"] = busy
     if any(e == LEAN for (_, _, e) in by):
         targets["lean_cpu_over_torchserve_digits"] = cpu_ratio(LEAN)
     return targets
@@ -219,6 +231,13 @@ def engines_summary(results: dict) -> str:
         "Served / min(floor, ceiling), target >= 0.9: "
         + ", ".join(f"{k} {v:.2f}" for k, v in limit.items())
     )
+    busy = results["targets"].get("cores_busy")
+    if busy:
+        lines.append(
+            "Cores busy at each point, served x (server + load-generator CPU-ms per request) / "
+            "cores (near 1: the machine had nothing left to give): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
+        )
     for key, who in (("triton_cpu_over_torchserve_digits", "Triton's"),
                      ("lean_cpu_over_torchserve_digits", f"{LEAN}'s")):  # fmt: skip
         cpu = results["targets"].get(key)

@@ -67,6 +67,32 @@ def test_targets_divide_by_the_lower_limit_and_compare_cpu():
     assert "triton digits c16 0.95" in summary and "c16 0.60" in summary
 
 
+def test_cores_busy_counts_the_server_and_the_load_generator():
+    """At 300 req/s with 6 CPU-ms per request in the server and 0.5 in the load generator, two
+    cores are 0.975 busy: the machine had nothing left, whatever the in-process ceiling."""
+    rows = [
+        {"model": "mobilenet", "concurrency": 16, "engine": "torchserve", "rps": 300,
+         "cpu_ms_per_request": 6.0, "client_cpu_ms_per_request": 0.5},
+        {"model": "floor", "concurrency": 16, "engine": "torchserve", "rps": 1000,
+         "cpu_ms_per_request": 0.3, "client_cpu_ms_per_request": 0.5},
+    ]  # fmt: skip
+    targets = _targets(rows, {"mobilenet": 380.0}, cores=2)
+    assert targets["cores_busy"] == {"torchserve mobilenet c16": 0.975}
+    assert targets["served_over_limit"]["torchserve mobilenet c16"] == pytest.approx(300 / 380, 1e-3)
+    assert "cores_busy" not in _targets(rows, {"mobilenet": 380.0})  # cores unknown: none
+    summary = engines_summary(
+        {
+            "cpu": "test CPU", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 3,
+            "seconds_per_point": 5, "rows": [{**r, "p50_ms": 1, "p99_ms": 2, "errors": 0}
+                                              for r in rows],
+            "memory": {"torchserve": {"rss_mib": 500, "uss_mib": 400}},
+            "handler_ceiling_rps": {"mobilenet": 380.0},
+            "targets": targets,
+        }
+    )  # fmt: skip
+    assert "nothing left to give): torchserve mobilenet c16 0.97" in summary
+
+
 def test_the_torch_free_triton_has_its_own_cpu_target():
     rows = [
         {"model": model, "concurrency": 16, "engine": engine, "rps": 900,
