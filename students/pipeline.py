@@ -80,7 +80,9 @@ class BuildResult:
     artifacts: dict[str, Path]
     metrics: dict[str, dict]
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    models: dict[str, nn.Module] = field(default_factory=dict)  # eager models, by role
+    # eager models, by role; kept out of repr (a quantized module's repr can fail once pickled,
+    # which hid test failures behind the repr's own error)
+    models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
 
 _log = progress("build")
