@@ -95,11 +95,18 @@ def unpack_version(archive: Path, folder: Path, number: int) -> Path:
 
 
 def read_versions(folder: Path) -> dict[int, str]:
-    """Triton's version numbers of the model in ``folder`` and the archive version of each."""
+    """Triton's version numbers of the model in ``folder`` and the archive version of each
+    (from ``versions.json``; for a repository written without one, from each numbered
+    folder's MANIFEST.json)."""
     try:
         saved = json.loads((folder / VERSIONS_FILE).read_text())
     except (OSError, ValueError):
         saved = {}
+        for manifest in folder.glob("[0-9]*/MAR-INF/MANIFEST.json"):
+            number = manifest.parent.parent.name
+            if number.isdigit():
+                model = json.loads(manifest.read_text()).get("model", {})
+                saved[number] = str(model.get("modelVersion", number))
     return {int(number): str(version) for number, version in saved.items()}
 
 
