@@ -78,7 +78,8 @@ def test_cores_busy_counts_the_server_and_the_load_generator():
     ]  # fmt: skip
     targets = _targets(rows, {"mobilenet": 380.0}, cores=2)
     assert targets["cores_busy"] == {"torchserve mobilenet c16": 0.975}
-    assert targets["served_over_limit"]["torchserve mobilenet c16"] == pytest.approx(300 / 380, 1e-3)
+    served_over_limit = targets["served_over_limit"]["torchserve mobilenet c16"]
+    assert served_over_limit == pytest.approx(300 / 380, 1e-3)
     assert "cores_busy" not in _targets(rows, {"mobilenet": 380.0})  # cores unknown: none
     summary = engines_summary(
         {
