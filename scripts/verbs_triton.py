@@ -216,11 +216,9 @@ def ab_triton(args: argparse.Namespace) -> int:
     from distillserve.serving.triton_versions import number_of
 
     engine = _attached(args.run_dir)
-    for version in (args.v1, args.v2):
-        number_of(engine, args.model, version)  # an unknown one: one line naming the others
-    client = VersionedTritonClient(
-        TritonClient(engine.addresses), lambda version: number_of(engine, args.model, version)
-    )
+    # each archive version's Triton number, read once (an unknown one: one line naming the others)
+    numbers = {v: number_of(engine, args.model, v) for v in (args.v1, args.v2)}
+    client = VersionedTritonClient(TritonClient(engine.addresses), numbers.__getitem__)
     report = run_ab(client, args.model, args.v1, args.v2, Path(args.data_dir), args.concurrency)
     print(json.dumps(report, indent=2) if args.json else format_ab(report))
     return 0
