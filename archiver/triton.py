@@ -42,6 +42,7 @@ __all__ = [
     "TritonModel",
     "export_triton",
     "model_config",
+    "needs_torch",
     "read_versions",
     "unpack_version",
     "write_versions",
@@ -108,6 +109,23 @@ def read_versions(folder: Path) -> dict[int, str]:
                 model = json.loads(manifest.read_text()).get("model", {})
                 saved[number] = str(model.get("modelVersion", number))
     return {int(number): str(version) for number, version in saved.items()}
+
+
+def model_formats(repository: Path) -> dict[str, set[str]]:
+    """The formats (``onnx``, ``torchscript``, ``pt2``) each model of ``repository`` serves,
+    over all its versions (each version's build-info.json)."""
+    formats: dict[str, set[str]] = {}
+    for info in repository.glob("*/[0-9]*/build-info.json"):
+        model = info.parent.parent.name
+        fmt = json.loads(info.read_text()).get("format") or "unknown"
+        formats.setdefault(model, set()).add(fmt)
+    return formats
+
+
+def needs_torch(repository: Path) -> bool:
+    """Whether a model of ``repository`` needs torch: every format but ONNX does (an ONNX
+    student runs on ONNX Runtime and NumPy alone)."""
+    return any(f != {"onnx"} for f in model_formats(repository).values())
 
 
 def write_versions(folder: Path, versions: dict[int, str]) -> None:

@@ -18,7 +18,6 @@ the model-control API off (Triton's default mode: the repository is loaded at st
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from distillserve.archiver.kubernetes import (
     write_manifests,
 )
 from distillserve.archiver.signing import Trust
+from distillserve.archiver.triton import needs_torch
 from distillserve.errors import ArchiveError
 
 __all__ = ["export_triton_deploy"]
@@ -94,11 +94,8 @@ def export_triton_deploy(
     if trust.public_key is not None:
         shutil.copy2(trust.public_key, repository / PUBLIC_KEY_FILE)
     env = container_env(trust.public_key is not None, trust.allow_unsigned, TRITON)
-    # every model the pods will load (the repository's own build-info; already verified)
-    formats = {
-        json.loads(f.read_text()).get("format") for f in repository.glob("*/1/build-info.json")
-    }
-    (out / "Dockerfile").write_text(triton_dockerfile(versions, with_torch=formats != {"onnx"}))
+    # every version the pods will load (the repository's own build-info; already verified)
+    (out / "Dockerfile").write_text(triton_dockerfile(versions, with_torch=needs_torch(repository)))
     (out / "README.md").write_text(_readme(name, image, storage_uri, repository))
     write_manifests(
         out / "manifests",

@@ -1,6 +1,7 @@
 """``distillserve bench --engines``: build what the engines section serves, start the engines on
-it (TorchServe, Triton, and Triton with its model processes where torch cannot be imported),
-measure (``bench.engines``) and summarise against the targets."""
+it (TorchServe; Triton as ``serve --engine triton`` runs these ONNX students, its model
+processes where torch cannot be imported; and Triton ``--with-torch``), measure
+(``bench.engines``) and summarise against the targets."""
 
 from __future__ import annotations
 
@@ -111,16 +112,17 @@ def run_engines_bench(
     repository = work / "triton"
     export_triton([digits, mobilenet], repository, trust, force=True)
     write_triton_floor(repository, batch, delay)
+    # every model ONNX: the engine runs them where torch cannot be imported, as its default
     triton = TritonEngine(repository, work / "triton-run", TritonAddresses.free(), trust)
-    # the same repository where torch cannot be imported: what a torch-free ONNX host costs
-    lean = TritonEngine(repository, work / "triton-lean-run", TritonAddresses.free(), trust,
-                        without_torch=True)  # fmt: skip
+    # the same repository with torch importable (serve --engine triton --with-torch)
+    with_torch = TritonEngine(repository, work / "triton-torch-run", TritonAddresses.free(),
+                              trust, without_torch=False)  # fmt: skip
     bodies = {
         "digits": v2_image_bodies(pngs),
         "mobilenet": v2_image_bodies(jpegs),
         "floor": v2_image_bodies(pngs),
     }
-    with torchserve, triton, lean:
+    with torchserve, triton, with_torch:
         torchserve.start(models=[])
         for archive, payloads in archives.values():
             s = _settings(archive)
@@ -144,7 +146,7 @@ def run_engines_bench(
                         "floor": TRITON_FLOOR,
                     },
                 }
-                for name, engine in (("triton", triton), (LEAN, lean))
+                for name, engine in (("triton", triton), (WITH_TORCH, with_torch))
             },
         }
         rows = engines_section(engines, bodies, concurrencies, seconds, rounds, log)
@@ -163,8 +165,8 @@ def run_engines_bench(
     }
 
 
-# Triton with its model processes where torch cannot be imported (``without_torch``)
-LEAN = "triton-no-torch"
+# Triton with torch importable in its model processes (``--with-torch``)
+WITH_TORCH = "triton-with-torch"
 
 
 def _targets(rows: list[dict], ceilings: dict[str, float], cores: int = 0) -> dict:
@@ -199,8 +201,8 @@ def _targets(rows: list[dict], ceilings: dict[str, float], cores: int = 0) -> di
     }  # fmt: skip
     if busy:
         targets["cores_busy"] = busy
-    if any(e == LEAN for (_, _, e) in by):
-        targets["lean_cpu_over_torchserve_digits"] = cpu_ratio(LEAN)
+    if any(e == WITH_TORCH for (_, _, e) in by):
+        targets["with_torch_cpu_over_torchserve_digits"] = cpu_ratio(WITH_TORCH)
     return targets
 
 
@@ -209,7 +211,9 @@ def engines_summary(results: dict) -> str:
     lines = [
         f"Engines: {results['cpu']} ({results['cores']} cores), batch {results['batch_size']}, "
         f"delay {results['max_batch_delay_ms']} ms, {results['rounds']} rounds of "
-        f"{results['seconds_per_point']:.0f} s per point (medians), KServe v2 JSON bodies.",
+        f"{results['seconds_per_point']:.0f} s per point (medians), KServe v2 JSON bodies. "
+        "triton: as `serve --engine triton` runs these ONNX students (its model processes "
+        f"without torch); {WITH_TORCH}: `--with-torch`.",
         "",
         "| engine | model | clients | req/s | p50 / p99 ms | CPU-ms per request | errors |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -239,7 +243,7 @@ def engines_summary(results: dict) -> str:
             + ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
         )
     for key, who in (("triton_cpu_over_torchserve_digits", "Triton's"),
-                     ("lean_cpu_over_torchserve_digits", f"{LEAN}'s")):  # fmt: skip
+                     ("with_torch_cpu_over_torchserve_digits", f"{WITH_TORCH}'s")):  # fmt: skip
         cpu = results["targets"].get(key)
         if cpu:
             lines.append(

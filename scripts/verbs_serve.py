@@ -30,8 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.engine == "triton" or (Path(args.run_dir) / "engine.json").exists():
         return serve_triton(args)
-    if args.repository or args.without_torch:
-        flag = "--repository" if args.repository else "--without-torch"
+    if args.repository or args.torch != "auto":
+        flag = "--repository" if args.repository else f"--{args.torch}-torch"
         raise DistillServeError(f"{flag} goes with --engine triton")
     store, archives = args.model_store, None
     if args.models:
@@ -222,11 +222,24 @@ def add_verbs(verbs) -> None:
         help="--engine triton: serve this model repository (distillserve export-triton) "
         "instead of exporting --models into the run directory",
     )
-    p.add_argument(
+    torch_env = p.add_mutually_exclusive_group()
+    torch_env.add_argument(
         "--without-torch",
-        action="store_true",
+        dest="torch",
+        action="store_const",
+        const="without",
+        default="auto",
         help="--engine triton: run the models where torch cannot be imported, as on a host "
-        "without it (ONNX students serve there; others refuse to load, saying why)",
+        "without it (ONNX students serve there; others refuse to load, saying why). The "
+        "default when every model is ONNX",
+    )
+    torch_env.add_argument(
+        "--with-torch",
+        dest="torch",
+        action="store_const",
+        const="with",
+        help="--engine triton: run the models where torch can be imported, even when every "
+        "model is ONNX (to register TorchScript or .pt2 versions later)",
     )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.add_argument(

@@ -115,12 +115,13 @@ def serve_triton(args: argparse.Namespace) -> int:
             raise DistillServeError("serve start --engine triton needs --models or --repository")
         models = export_triton(_archives(args.models), repository, trust, force=True)
         print(f"serving {', '.join(m.name for m in models)} from {repository}")
+    torch_choice = {"with": False, "without": True}.get(args.torch)  # auto: None
     engine = TritonEngine(
-        repository, run_dir, _addresses(args.config), trust, without_torch=args.without_torch
+        repository, run_dir, _addresses(args.config), trust, without_torch=torch_choice
     )
     engine.start(timeout=args.timeout)
     a = engine.addresses
-    where = " (models without torch)" if args.without_torch else ""
+    where = " (models without torch)" if engine.without_torch else ""
     print(f"Triton ready{where}: HTTP {a.http_url}, gRPC {a.grpc_target}, metrics {a.metrics_url}")
     print(f"logs: {engine.log_file}; stop with: distillserve serve stop --run-dir {run_dir}")
     return 0

@@ -10,7 +10,9 @@ handler's signature check: ``IntegrityError: changed since signing: model.onnx``
 
 The server runs in Triton's explicit model-control mode with every model of the repository
 loaded at start, so that ``load`` and ``unload`` (the model-repository API) can add, swap and
-retire versions while it serves (``serving.triton_versions``).
+retire versions while it serves (``serving.triton_versions``). When every model of the
+repository is ONNX, the model processes run where torch cannot be imported (as in the image
+``export-triton --deploy`` writes for them): a fifth of the memory, less CPU per request.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import requests
 
 from distillserve.archiver.properties import free_port
 from distillserve.archiver.signing import Trust
+from distillserve.archiver.triton import needs_torch
 from distillserve.errors import ServerError
 from distillserve.handlers.integrity import PUBLIC_KEY_ENV
 from distillserve.serving.triton_env import find_dist
@@ -79,10 +82,12 @@ class TritonEngine:
         run_dir: str | Path,
         addresses: TritonAddresses | None = None,
         trust: Trust | None = None,
-        without_torch: bool = False,
+        without_torch: bool | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
-        # the model processes in the environment that cannot import torch (ONNX students)
+        # the model processes in the environment that cannot import torch, as on the torch-free
+        # image export-triton --deploy writes for ONNX students; None: there when every model
+        # of the repository is ONNX (decided at start)
         self.without_torch = without_torch
         self.run_dir = Path(run_dir).resolve()
         self.addresses = addresses or TritonAddresses()
@@ -122,6 +127,8 @@ class TritonEngine:
             raise ServerError(f"a Triton engine is already running from {self.run_dir}")
         if not self.models:
             raise ServerError(f"no models in {self.repository} (distillserve export-triton)")
+        if self.without_torch is None:
+            self.without_torch = not needs_torch(self.repository)
         dist = find_dist(without_torch=self.without_torch)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shm_prefix = f"distillserve_{uuid.uuid4().hex[:8]}_"

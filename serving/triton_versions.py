@@ -85,6 +85,12 @@ def register(
     signature (inputs, outputs, batch size) other than the model's."""
     info = inspect_archive(archive, trust)
     name = model_name or info["model_name"]
+    fmt = info["build_info"].get("format", "unknown")
+    if engine.without_torch and fmt != "onnx":
+        raise ServerError(
+            f"{archive} is a {fmt} model and this engine runs its models without torch (it "
+            "started with ONNX models only): start it with --with-torch to serve it"
+        )
     folder = engine.repository / name
     numbers = read_versions(folder)
     taken = {v: n for n, v in numbers.items()}

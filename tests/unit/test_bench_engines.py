@@ -10,7 +10,7 @@ import os
 import pytest
 
 from distillserve.bench import engines
-from distillserve.bench.engines_run import LEAN, _targets, engines_summary
+from distillserve.bench.engines_run import WITH_TORCH, _targets, engines_summary
 from distillserve.serving.load import v2_image_bodies
 
 
@@ -98,19 +98,19 @@ def test_the_torch_free_triton_has_its_own_cpu_target():
     rows = [
         {"model": model, "concurrency": 16, "engine": engine, "rps": 900,
          "cpu_ms_per_request": cpu if model == "digits" else 0.2}
-        for engine, cpu in (("torchserve", 1.0), ("triton", 0.8), (LEAN, 0.5))
+        for engine, cpu in (("torchserve", 1.0), ("triton", 0.8), (WITH_TORCH, 0.5))
         for model in ("digits", "floor")
     ]  # fmt: skip
     targets = _targets(rows, {"digits": 950.0})
     assert targets["triton_cpu_over_torchserve_digits"] == {16: 0.8}
-    assert targets["lean_cpu_over_torchserve_digits"] == {16: 0.5}
+    assert targets["with_torch_cpu_over_torchserve_digits"] == {16: 0.5}
     summary = engines_summary(
         {"cpu": "c", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 1,
          "seconds_per_point": 5, "rows": [{**r, "p50_ms": 1, "p99_ms": 2, "errors": 0}
                                           for r in rows],
          "memory": {}, "handler_ceiling_rps": {"digits": 950.0}, "targets": targets}
     )  # fmt: skip
-    assert f"{LEAN}'s CPU-ms per request / TorchServe's, digits, target <= 0.7: c16 0.50" in (
+    assert f"{WITH_TORCH}'s CPU-ms per request / TorchServe's, digits, target <= 0.7: c16 0.50" in (
         summary
     )
 

@@ -63,6 +63,8 @@ def test_help_runs_as_a_command():
         (["serve", "start", "--config", "no-such.properties"], "config file not found"),
         (["serve", "start", "--without-torch", "--run-dir", "build/no-such-run"],
          "--without-torch goes with --engine triton"),
+        (["serve", "start", "--with-torch", "--run-dir", "build/no-such-run"],
+         "--with-torch goes with --engine triton"),
         (["register", "model_store/x.mar", "--engine", "triton", "--run-dir", "build/no-run"],
          "no Triton engine running from build/no-run"),
         (["set-default", "m", "1.0", "--engine", "triton", "--run-dir", "build/no-run"],

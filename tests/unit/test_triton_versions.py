@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
-from distillserve.archiver.triton import read_versions, write_versions
+import pytest
+
+from distillserve.archiver.triton import model_formats, needs_torch, read_versions, write_versions
+from distillserve.errors import ServerError
+from distillserve.serving import triton_versions
 from distillserve.serving.triton_versions import _signature
 
 CONFIG = """name: "m"
@@ -49,3 +53,32 @@ def test_versions_must_share_batch_size_inputs_and_outputs_not_delay_or_instance
         CONFIG.replace('name: "labels"', 'name: "scores"'),
     ):
         assert _signature(other) != _signature(CONFIG)
+
+
+def _version(repository, model, number, fmt):
+    folder = repository / model / str(number)
+    folder.mkdir(parents=True)
+    (folder / "build-info.json").write_text(json.dumps({"format": fmt}))
+
+
+def test_a_repository_needs_torch_when_any_version_of_any_model_is_not_onnx(tmp_path):
+    _version(tmp_path, "digits", 1, "onnx")
+    _version(tmp_path, "mobilenet", 1, "onnx")
+    assert model_formats(tmp_path) == {"digits": {"onnx"}, "mobilenet": {"onnx"}}
+    assert not needs_torch(tmp_path)
+    _version(tmp_path, "digits", 2, "torchscript")  # a later version, not only version 1
+    assert model_formats(tmp_path)["digits"] == {"onnx", "torchscript"}
+    assert needs_torch(tmp_path)
+
+
+def test_an_engine_without_torch_refuses_a_torch_archive_in_one_line(tmp_path, monkeypatch):
+    class Engine:  # what register reads of a running torch-free engine
+        without_torch = True
+        repository = tmp_path
+
+    info = {"model_name": "m", "version": "2.0", "build_info": {"format": "pt2"}}
+    monkeypatch.setattr(triton_versions, "inspect_archive", lambda archive, trust: info)
+    refused = r"pt2 model and this engine runs its models without torch .*: start it with --with"
+    with pytest.raises(ServerError, match=refused):
+        triton_versions.register(Engine(), tmp_path / "m.mar", trust=None)
+    assert not (tmp_path / "m").exists()  # nothing written to the repository
