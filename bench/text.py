@@ -24,7 +24,7 @@ import json
 import re
 import shutil
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -41,9 +41,11 @@ from distillserve.bench.served import (
     served_point,
     unregister,
 )
+from distillserve.bench.text_kd import kd_against_labels_only, kd_lines
 from distillserve.bench.text_limits import FLOOR, kernel_ratios, limit_lines, measure_ceilings
 from distillserve.handlers.textprep import TextSpec, load_tokenizer
 from distillserve.serving.server import TorchServe
+from distillserve.students.distill_settings import student_seed
 from distillserve.students.pipeline import build
 from distillserve.students.recipe import load_recipe
 from distillserve.students.text_data import load_text_splits
@@ -118,11 +120,12 @@ def _stage_means(ts: TorchServe, model: str) -> dict[str, float]:
 
 def run_text_bench(
     work: Path,
-    recipe_path: str = "recipes/reviews.yaml",
+    recipe_path: str = "recipes/reviews-bert-small.yaml",
     seconds: float = 6.0,
     rounds: int = 3,
     bert_base: bool = True,
     log: Callable[[str], None] = print,
+    extra_seeds: Sequence[int] = (1, 2),
 ) -> dict:
     """Build the recipe in ``work`` (its teacher from ``build/teacher-cache`` when trained
     before), serve its models and the alternatives, and return the results."""
@@ -130,7 +133,6 @@ def run_text_bench(
     recipe = load_recipe(recipe_path)
     work = Path(work) / "text"
     result = build(recipe, work / "build", teacher_cache_dir=Path("build/teacher-cache"))
-    labels_only = _labels_only(recipe_path, work, log)
     splits = load_text_splits(recipe.data, recipe.seed)
     texts = splits.test.texts
     payloads = [t.encode("utf-8") for t in texts]
@@ -140,11 +142,9 @@ def run_text_bench(
         "recipe": recipe_path,
         "models": {role: result.metrics[role] for role in result.artifacts},
         "padding": padding_waste(tokenizer, texts),
-        "kd_against_labels_only": {
-            "kd_student": result.metrics["student-fp32"]["test_accuracy"],
-            "labels_only_student": labels_only,
-            "teacher": result.metrics["teacher"]["test_accuracy"],
-        },
+        "kd_against_labels_only": kd_against_labels_only(
+            recipe_path, work, result.metrics, student_seed(recipe), extra_seeds, log
+        ),
         "served": {},
     }
     store = work / "store"
@@ -179,29 +179,6 @@ def run_text_bench(
     results["ratios_c16"] = _ratios(results["served"], 16)
     results["cpu"] = _cpu()
     return results
-
-
-def _labels_only(recipe_path: str, work: Path, log) -> float:
-    """Test accuracy of the recipe's student trained on the labels alone, same epochs: no
-    soft targets, no teacher losses, no initialisation from the teacher."""
-    from distillserve.students.recipe import Recipe, merge
-
-    raw = merge(
-        _yaml(Path(recipe_path)),
-        {
-            "name": "labels-only",
-            "distill": {"alpha": 0.0, "hidden_weight": 0.0, "attention_weight": 0.0},
-            "student": {"init": "scratch"},
-            "quantize": {"mode": "none"},
-            "export": {"formats": ["onnx"], "teacher_formats": ["onnx"]},
-        },
-    )
-    built = build(
-        Recipe.from_dict(raw), work / "build", teacher_cache_dir=Path("build/teacher-cache")
-    )
-    accuracy = built.metrics["student"]["test_accuracy"]
-    log(f"text: the student on labels alone: test accuracy {accuracy:.4f}")
-    return accuracy
 
 
 def _yaml(path: Path) -> dict:
@@ -280,14 +257,7 @@ def text_summary(results: dict) -> str:
                 f"{own['latency_ms_batch1']:.2f} | {own['latency_ms_batch8']:.2f} | "
                 f"{own['test_accuracy']:.2%} |"
             )
-    kd = results["kd_against_labels_only"]
-    lines += [
-        "",
-        f"Distillation: the fp32 student distilled from the teacher ({kd['teacher']:.2%}) "
-        f"reaches {kd['kd_student']:.2%} on the test split, the same student trained on the "
-        f"labels alone for the same epochs {kd['labels_only_student']:.2%} "
-        f"({(kd['kd_student'] - kd['labels_only_student']) * 100:+.1f} points).",
-    ]
+    lines += ["", *kd_lines(results["kd_against_labels_only"])]
     lines += [
         "",
         "| served (batch 8) | req/s c16 | p50 / p99 ms c16 | req/s c32 | x teacher c16 | "

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["AUGMENT", "TEXT_WARMUP", "DistillSettings", "Schedule", "for_qat", "of_recipe"]
+__all__ = [
+    "AUGMENT",
+    "TEXT_WARMUP",
+    "DistillSettings",
+    "Schedule",
+    "for_qat",
+    "of_recipe",
+    "student_seed",
+]
 
 Schedule = float | Callable[[int, int], float]  # a constant, or (epoch, epochs) -> value
 # The random affine augmentation of training images (``data.augment_affine``).
@@ -80,6 +88,12 @@ class DistillSettings:
         return a(epoch, epochs) if callable(a) else a
 
 
+def student_seed(recipe) -> int:
+    """The seed of the students' initialisation, dropout and batch order: ``distill.seed``,
+    else the recipe's (which also splits the data and trains the teacher)."""
+    return recipe.distill.seed if recipe.distill.seed is not None else recipe.seed
+
+
 def of_recipe(recipe) -> DistillSettings:
     """The student's distillation settings from a recipe's ``distill`` section (the teachers
     are added with ``learning_from``)."""
@@ -92,7 +106,7 @@ def of_recipe(recipe) -> DistillSettings:
         alpha=kd.alpha_at,
         patience=kd.patience or None,
         augment=AUGMENT if kd.augment and not text else None,  # affine: images only
-        seed=recipe.seed,
+        seed=student_seed(recipe),
         cache_teacher_outputs=kd.cache_teacher_outputs,
         teacher_outputs_mb=kd.teacher_outputs_mb,
         optimizer=kd.optimizer or ("adamw" if text else "sgd"),
@@ -113,6 +127,6 @@ def for_qat(recipe, distilled: DistillSettings, epochs: int | None = None) -> Di
         teacher_weights=distilled.teacher_weights,
         temperature=kd.temperature,
         alpha=kd.alpha,
-        seed=recipe.seed,
+        seed=student_seed(recipe),
         optimizer=distilled.optimizer,
     )

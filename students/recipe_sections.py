@@ -208,6 +208,7 @@ class DistillConfig(_Section):
     hidden_weight: float = 0.0  # text: TinyBERT hidden-state MSE (students.text_kd)
     attention_weight: float = 0.0  # text: TinyBERT attention-map MSE
     layer_map: list[list[int]] | None = None  # text: [teacher layer, student layer] pairs
+    seed: int | None = None  # the students' random state (init, dropout, order); default: recipe's
     # built once from the schedules above: (epoch, epochs) -> value
     alpha_at: Callable[[int, int], float] = field(
         init=False, repr=False, compare=False, metadata=DERIVED

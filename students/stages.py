@@ -27,7 +27,7 @@ from distillserve.students.data import (
     preprocess_spec,
 )
 from distillserve.students.distill import evaluate
-from distillserve.students.distill_settings import AUGMENT, DistillSettings, for_qat
+from distillserve.students.distill_settings import AUGMENT, DistillSettings, for_qat, student_seed
 from distillserve.students.distill_settings import of_recipe as distill_settings
 from distillserve.students.export import load_torchscript
 from distillserve.students.features import FeatureKD
@@ -225,7 +225,7 @@ def _distill_stages(
     kd, channels = recipe.distill, recipe.data.channels
     stages_run: list[dict] = []
     for index, stage in enumerate(kd.stages):
-        torch.manual_seed(recipe.seed + 100 + index)
+        torch.manual_seed(student_seed(recipe) + 100 + index)
         middle = build_model(stage.arch, data.classes, channels, stage.kwargs)
         epochs = stage.epochs or kd.epochs
         log(
@@ -265,7 +265,7 @@ def distill_student(
     kd, channels = recipe.distill, recipe.data.channels
     settings = distill_settings(recipe).learning_from(teacher.kd_teachers, teacher.kd_weights)
     settings, stages_run = _distill_stages(recipe, data, settings, log, checkpointer)
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(student_seed(recipe))
     config = recipe.student
     student = build_model(config.arch, data.classes, channels, config.kwargs)
     if config.checkpoint:

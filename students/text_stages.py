@@ -182,7 +182,7 @@ def distill_text_student(
     attention losses when the recipe weighs them."""
     kd, config = recipe.distill, recipe.student
     settings = distill_settings(recipe).learning_from(teacher.kd_teachers, teacher.kd_weights)
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(settings.seed)
     first = teacher.members[0]
     student = student_like(first, config.sizes, data.splits.classes)
     if config.init == "teacher":

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from distillserve.errors import RecipeError
+from distillserve.students.distill_settings import of_recipe, student_seed
 from distillserve.students.recipe import Recipe, load_recipe
 from tests.helpers import DIGITS_RECIPE
 
@@ -42,6 +43,7 @@ def _with(path, tmp_path, **changes):
         ({"archive__batch_size": "eight"}, "archive.batch_size", "integer"),
         ({"data__source": "imagefolder"}, "data.root", "required"),
         ({"data__mean": [0.5, 0.5]}, "data.mean", "1 value"),
+        ({"distill__seed": "one"}, "distill.seed", "integer"),
     ],
 )
 def test_bad_recipe_names_the_key(tmp_path, changes, key, hint):
@@ -71,3 +73,13 @@ def test_recipe_cannot_run_code(tmp_path):
     evil.write_text("name: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(evil)
+
+
+def test_distill_seed_moves_the_students_random_state_alone(tmp_path):
+    """``distill.seed`` seeds the students (initialisation, dropout, batch order); the data
+    split and the teacher keep the recipe's seed."""
+    plain = load_recipe(DIGITS_RECIPE)
+    assert student_seed(plain) == of_recipe(plain).seed == plain.seed
+    seeded = load_recipe(_with("seeded.yaml", tmp_path, distill__seed=plain.seed + 7))
+    assert student_seed(seeded) == of_recipe(seeded).seed == plain.seed + 7
+    assert seeded.seed == plain.seed
