@@ -20,6 +20,7 @@ one misses its target (the int8 student at 4x the teacher's requests/s at 16 cli
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -107,9 +108,12 @@ def _bert_base_artifact(teacher_dir: Path, directory: Path, max_length: int) -> 
 
 
 def _stage_means(ts: TorchServe, model: str) -> dict[str, float]:
-    """Mean TextDecodeTime and ForwardTime (ms per batch) of ``model`` in the metrics log."""
-    log = ts.log_dir / "model_metrics.log"
-    text = log.read_text() if log.exists() else ""
+    """Mean TextDecodeTime and ForwardTime (ms per batch) of ``model`` in the metrics logs."""
+    # TorchServe rolls the log over by size into model_metrics.<day>.log.gz during a run
+    text = "".join(
+        (gzip.decompress(f.read_bytes()).decode() if f.suffix == ".gz" else f.read_text())
+        for f in sorted(ts.log_dir.glob("model_metrics*.log*"))
+    )
     out = {}
     for metric in ("TextDecodeTime", "ForwardTime"):
         pattern = rf"{metric}\.\w+:([0-9.]+)\|#ModelVersion:[^,]*,ModelName:{re.escape(model)},"
@@ -169,6 +173,7 @@ def run_text_bench(
     results["ceilings_rps"] = measure_ceilings(ours, payloads, work)
     archives[FLOOR] = floor_archive(store, FLOOR)
     config = ServerConfig.with_free_ports(store, enable_model_api=True)
+    shutil.rmtree(work / "serve" / "logs", ignore_errors=True)  # this run's metrics alone
     ts = TorchServe(config.write(work / "config.properties"), work / "serve", store)
     ts.start(timeout=180, models=[])
     try:
