@@ -42,6 +42,7 @@ __all__ = [
     "TritonModel",
     "export_triton",
     "model_config",
+    "model_formats",
     "needs_torch",
     "read_versions",
     "unpack_version",
