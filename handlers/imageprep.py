@@ -195,10 +195,11 @@ def _preprocess_numpy(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.
             array = np.asarray(picture.resize((width, height), Image.BILINEAR))
             img = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         resized.append(img)
-    batch = np.stack(resized).astype(np.float32) / np.float32(255.0)
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return (batch - mean) / std
+    batch = np.stack(resized).astype(np.float32)  # in place from here, as the torch path
+    batch /= np.float32(255.0)
+    batch -= np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    batch /= np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return batch
 
 
 def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:

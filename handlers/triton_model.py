@@ -56,7 +56,7 @@ class TritonPythonModel:
         yaml_config = _yaml(model_dir / "model-config.yaml")
         manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
-        self._families: dict[tuple[str, str], object] = {}
+        self._families: dict[tuple[str, str, str], object] = {}
         self._metrics: dict[tuple, object] = {}
         self.served = served_model.load(
             model_dir,
@@ -93,15 +93,15 @@ class TritonPythonModel:
     def _add_metric(self, name: str, value: float, unit: str, kind: str, dimensions: dict):
         """The core's metric as a Triton custom metric ``distillserve_<name>_<unit>``."""
         counter = kind == "counter"
-        family_name = f"distillserve_{_snake(name)}_{unit}" + ("_total" if counter else "")
-        key = (family_name, kind)
+        key = (name, unit, kind)  # per batch: the family's name is built once
         family = self._families.get(key)
         if family is None:
+            family_name = f"distillserve_{_snake(name)}_{unit}" + ("_total" if counter else "")
             kind_of = pb_utils.MetricFamily.COUNTER if counter else pb_utils.MetricFamily.GAUGE
             family = pb_utils.MetricFamily(family_name, f"distillserve {name} ({unit})", kind_of)
             self._families[key] = family
         labels = {"model": self.name, "version": self.served.version, **dimensions}
-        metric_key = (family_name, tuple(sorted(labels.items())))
+        metric_key = (key, tuple(sorted(labels.items())))
         metric = self._metrics.get(metric_key)
         if metric is None:
             metric = self._metrics[metric_key] = family.Metric(labels=labels)
