@@ -5,14 +5,17 @@ engine's no-op floor, measured side by side in one run.
 - Models: the digits int8 ONNX student (built from the recipe) and MobileNetV3-Large int8 ONNX
   (random weights, 224x224 JPEGs: speed only), each archived and signed like any student.
 - Requests: the same KServe v2 JSON bodies to both engines (one encoded image, BYTES), at 16
-  and 32 clients, in rounds whose engine order rotates (medians over the rounds).
+  and 32 clients, in rounds whose engine order rotates (medians over the rounds), from
+  ``bench.loadgen``'s closed loop (about 0.15 CPU-ms per request, on the same cores).
 - Per point: req/s, p50/p99, and the CPU time of every server process (TorchServe's frontend
   and workers; tritonserver and its model stubs) per request, which a shared machine's noise
   moves far less than req/s. Per engine: resident (RSS) and unique (USS) memory of all its
   processes with every model loaded.
 - Limits: each engine's no-op floor (TorchServe: ``floor_handler``; Triton: a Python-backend
-  model that answers without reading its input) and our handler's in-process ceiling at the
-  archive's batch size times its workers; the target is served ÷ min(floor, ceiling) ≥ 0.9.
+  model that answers without reading its input) on each model's own requests, and our
+  handler's in-process ceiling on the same v2 requests at the archive's batch size times its
+  workers; the target is served ÷ min(floor, ceiling) ≥ 0.9, reported beside served ÷ the
+  shared-cores limit 1 / (1/floor + 1/ceiling) (``engines_run._targets``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,30 @@ from pathlib import Path
 
 import psutil
 
-from distillserve.serving.load import run_load
+from distillserve.bench.loadgen import closed_loop
 
-__all__ = ["cpu_seconds", "engines_section", "process_memory", "write_triton_floor"]
+__all__ = [
+    "cpu_seconds",
+    "engines_section",
+    "floor_of",
+    "is_floor",
+    "process_memory",
+    "write_triton_floor",
+]
 
 TRITON_FLOOR = "triton-floor"
+FLOOR = "floor-"  # the floor's points on a model's requests: floor-digits, floor-mobilenet
+
+
+def floor_of(model: str) -> str:
+    """The key of the engine's no-op floor measured on ``model``'s requests."""
+    return FLOOR + model
+
+
+def is_floor(key: str) -> bool:
+    return key.startswith(FLOOR)
+
+
 _FLOOR_MODEL = '''"""No-op floor: answers every request without reading it."""
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -100,28 +122,27 @@ def measure_point(
     server_pid: int,
     token: str | None = None,
 ) -> dict:
-    """Closed-loop v2 load for ``seconds``, with the server processes' CPU per request and
-    the load generator's (this process's threads, on the same cores)."""
+    """Closed-loop v2 load for ``seconds`` (``bench.loadgen``), with the server processes' CPU
+    per request and the load generator's (this process, on the same cores)."""
     before, client_before = cpu_seconds(server_pid), time.process_time()
-    report = run_load(
+    result = closed_loop(
         url,
-        model,
+        f"/v2/models/{model}/infer",
         bodies,
-        total=1_000_000,
-        concurrency=concurrency,
-        token=token,
-        time_limit_s=seconds,
-        route="v2",
+        concurrency,
+        seconds,
+        headers={"Authorization": f"Bearer {token}"} if token else None,
     )
     spent = cpu_seconds(server_pid) - before
     client = time.process_time() - client_before
+    requests = max(1, result["answered"] + result["errors"])
     return {
-        "rps": report.throughput_rps,
-        "p50_ms": report.latency_ms["p50"],
-        "p99_ms": report.latency_ms["p99"],
-        "errors": report.errors,
-        "cpu_ms_per_request": round(spent * 1000 / max(1, report.completed), 3),
-        "client_cpu_ms_per_request": round(client * 1000 / max(1, report.completed), 3),
+        "rps": result["rps"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "errors": result["errors"],
+        "cpu_ms_per_request": round(spent * 1000 / requests, 3),
+        "client_cpu_ms_per_request": round(client * 1000 / requests, 3),
     }
 
 
@@ -132,12 +153,20 @@ def engines_section(
     seconds: float,
     rounds: int,
     log: Callable[[str], None],
+    warm_up_s: float = 3.0,
 ) -> list[dict]:
     """Every (model, concurrency, engine) point, rounds with the engine order rotated; the
     median of each measure over the rounds. ``engines[name]`` holds ``url``, ``pid``, ``token``
-    and ``names`` (the served name of each model key, the floor's under ``"floor"``)."""
+    and ``names`` (the served name of each model key: ``floor_of(model)`` for the floors).
+    First ``warm_up_s`` of unrecorded load per engine and model, at the highest concurrency:
+    TorchServe's frontend runs on the JVM, whose first seconds are spent compiling."""
     raw: dict[tuple, list[dict]] = {}
     order = list(engines)
+    for engine, e in engines.items():
+        for model, bodies in models.items() if warm_up_s > 0 else ():
+            measure_point(e["url"], e["names"][model], bodies, max(concurrencies), warm_up_s,
+                          e["pid"], e.get("token"))  # fmt: skip
+        log(f"engines: {engine} warmed up")
     for r in range(rounds):
         for model, bodies in models.items():
             for concurrency in concurrencies:

@@ -230,7 +230,13 @@ def handler_ceiling(
             for k in range(count)
         ]
         for _ in range(2):
-            core.handle(batches[0])
+            answers = core.handle(batches[0])
+        refused = [a for a in answers if a.status != 200]
+        if refused:  # a ceiling that timed refusals would be no ceiling
+            raise RuntimeError(
+                f"the handler refused {len(refused)} of {len(answers)} bench payloads: "
+                f"{refused[0].status} {refused[0].message}"
+            )
 
         def every_batch(c=core, b=batches) -> None:
             for requests in b:

@@ -18,6 +18,13 @@ def _point(rps: float, cpu: float) -> dict:
     return {"rps": rps, "p50_ms": 10.0, "p99_ms": 30.0, "errors": 0, "cpu_ms_per_request": cpu}
 
 
+def _two_engines() -> dict:
+    return {
+        "torchserve": {"url": "ts", "pid": 1, "names": {"digits": "d"}},
+        "triton": {"url": "tr", "pid": 2, "names": {"digits": "d"}},
+    }
+
+
 def test_rounds_are_rotated_and_reduced_to_medians(monkeypatch):
     calls = []
     values = iter([100, 300, 200, 150, 250, 50])  # in call order
@@ -28,11 +35,10 @@ def test_rounds_are_rotated_and_reduced_to_medians(monkeypatch):
 
     monkeypatch.setattr(engines, "measure_point", fake)
     monkeypatch.setattr(engines.time, "sleep", lambda s: None)
-    setup = {
-        "torchserve": {"url": "ts", "pid": 1, "names": {"digits": "d"}},
-        "triton": {"url": "tr", "pid": 2, "names": {"digits": "d"}},
-    }
-    rows = engines.engines_section(setup, {"digits": [b"x"]}, [16], 1.0, 3, lambda _: None)
+    setup = _two_engines()
+    rows = engines.engines_section(
+        setup, {"digits": [b"x"]}, [16], 1.0, 3, lambda _: None, warm_up_s=0
+    )
     assert calls == ["ts", "tr", "tr", "ts", "ts", "tr"]  # the first engine changes each round
     by_engine = {r["engine"]: r for r in rows}
     assert by_engine["torchserve"]["rps"] == 150  # median of 100, 150, 250
@@ -40,17 +46,38 @@ def test_rounds_are_rotated_and_reduced_to_medians(monkeypatch):
     assert len(by_engine["triton"]["rounds"]) == 3
 
 
+def test_every_engine_warms_up_unrecorded_at_the_highest_concurrency(monkeypatch):
+    calls = []
+
+    def fake(url, model, bodies, concurrency, seconds, pid, token=None):
+        calls.append((url, concurrency, seconds))
+        return _point(100 if seconds == 1.0 else 1, 1.0)
+
+    monkeypatch.setattr(engines, "measure_point", fake)
+    monkeypatch.setattr(engines.time, "sleep", lambda s: None)
+    setup = _two_engines()
+    rows = engines.engines_section(
+        setup, {"digits": [b"x"]}, [16, 32], 1.0, 1, lambda _: None, warm_up_s=2.5
+    )
+    assert calls[:2] == [("ts", 32, 2.5), ("tr", 32, 2.5)]  # before any recorded point
+    assert len(calls) == 2 + 4 and all(r["rps"] == 100 for r in rows)  # none of them recorded
+
+
 def test_targets_divide_by_the_lower_limit_and_compare_cpu():
     rows = []
     for engine, served, floor, cpu in (("torchserve", 800, 1000, 2.0), ("triton", 900, 2000, 1.2)):
         rows.append({"model": "digits", "concurrency": 16, "engine": engine, "rps": served,
                      "cpu_ms_per_request": cpu})  # fmt: skip
-        rows.append({"model": "floor", "concurrency": 16, "engine": engine, "rps": floor,
+        rows.append({"model": "floor-digits", "concurrency": 16, "engine": engine, "rps": floor,
                      "cpu_ms_per_request": 0.5})  # fmt: skip
     targets = _targets(rows, {"digits": 950.0})
     # the limit is the lower of the engine's floor and the handler ceiling: 950 for both here
     assert targets["served_over_limit"]["torchserve digits c16"] == pytest.approx(800 / 950, 1e-3)
     assert targets["served_over_limit"]["triton digits c16"] == pytest.approx(900 / 950, 1e-3)
+    # on shared cores the two limits add: 1 / (1/1000 + 1/950) = 487.2 req/s for TorchServe
+    shared = targets["served_over_shared_limit"]
+    assert shared["torchserve digits c16"] == pytest.approx(800 / (1 / (1 / 1000 + 1 / 950)), 1e-3)
+    assert shared["triton digits c16"] == pytest.approx(900 / (1 / (1 / 2000 + 1 / 950)), 1e-3)
     assert targets["triton_cpu_over_torchserve_digits"] == {16: 0.6}
     summary = engines_summary(
         {
@@ -65,6 +92,7 @@ def test_targets_divide_by_the_lower_limit_and_compare_cpu():
     )  # fmt: skip
     assert "| triton | digits | 16 | 900 | 1.0 / 2.0 | 1.20 | 0 |" in summary
     assert "triton digits c16 0.95" in summary and "c16 0.60" in summary
+    assert "1 / (1/floor + 1/ceiling)" in summary and "torchserve digits c16 1.64" in summary
 
 
 def test_cores_busy_counts_the_server_and_the_load_generator():
@@ -73,7 +101,7 @@ def test_cores_busy_counts_the_server_and_the_load_generator():
     rows = [
         {"model": "mobilenet", "concurrency": 16, "engine": "torchserve", "rps": 300,
          "cpu_ms_per_request": 6.0, "client_cpu_ms_per_request": 0.5},
-        {"model": "floor", "concurrency": 16, "engine": "torchserve", "rps": 1000,
+        {"model": "floor-mobilenet", "concurrency": 16, "engine": "torchserve", "rps": 1000,
          "cpu_ms_per_request": 0.3, "client_cpu_ms_per_request": 0.5},
     ]  # fmt: skip
     targets = _targets(rows, {"mobilenet": 380.0}, cores=2)
@@ -99,7 +127,7 @@ def test_the_torch_free_triton_has_its_own_cpu_target():
         {"model": model, "concurrency": 16, "engine": engine, "rps": 900,
          "cpu_ms_per_request": cpu if model == "digits" else 0.2}
         for engine, cpu in (("torchserve", 1.0), ("triton", 0.8), (WITH_TORCH, 0.5))
-        for model in ("digits", "floor")
+        for model in ("digits", "floor-digits")
     ]  # fmt: skip
     targets = _targets(rows, {"digits": 950.0})
     assert targets["triton_cpu_over_torchserve_digits"] == {16: 0.8}
@@ -126,3 +154,50 @@ def test_cpu_and_memory_of_a_process_tree_are_counted():
     assert engines.cpu_seconds(os.getpid()) > 0
     memory = engines.process_memory(os.getpid())
     assert memory["rss_mib"] >= memory["uss_mib"] > 0
+
+
+def test_the_load_generator_counts_answers_and_errors_apart():
+    """A real loopback server: every fourth body is refused (400); the loop keeps sending and
+    counts those as errors, the rest as answers with their latencies."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from distillserve.bench.loadgen import closed_loop
+
+    seen: list[bytes] = []
+
+    class Answer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the engines answer
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(body)
+            status, reply = (400, b'{"error": "bad"}') if body == b"bad" else (200, b"{}")
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = closed_loop(url, "/v2/models/m/infer", [b"a", b"b", b"c", b"bad"], 4, 0.5)
+    finally:
+        server.shutdown()
+    assert result["answered"] > 0 and result["errors"] > 0
+    assert result["answered"] + result["errors"] == len(seen)
+    assert seen.count(b"bad") == result["errors"]
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["rps"] > 0
+
+
+def test_the_load_generator_sends_to_loopback_only():
+    from distillserve.bench.loadgen import closed_loop
+    from distillserve.errors import ServerError
+
+    with pytest.raises(ServerError, match="loopback"):
+        closed_loop("http://192.0.2.1:8080", "/", [b"x"], 1, 0.1)
