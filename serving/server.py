@@ -26,6 +26,7 @@ from distillserve.archiver.properties import PATH_KEYS, read_properties, write_p
 from distillserve.archiver.signing import Trust
 from distillserve.errors import ServerError
 from distillserve.handlers.integrity import ALLOW_UNSIGNED_ENV, PUBLIC_KEY_ENV
+from distillserve.serving.server_logs import has_own_log_config, write_log_config
 from distillserve.serving.startup import check_ports, startup_cause
 
 __all__ = ["TorchServe"]
@@ -200,18 +201,13 @@ class TorchServe:
         for directory in (self.run_dir, self.tmp_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)
-        command = [
-            self._torchserve(),
-            "--start",
-            "--ncs",
-            "--ts-config",
-            str(self._effective_config()),
-            "--model-store",
-            str(self.model_store),
-        ]
         with open(self.log_dir / "launcher.log", "ab") as out:
             code = subprocess.call(
-                command, cwd=self.run_dir, env=self._env(), stdout=out, stderr=subprocess.STDOUT
+                self._start_command(),
+                cwd=self.run_dir,
+                env=self._env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         if code != 0:
             raise ServerError(
@@ -222,6 +218,22 @@ class TorchServe:
         except BaseException:
             self.stop()
             raise
+
+    def _start_command(self) -> list[str]:
+        """``torchserve --start`` on the effective config, with our log configuration unless
+        the config names its own (``serving.server_logs``)."""
+        command = [
+            self._torchserve(),
+            "--start",
+            "--ncs",
+            "--ts-config",
+            str(self._effective_config()),
+            "--model-store",
+            str(self.model_store),
+        ]
+        if not has_own_log_config(self.props):  # each log line once
+            command += ["--log-config", str(write_log_config(self.run_dir))]
+        return command
 
     def wait_ready(self, timeout: float = 180.0, models: list[str] | None = None) -> None:
         """Poll /ping and each model's workers until all are ready, or raise after ``timeout``."""

@@ -78,6 +78,12 @@ def test_registered_student_batches_concurrent_requests(server, build_result, di
     sizes = _batch_sizes(server, "digits-student")
     assert sum(sizes) == 8, sizes  # every request went through the handler exactly once
     assert max(sizes) > 1, sizes  # and the server aggregated some of them into batches
+    # each log line once, in its own file (serving/server_logs.py): the requests' metric lines
+    # are in ts_metrics.log and nowhere else, and stdout (launcher.log) holds no INFO line
+    logs = {f.name: f.read_text() for f in server.log_dir.glob("*.log")}
+    assert "Requests2XX" in logs["ts_metrics.log"]
+    assert "Requests2XX" not in logs["ts_log.log"] + logs["launcher.log"]
+    assert "[INFO ]" not in logs["launcher.log"] and "[DEBUG]" not in logs["ts_log.log"]
 
 
 def test_requests_without_the_token_are_refused(server, digits_splits):
