@@ -17,15 +17,9 @@ from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from distillserve.errors import ServerError
-from distillserve.serving.load import check_loopback
+from distillserve.serving.load import check_loopback, percentile
 
 __all__ = ["closed_loop"]
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def closed_loop(
@@ -39,8 +33,8 @@ def closed_loop(
 ) -> dict:
     """``concurrency`` clients, each posting the next body of ``bodies`` (in turn, across the
     clients) to ``url + path`` as soon as its previous answer arrives, for ``seconds``
-    (loopback only). Returns requests/s, p50/p99 latency (ms), answers and errors (non-200
-    answers and failed connections)."""
+    (loopback only). Returns answers/s (``rps``, 200s only), their p50/p99 latency (ms), and
+    the counts of answers and errors (other statuses and failed connections)."""
     import gevent
     from geventhttpclient import HTTPClient
 
@@ -91,8 +85,8 @@ def closed_loop(
     ordered = sorted(latencies)
     return {
         "rps": round(len(ordered) / duration, 2) if duration > 0 else 0.0,
-        "p50_ms": round(_percentile(ordered, 50), 3),
-        "p99_ms": round(_percentile(ordered, 99), 3),
+        "p50_ms": round(percentile(ordered, 50), 3),
+        "p99_ms": round(percentile(ordered, 99), 3),
         "mean_ms": round(statistics.fmean(ordered), 3) if ordered else 0.0,
         "answered": len(ordered),
         "errors": errors,

@@ -38,6 +38,7 @@ __all__ = [
     "check_loopback",
     "format_report",
     "parse_target",
+    "percentile",
     "run_load",
     "v2_image_bodies",
 ]
@@ -110,7 +111,8 @@ class LoadReport:
         return asdict(self)
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``sorted_values`` (nearest rank; 0 when empty)."""
     if not sorted_values:
         return 0.0
     index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
@@ -212,9 +214,9 @@ def run_load(
         duration_s=round(duration, 3),
         throughput_rps=round(len(results) / duration, 2) if duration > 0 else 0.0,
         latency_ms={
-            "p50": round(_percentile(latencies, 50), 3),
-            "p90": round(_percentile(latencies, 90), 3),
-            "p99": round(_percentile(latencies, 99), 3),
+            "p50": round(percentile(latencies, 50), 3),
+            "p90": round(percentile(latencies, 90), 3),
+            "p99": round(percentile(latencies, 99), 3),
             "mean": round(statistics.fmean(latencies), 3) if latencies else 0.0,
             "max": round(latencies[-1], 3) if latencies else 0.0,
         },
@@ -258,7 +260,7 @@ def _latency_summary(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
         "requests": len(ordered),
-        "p99": round(_percentile(ordered, 99), 3),
+        "p99": round(percentile(ordered, 99), 3),
         "max": round(ordered[-1], 3) if ordered else 0.0,
     }
 
