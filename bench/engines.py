@@ -162,8 +162,8 @@ def engines_section(
     TorchServe's frontend runs on the JVM, whose first seconds are spent compiling."""
     raw: dict[tuple, list[dict]] = {}
     order = list(engines)
-    for engine, e in engines.items():
-        for model, bodies in models.items() if warm_up_s > 0 else ():
+    for engine, e in engines.items() if warm_up_s > 0 else ():
+        for model, bodies in models.items():
             measure_point(e["url"], e["names"][model], bodies, max(concurrencies), warm_up_s,
                           e["pid"], e.get("token"))  # fmt: skip
         log(f"engines: {engine} warmed up")
