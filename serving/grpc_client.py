@@ -10,7 +10,7 @@ import grpc
 from distillserve.errors import ServerError
 from distillserve.serving.grpc_stubs import load_stubs
 from distillserve.serving.rest import Prediction
-from distillserve.serving.retry import Retrier, RetryPolicy
+from distillserve.serving.retry import Retrier, RetryPolicy, worker_died
 
 __all__ = ["GrpcClient"]
 
@@ -19,7 +19,7 @@ class GrpcClient:
     """Inference and management stubs on ``host:port`` addresses; tokens go in the metadata.
 
     ``predict`` is retried under ``retry`` when the server is UNAVAILABLE (TorchServe's 503)
-    or says "Worker died." (its 507, which reaches gRPC as INTERNAL); management calls are not.
+    or says "Worker died." (its 507 or 500, which reach gRPC as INTERNAL); management calls are not.
     """
 
     def __init__(
@@ -133,7 +133,7 @@ def _worth_retrying(error: Exception | None) -> bool:
     """UNAVAILABLE (503, or no connection), or INTERNAL from a worker that died (507)."""
     if not isinstance(error, ServerError):
         return False
-    return error.code == "UNAVAILABLE" or (error.code == "INTERNAL" and "Worker died" in str(error))
+    return error.code == "UNAVAILABLE" or (error.code == "INTERNAL" and worker_died(str(error)))
 
 
 def _metadata(token: str | None) -> tuple:

@@ -15,7 +15,7 @@ import requests
 import requests.adapters
 
 from distillserve.errors import ConnectionFailed, ServerError
-from distillserve.serving.retry import Retrier, RetryPolicy
+from distillserve.serving.retry import Retrier, RetryPolicy, worker_died
 
 __all__ = ["InferenceClient", "Prediction", "explain", "read_key", "send", "timed_predictions"]
 
@@ -95,9 +95,9 @@ class Prediction:
 class InferenceClient:
     """``POST /predictions/{model}[/{version}]`` with a raw body: image bytes, or UTF-8 text.
 
-    A request whose worker died (503/507) or whose connection broke is sent again under
-    ``retry`` (bounded exponential backoff with jitter, within a retry budget); ``retry_stats``
-    says how often that happened. Pass ``NO_RETRY`` to see every failure.
+    A request whose worker died (503/507, or 500 "Worker died.") or whose connection broke is
+    sent again under ``retry`` (bounded exponential backoff with jitter, within a retry budget);
+    ``retry_stats`` says how often that happened. Pass ``NO_RETRY`` to see every failure.
     """
 
     def __init__(
@@ -153,7 +153,9 @@ class InferenceClient:
         def failed(result: Prediction | None, error: Exception | None) -> bool:
             if error is not None:
                 return isinstance(error, ConnectionFailed)
-            return result.status in retry_statuses
+            if result.status in retry_statuses:
+                return True
+            return result.status >= 500 and worker_died(result.body.get("message"))
 
         return self.retrier.call(attempt, failed)
 

@@ -1,11 +1,13 @@
 """Retries for inference calls: bounded exponential backoff with full jitter, within a budget.
 
-Inference is idempotent, so a request that failed because its worker died (TorchServe answers
-507, or 503 while no worker can take it; gRPC UNAVAILABLE, or INTERNAL "Worker died.") or whose
-connection was reset can be sent again. Each call tries at most ``attempts`` times and starts no
-retry after ``deadline_s``; across a client, retries may not exceed ``budget_ratio`` of its calls
-(plus ``budget_min``), so a server that is down is not hammered by every client at once
-(the retry budget of Finagle and gRPC's retry throttling).
+Inference is idempotent, so a request that failed because its worker died or whose connection
+was reset can be sent again. TorchServe 0.12 answers the requests a dying worker held with
+"Worker died.": 507 when it has read the worker's exit code 137 (killed) by then, 500 when it
+has not yet (a race inside its frontend: seen on a killed worker), and 503 while no worker can
+take a request; over gRPC UNAVAILABLE, or INTERNAL "Worker died.". Each call tries at most
+``attempts`` times and starts no retry after ``deadline_s``; across a client, retries may not
+exceed ``budget_ratio`` of its calls (plus ``budget_min``), so a server that is down is not
+hammered by every client at once (the retry budget of Finagle and gRPC's retry throttling).
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-__all__ = ["NO_RETRY", "Retrier", "RetryPolicy", "RetryStats"]
+__all__ = ["NO_RETRY", "WORKER_DIED", "Retrier", "RetryPolicy", "RetryStats", "worker_died"]
 
 T = TypeVar("T")
+
+# How TorchServe's message for the requests a worker held when it died begins ("Worker died.",
+# whatever the status or protocol).
+WORKER_DIED = "Worker died"
+
+
+def worker_died(message: object) -> bool:
+    """Whether a server's error message is TorchServe's answer for a worker that died."""
+    return isinstance(message, str) and WORKER_DIED in message
 
 
 @dataclass(frozen=True)

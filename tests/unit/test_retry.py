@@ -27,7 +27,11 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             status = self.server.script.pop(0) if self.server.script else 200
             self.server.seen += 1
-        body = json.dumps({"7": 0.9} if status == 200 else {"code": status}).encode()
+        if isinstance(status, tuple):  # (status, TorchServe's message)
+            status, message = status
+            body = json.dumps({"code": status, "message": message}).encode()
+        else:
+            body = json.dumps({"7": 0.9} if status == 200 else {"code": status}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -63,6 +67,22 @@ def test_a_dying_worker_is_retried_until_answered(scripted):
     assert scripted.seen == 4
     stats = client.retry_stats
     assert (stats.calls, stats.retries, stats.retried_calls, stats.recovered_calls) == (1, 3, 1, 1)
+
+
+def test_a_worker_that_died_before_torchserve_read_its_exit_code_is_retried(scripted):
+    """TorchServe answers 500 "Worker died." when its frontend sees the worker's channel close
+    before the process's exit code (507 after it): both are the same dead worker."""
+    scripted.script = [(500, "Worker died."), (507, "Worker died.")]
+    client = _client(scripted)
+    assert client.predict_raw("m", b"image").status == 200
+    assert scripted.seen == 3 and client.retry_stats.recovered_calls == 1
+
+
+def test_other_server_errors_are_not_retried(scripted):
+    scripted.script = [(500, "the model failed on this batch"), (502, "Worker died.")]
+    client = _client(scripted)
+    assert client.predict_raw("m", b"image").status == 500
+    assert scripted.seen == 1 and client.retry_stats.retries == 0
 
 
 def test_retries_are_bounded_and_the_last_answer_is_returned(scripted):
