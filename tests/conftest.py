@@ -111,8 +111,12 @@ def build_result(tmp_path_factory):
     from distillserve.students.pipeline import build
     from distillserve.students.recipe import Recipe
 
+    raw = small_recipe_dict()
+    # the demo archives its teacher as TorchScript only; CI checks every role in every format
+    raw["export"]["teacher_formats"] = list(STUDENT_MARS)
+
     def make(out: Path):
-        return build(Recipe.from_dict(small_recipe_dict()), out, log=lambda _: None)
+        return build(Recipe.from_dict(raw), out, log=lambda _: None)
 
     return _once_per_run(tmp_path_factory, "build", make)
 

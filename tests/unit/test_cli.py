@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_cli
 
 
 def _verbs() -> list[str]:
@@ -19,6 +19,7 @@ def _verbs() -> list[str]:
 
 
 def _run(*args):
+    """The command in its own process, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "distillserve.scripts.cli", *args],
         cwd=ROOT,
@@ -50,6 +51,25 @@ def test_help_runs_as_a_command():
     assert result.returncode == 0 and "usage: distillserve predict" in result.stdout
 
 
+def test_the_parser_imports_no_torch():
+    """``distillserve --help`` and the verbs that only talk to a server start in a fraction of a
+    second: the parser and its options import no torch (the verbs import what they need)."""
+    code = (
+        "import sys, distillserve.scripts.cli as c; c.get_parser(); print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_bad_input_in_its_own_process_is_one_line_too():
+    """As a user sees it: the interpreter's and torch's start-up add no line (no warning) to the
+    one-line error of a verb that imports the training code."""
+    result = _run("build", "recipes/no-such.yaml")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "file not found" in line and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -74,7 +94,7 @@ def test_help_runs_as_a_command():
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(args, expected):
-    result = _run(*args)
+    result = run_cli(*args)  # in this process: no interpreter and torch start-up per case
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0]
@@ -84,7 +104,7 @@ def test_bad_input_is_one_line_and_exit_2(args, expected):
 def test_bad_recipe_key_from_the_command_line(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("name: x\nquantize: {engine: fbgemmm}\n")
-    result = _run("build", str(recipe))
+    result = run_cli("build", str(recipe))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"distillserve build: error: recipe key 'quantize.engine': 'fbgemmm' is not one of: "
@@ -101,7 +121,7 @@ def test_serve_start_refuses_a_startup_archive_the_store_lacks(tmp_path):
         f"model_store={store}\nload_models=present.mar,absent.mar\n"
         'models={"m": {"1.0": {"marName": "gone.mar"}}}\n'
     )
-    result = _run("serve", "start", "--config", str(config), "--run-dir", str(tmp_path / "run"))
+    result = run_cli("serve", "start", "--config", str(config), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "absent.mar, gone.mar" in line and "no such archive" in line
