@@ -28,7 +28,6 @@ from distillserve.students.recipe_sections import (  # noqa: F401 - re-exported
     QuantizeConfig,
     StageConfig,
     TeacherConfig,
-    TuneConfig,
     _coerce,
     _Section,
 )
@@ -40,8 +39,9 @@ from distillserve.students.recipe_text import (
     TextTeacherConfig,
     check_task_keys,
 )
+from distillserve.students.recipe_tune import TuneConfig
 
-__all__ = [*recipe_sections.__all__, "Recipe", "load_recipe", "merge"]
+__all__ = [*recipe_sections.__all__, "Recipe", "TuneConfig", "load_recipe", "merge"]
 
 
 @dataclass
