@@ -107,16 +107,13 @@ def _restore_torch_threads():
 
 
 @pytest.fixture(scope="session")
-def build_result(tmp_path_factory, pytestconfig):
+def build_result(tmp_path_factory):
     from distillserve.students.pipeline import build
     from distillserve.students.recipe import Recipe
 
     raw = small_recipe_dict()
-    # The demo archives its teacher as TorchScript only; CI checks every role in every format,
-    # but for a run of the int8 tests alone (make test's AVX2 rerun): none reads the fp32
-    # teacher's files, whose .pt2 compile is a quarter of the build.
-    if pytestconfig.option.markexpr != "int8":
-        raw["export"]["teacher_formats"] = list(STUDENT_MARS)
+    # the demo archives its teacher as TorchScript only; CI checks every role in every format
+    raw["export"]["teacher_formats"] = list(STUDENT_MARS)
 
     def make(out: Path):
         return build(Recipe.from_dict(raw), out, log=lambda _: None)
