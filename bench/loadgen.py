@@ -1,11 +1,11 @@
 """A closed-loop load generator light enough to share two cores with the server it measures.
 
-The bench's engines section runs the server and its load generator on the same cores, so every
-CPU-millisecond the generator spends per request is one the server cannot have. ``run_load``
-(``serving.load``: ``requests`` in threads, with retries) spends about 0.8 ms per request here;
-this one sends pre-built bodies over keep-alive connections with ``geventhttpclient`` (C HTTP
-parser, one greenlet per client, no threads), about 0.15 ms: close to ``hey``'s, and the rest of
-the two cores goes to the server.
+The bench runs each server and its load generator on the same cores (every served point of
+``bench.served`` and the engines section), so every CPU-millisecond the generator spends per
+request is one the server cannot have. ``run_load`` (``serving.load``: ``requests`` in threads,
+with retries) spends about 0.8 ms per request here; this one sends pre-built bodies over
+keep-alive connections with ``geventhttpclient`` (C HTTP parser, one greenlet per client, no
+threads), about 0.15 ms: close to ``hey``'s, and the rest of the two cores goes to the server.
 """
 
 from __future__ import annotations

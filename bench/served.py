@@ -1,6 +1,7 @@
 """Measurements through a real TorchServe for ``distillserve bench``.
 
-- ``served_point``: closed-loop load at a concurrency for a fixed time; throughput, p50/p99, and
+- ``served_point``: closed-loop load at a concurrency for a fixed time (``bench.loadgen``: light
+  enough to leave the shared cores to the server); throughput, p50/p99, and
   the batch size TorchServe actually formed, counted from its own per-batch ``PredictionTime``
   records (``ts/service.py`` writes one per batch, for any handler) in ``model_metrics.log``.
 - ``register_timed``: register an archive and time it to the first answer (cold start).
@@ -25,11 +26,17 @@ from pathlib import Path
 import yaml
 
 from distillserve.archiver.mar import archiver_tempdir
+from distillserve.bench.loadgen import closed_loop
 from distillserve.errors import ServerError
-from distillserve.serving.load import run_load
 from distillserve.serving.management import ManagementClient
 from distillserve.serving.rest import InferenceClient
 from distillserve.serving.server import TorchServe
+
+# How each route sends one payload: the path under the inference address, and its content type.
+ROUTES = {
+    "predictions": ("/predictions/{model}", "application/octet-stream"),
+    "v2": ("/v2/models/{model}/infer", "application/json"),
+}
 
 __all__ = [
     "archive_serving",
@@ -68,27 +75,28 @@ def served_point(
     route: str = "predictions",
 ) -> dict:
     """Closed-loop load for ``seconds``: throughput, latency percentiles, achieved batch size
-    (in requests; ``route`` as ``serving.load.run_load`` takes it)."""
+    (in requests); ``route`` is a key of ``ROUTES`` (image or text bytes, or v2 JSON bodies)."""
+    if route not in ROUTES:
+        raise ServerError(f"route must be one of: {', '.join(ROUTES)}")
+    path, content_type = ROUTES[route]
     before = len(batch_sizes(ts, model))
-    report = run_load(
+    report = closed_loop(
         ts.inference_url,
-        model,
+        path.format(model=model),
         payloads,
-        total=1_000_000,
-        concurrency=concurrency,
-        token=ts.keys().get("inference") if ts.token_auth else None,
-        time_limit_s=seconds,
-        route=route,
+        concurrency,
+        seconds,
+        headers={"Content-Type": content_type, **ts.headers()},
     )
     time.sleep(1.0)  # the metrics logger flushes asynchronously
     sizes = batch_sizes(ts, model)[before:]
     return {
         "concurrency": concurrency,
-        "requests": report.completed,
-        "errors": report.errors,
-        "throughput_rps": report.throughput_rps,
-        "p50_ms": report.latency_ms["p50"],
-        "p99_ms": report.latency_ms["p99"],
+        "requests": report["answered"],
+        "errors": report["errors"],
+        "throughput_rps": report["rps"],
+        "p50_ms": report["p50_ms"],
+        "p99_ms": report["p99_ms"],
         "batches": len(sizes),
         "mean_batch": round(sum(sizes) / len(sizes), 2) if sizes else 0.0,
     }

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from distillserve.archiver.properties import ServerConfig
-from distillserve.bench.served import archive_serving, batch_sizes, register_timed
-from distillserve.serving.load import format_report, run_load
+from distillserve.bench.served import archive_serving, batch_sizes, register_timed, served_point
+from distillserve.serving.load import format_report, run_load, v2_image_bodies
 from distillserve.serving.server import TorchServe
 from distillserve.students.data import encode_png
 
@@ -36,6 +36,11 @@ def test_the_bench_serves_our_archive_and_reads_its_batches(model_store, digits_
             time_limit_s=600,  # a bound for a wedged server, not a pass condition
         )
         sizes = batch_sizes(ts, "smoke")
+        # the bench's own load generator, on both routes (timed: only errors are judged)
+        points = [
+            served_point(ts, "smoke", payloads, 4, 2.0),
+            served_point(ts, "smoke", v2_image_bodies(payloads), 4, 2.0, route="v2"),
+        ]
     finally:
         ts.stop()
     assert (report.completed, report.errors, report.stopped_by_time_limit) == (64, 0, False)
@@ -43,3 +48,6 @@ def test_the_bench_serves_our_archive_and_reads_its_batches(model_store, digits_
     assert sum(sizes) == 65 and all(1 <= s <= 8 for s in sizes)  # the first answer, then 64
     assert "64" in format_report(report)
     assert archive_serving(archive)["workers"] >= 1
+    for point in points:
+        assert point["errors"] == 0 and point["requests"] >= 1, point
+        assert point["batches"] >= 1 and point["mean_batch"] >= 1, point
