@@ -155,7 +155,7 @@ def summary(results: dict, stamp: str) -> str:
         f"{meta['versions']['torch']}, TorchServe {meta['versions']['torchserve']}; workers × "
         "threads per model as each archive's `auto` chose them ("
         + ", ".join(f"{n} {w['workers']}×{w['threads']}" for n, w in meta["serving"].items())
-        + "); load generator on the same machine; "
+        + "); load generator `bench/loadgen.py` on the same cores; "
         f"{meta['plan']['seconds_per_point']:g} s per point. Raw data: "
         f"`docs/bench/{stamp}.json`.",
         "",
