@@ -129,7 +129,7 @@ def comparison_reading(results: dict) -> list[str]:
     targets, ceilings = results["targets"], results["model_ceiling"]
     builtin = [r for r in results["builtin"] if r["images"].startswith("640x480")]
     if builtin:
-        row = max(builtin, key=lambda r: r["concurrency"])
+        row = min(builtin, key=lambda r: r["ratio"])  # the point the target is judged on
         model = row["model"]
         handler = results["handler_ceiling"].get(f"{model} ({row['images']})")
         served = results.get("served_model_ceiling", {}).get(model)
