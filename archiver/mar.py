@@ -198,25 +198,25 @@ def build_archive(
     if model_name is None and model_format != artifact.formats[0]:
         model_name = f"{artifact.archive.model_name}-{model_format}"
     config = _archive_config(artifact, model_name, version)
-    probed = probe(model_path, artifact.handler, config.batch_size if config.is_auto else None)
-    labels = archive_labels(artifact.index_to_name, probed.outputs, model_path)
-    choice = resolve_serving(config, probed.measured)
-    model_config, build_info = _describe(artifact, config, model_path, model_format, choice)
     store = Path(model_store)
-    store.mkdir(parents=True, exist_ok=True)
     name = file_name or archive_file_name(
         config.model_name, config.version, artifact.archive.version
     )
     target = store / name
-    if target.exists() and not force:
+    if target.exists() and not force:  # refused before the model is loaded and timed
         identity = ArchiveIdentity(
             config.model_name,
             config.version,
             artifact.recipe.get("name"),
             label_tuple(artifact.index_to_name),
-            build_info["sha256"][model_path.name],
+            sha256_file(model_path),
         )
         refuse_to_overwrite(target, identity, replace_rebuild)
+    probed = probe(model_path, artifact.handler, config.batch_size if config.is_auto else None)
+    labels = archive_labels(artifact.index_to_name, probed.outputs, model_path)
+    choice = resolve_serving(config, probed.measured)
+    model_config, build_info = _describe(artifact, config, model_path, model_format, choice)
+    store.mkdir(parents=True, exist_ok=True)
     _pack(artifact, config, model_path, model_config, build_info, labels, target, private_key)
     Registry(store).record_archive(
         config.model_name, config.version, target.name, build_info, sha256_file(target)

@@ -121,6 +121,27 @@ def test_concurrent_builds_of_one_model_do_not_collide(build_result, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
 
 
+def test_an_archive_of_another_model_is_refused_before_the_model_is_loaded(
+    build_result, model_store, tmp_path, monkeypatch
+):
+    """The refusal costs no probe process: it is decided from the artifact's files alone."""
+    import shutil
+
+    from distillserve.archiver import mar
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy2(model_store / "digits-student.mar", store / "digits-student.mar")
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(mar, "probe", no_probe)
+    artifact = build_result.artifacts["student"]
+    with pytest.raises(ArchiveError, match=r"holds digits-student 1\.0"):
+        build_archive(artifact, store, version="3.0", file_name="digits-student.mar")
+
+
 def test_an_onnx_archive_needs_onnxruntime_in_its_image(model_store):
     from distillserve.archiver.image import dockerfile, runtime_versions
 
