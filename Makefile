@@ -26,10 +26,9 @@ demo: $(STAMP)
 AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
 # Two pytest-xdist workers, a test file per worker at a time (a file's module-scoped server stays
-# on one worker), longest files first as tests/conftest.py orders them (xdist would otherwise
-# reorder the files by their number of tests); `make test TEST_WORKERS=0` runs in one process.
+# on one worker); `make test TEST_WORKERS=0` runs in one process.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP)
 	$(PYTEST) --durations=15
