@@ -76,7 +76,7 @@ def pytest_collection_modifyitems(items) -> None:
     # order only breaks its ties and orders a one-process run; measured, xdist's order is the
     # faster one here (longest first starts the two heaviest files together: 12 min 52 s against
     # 12 min 15-22 s for the main pass on a 2-core AMD EPYC).
-    # the rest keep their order. Stable: every worker must collect the same order.
+    # Files not listed keep their order. Stable: every worker must collect the same order.
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
