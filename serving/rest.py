@@ -15,7 +15,7 @@ import requests
 import requests.adapters
 
 from distillserve.errors import ConnectionFailed, ServerError
-from distillserve.serving.retry import Retrier, RetryPolicy, worker_died
+from distillserve.serving.retry import Retrier, RetryPolicy
 
 __all__ = ["InferenceClient", "Prediction", "explain", "read_key", "send", "timed_predictions"]
 
@@ -136,7 +136,7 @@ class InferenceClient:
         return self._post(f"{self.base_url}/v2/models/{model}/infer", body, "application/json")
 
     def _post(self, url: str, body: bytes, content_type: str) -> Prediction:
-        retry_statuses = self.retrier.policy.retry_statuses
+        policy = self.retrier.policy
 
         def attempt() -> Prediction:
             status, answer = send(
@@ -153,9 +153,7 @@ class InferenceClient:
         def failed(result: Prediction | None, error: Exception | None) -> bool:
             if error is not None:
                 return isinstance(error, ConnectionFailed)
-            if result.status in retry_statuses:
-                return True
-            return result.status >= 500 and worker_died(result.body.get("message"))
+            return policy.retries_answer(result.status, result.body.get("message"))
 
         return self.retrier.call(attempt, failed)
 

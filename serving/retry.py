@@ -49,6 +49,11 @@ class RetryPolicy:
         if self.attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {self.attempts}")
 
+    def retries_answer(self, status: int, message: object) -> bool:
+        """Whether an HTTP answer is worth sending again: one of ``retry_statuses``, or any
+        server error whose message is TorchServe's for a worker that died."""
+        return status in self.retry_statuses or (status >= 500 and worker_died(message))
+
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(max_backoff, base * 2**retry)]."""
         return rng.uniform(0.0, min(self.max_backoff_s, self.base_s * 2**retry))
