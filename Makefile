@@ -9,13 +9,16 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when the dependencies change (no bytecode compiled at install: Python compiles
-# what is imported, on first import, instead of every file of torch and transformers). The
-# Triton engine's own small environment
+# Re-install only when the dependencies change. The Triton engine's own small environment
 # (NumPy 1 and the bundled tritonserver, beside this one: serving/triton_env.py) comes with it.
+# Bytecode is compiled once, after the install, on every core (pip's own compile is serial):
+# where PYTHONDONTWRITEBYTECODE is set, as on these machines, Python never writes it on import,
+# and every process (each test worker, TorchServe worker, CLI call) would compile torch again.
+# A few files are for other Pythons (torch ships one in 3.12 syntax, never imported here).
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
 	$(BIN)/python -m distillserve.serving.triton_env
+	$(BIN)/python -m compileall -qq -j 0 $(VENV) || echo "(files for other Pythons skipped)"
 	touch $(STAMP)
 
 demo: $(STAMP)
