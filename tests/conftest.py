@@ -73,9 +73,9 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
     # Longest files first (longest-processing-time order). Under `make test`, pytest-xdist then
     # hands out the files by their number of tests (its default --loadscope-reorder), so this
-    # order only breaks its ties and orders a one-process run; measured, xdist's order is the
-    # faster one here (longest first starts the two heaviest files together: 12 min 52 s against
-    # 12 min 15-22 s for the main pass on a 2-core AMD EPYC).
+    # order only breaks its ties and orders a one-process run. One try of this order under xdist
+    # (--no-loadscope-reorder) was not faster: 12 min 52 s against 12 min 15-22 s for the main
+    # pass on a 2-core AMD EPYC, a difference inside these machines' run-to-run noise.
     # Files not listed keep their order. Stable: every worker must collect the same order.
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
