@@ -12,6 +12,7 @@ and a test checks that the checked-in copies are current.
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -83,11 +84,57 @@ _COMMENTS = {
 }
 
 
+# Ports handed out by this process: a server is told its ports before it binds them, so the
+# bind test alone would give one port twice to the five listeners of one TorchServe.
+_GIVEN: set[int] = set()
+_CHOOSER = random.SystemRandom()  # not the global generator, which training seeds alike
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now, taken from outside the kernel's ephemeral range
+    and never twice by one process.
+
+    ``bind(0)`` would answer from the ephemeral range, which is also where every outgoing
+    connection takes its local port: on a machine busy with loopback clients (a load test,
+    another server's start-up polls) one of them could take the port in the moment before the
+    server binds it, and the server would fail with "Address already in use" (seen with
+    TorchServe's gRPC listener, which binds last).
+    """
+    low, high = _ephemeral_range()
+    spans = [(lo, hi) for lo, hi in ((10_000, low - 1), (high + 1, 65_535)) if hi - lo >= 1_000]
+    for _ in range(200 if spans else 0):
+        lo, hi = _CHOOSER.choice(spans)
+        port = _CHOOSER.randint(lo, hi)
+        if port not in _GIVEN and _bindable(port):
+            _GIVEN.add(port)
+            return port
+    while True:  # no room outside the ephemeral range (or none free): the kernel's choice
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; IANA's elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49_152, 65_535
+
+
+def _bindable(port: int) -> bool:
+    """Whether a listener could bind ``port`` on 127.0.0.1 now (no SO_REUSEADDR: a port with
+    connections still in TIME_WAIT counts as taken, as it does for some servers)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
