@@ -143,7 +143,7 @@ def decode_image(
                 image.draft(_MODES[channels], (side, side))
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to do
             image = _to_mode(image, _MODES[channels])
     except InputError:
         raise
@@ -155,11 +155,9 @@ def decode_image(
         raise InputError(f"image has too many pixels: {err}", 413, "TooLarge") from None
     except Exception as err:  # Pillow raises many types for corrupt data (OSError, SyntaxError...)
         raise InputError(f"image could not be decoded: {err}", 400, "UndecodableImage") from None
-    if F is None:
-        pixels = np.asarray(image, dtype=np.uint8)
-        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-        return np.ascontiguousarray(pixels)
-    return F.pil_to_tensor(image).contiguous()
+    pixels = np.array(image, dtype=np.uint8)  # a writable copy: torch may share its memory
+    pixels = np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+    return pixels if torch is None else torch.from_numpy(pixels)
 
 
 def preprocess(images: Sequence, spec: PreprocessSpec):
