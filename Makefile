@@ -29,9 +29,10 @@ demo: $(STAMP)
 AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
 # Two pytest-xdist workers, a test file per worker at a time (a file's module-scoped server stays
-# on one worker); `make test TEST_WORKERS=0` runs in one process.
+# on one worker), handed out in the order tests/conftest.py sorts them (the CI build's first
+# user, then longest first); `make test TEST_WORKERS=0` runs in one process.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST) --durations=15

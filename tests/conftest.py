@@ -27,22 +27,28 @@ T = TypeVar("T")
 # Fixtures that train the CI build: every test that uses one is slow (`make test-fast` skips it).
 TRAINING_FIXTURES = {"build_result", "model_store", "extracted_student"}
 
-# Test files by their measured time alone, longest first (`make test` prints the slowest tests).
-LONGEST_FILES = (
-    "test_own_data.py",
-    "test_distributed_resume.py",
-    "test_mlops.py",
-    "test_text.py",
-    "test_triton.py",
-    "test_registry.py",
-    "test_recipe_variants.py",
-    "test_hostile_input.py",
-    "test_archive.py",
-    "test_signatures.py",
-    "test_security_and_load.py",
-    "test_torchserve.py",
-    "test_bench.py",
-)
+# Seconds each long file took on its worker in a `make test` (2-core AMD EPYC, 2026-12-04,
+# waits for the CI build taken out), for the order the workers take the files in.
+FILE_SECONDS = {
+    "test_text.py": 144,
+    "test_distributed_resume.py": 138,
+    "test_mlops.py": 130,
+    "test_own_data.py": 127,
+    "test_triton.py": 115,
+    "test_hostile_input.py": 105,
+    "test_registry.py": 96,
+    "test_security_and_load.py": 67,
+    "test_archive.py": 55,
+    "test_signatures.py": 55,
+    "test_compare.py": 46,
+    "test_tune.py": 30,
+    "test_recipe_variants.py": 28,
+    "test_text_training.py": 25,
+    "test_torchserve.py": 23,
+    "test_formats.py": 22,
+    "test_compression.py": 21,
+    "test_bench.py": 16,
+}
 
 
 def pytest_configure(config) -> None:
@@ -68,17 +74,30 @@ def pytest_unconfigure(config) -> None:
 
 
 def pytest_collection_modifyitems(items) -> None:
+    needs_build = set()
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    # Longest files first (longest-processing-time order). Under `make test`, pytest-xdist then
-    # hands out the files by their number of tests (its default --loadscope-reorder), so this
-    # order only breaks its ties and orders a one-process run. One try of this order under xdist
-    # (--no-loadscope-reorder) was not faster: 12 min 52 s against 12 min 15-22 s for the main
-    # pass on a 2-core AMD EPYC, a difference inside these machines' run-to-run noise.
-    # Files not listed keep their order. Stable: every worker must collect the same order.
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+            needs_build.add(item.path.name)
+    items.sort(key=_file_rank(needs_build))
+
+
+def _file_rank(needs_build: set[str]) -> Callable:
+    """The order the files are run in (``make test`` passes ``--no-loadscope-reorder``, so
+    pytest-xdist hands its two workers the files in this order). First the longest file that
+    needs the CI build, so that the build starts at once on one worker while the other runs
+    the longest file that needs none; then the rest longest first, so that the last files to
+    be handed out are short and both workers finish together; unlisted (short) files last, in
+    collection order. xdist's own order (by number of tests) kept one worker waiting about a
+    minute for the other's CI build and handed out a 2-minute file with one test last: the
+    main pass took 11 min 38 s and 12 min 56 s (one worker idle for the last 72 s, cores 86 %
+    busy), and 10 min 4 s in this order (both workers done within 3 s, cores 93 % busy; same
+    machine, within an hour, 2026-12-04). Stable, as every worker must collect the same order."""
+    known = sorted(FILE_SECONDS, key=FILE_SECONDS.get, reverse=True)
+    first = [name for name in known if name in needs_build][:1]
+    order = first + [name for name in known if name not in first]
+    rank = {name: i for i, name in enumerate(order)}
+    return lambda item: rank.get(item.path.name, len(rank))
 
 
 def _once_per_run(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
