@@ -6,11 +6,12 @@ engine's no-op floor, measured side by side in one run.
   (random weights, 224x224 JPEGs: speed only), each archived and signed like any student.
 - Requests: the same KServe v2 JSON bodies to both engines (one encoded image, BYTES), at 16
   and 32 clients, in rounds whose engine order rotates (medians over the rounds), from
-  ``bench.loadgen``'s closed loop (about 0.15 CPU-ms per request, on the same cores).
+  ``bench.loadgen``'s closed loop (about 0.03 CPU-ms per request, on the same cores).
 - Per point: req/s, p50/p99, and the CPU time of every server process (TorchServe's frontend
   and workers; tritonserver and its model stubs) per request, which a shared machine's noise
-  moves far less than req/s. Per engine: resident (RSS) and unique (USS) memory of all its
-  processes with every model loaded.
+  moves far less than req/s; and the model's own process (TorchServe's worker, Triton's
+  Python-backend stub): its CPU per request and how busy it was. Per engine: resident (RSS)
+  and unique (USS) memory of all its processes with every model loaded.
 - Limits: each engine's no-op floor (TorchServe: ``floor_handler``; Triton: a Python-backend
   model that answers without reading its input) on each model's own requests, and our
   handler's in-process ceiling on the same v2 requests at the archive's batch size times its
@@ -34,6 +35,7 @@ __all__ = [
     "engines_section",
     "floor_of",
     "is_floor",
+    "model_stubs",
     "process_memory",
     "write_triton_floor",
 ]
@@ -101,6 +103,33 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def _own_cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU seconds of exactly these processes (not their children)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def model_stubs(triton_pid: int, model: str) -> list[int]:
+    """The pids of Triton's Python-backend stubs that serve ``model`` (one per instance): each
+    is started on a file under the model's directory in the repository."""
+    stubs = []
+    for process in _tree(triton_pid):
+        try:
+            if "python_backend_stub" in process.name() and any(
+                f"/{model}/" in arg for arg in process.cmdline()
+            ):
+                stubs.append(process.pid)
+        except psutil.Error:
+            continue
+    return stubs
+
+
 def process_memory(pid: int) -> dict[str, float]:
     """Resident and unique memory (MiB) of ``pid`` and every process under it."""
     rss = uss = 0
@@ -121,10 +150,14 @@ def measure_point(
     seconds: float,
     server_pid: int,
     token: str | None = None,
+    model_pids: Sequence[int] = (),
 ) -> dict:
     """Closed-loop v2 load for ``seconds`` (``bench.loadgen``), with the server processes' CPU
-    per request and the load generator's (this process, on the same cores)."""
+    per request and the load generator's (this process, on the same cores); with
+    ``model_pids`` (the model's own processes) theirs too, and how busy they were (CPU
+    seconds per wall second per process: 1.0 is a process that never waited)."""
     before, client_before = cpu_seconds(server_pid), time.process_time()
+    model_before, started = _own_cpu_seconds(model_pids), time.monotonic()
     result = closed_loop(
         url,
         f"/v2/models/{model}/infer",
@@ -135,8 +168,9 @@ def measure_point(
     )
     spent = cpu_seconds(server_pid) - before
     client = time.process_time() - client_before
+    model, wall = _own_cpu_seconds(model_pids) - model_before, time.monotonic() - started
     requests = max(1, result["answered"] + result["errors"])
-    return {
+    point = {
         "rps": result["rps"],
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
@@ -144,6 +178,10 @@ def measure_point(
         "cpu_ms_per_request": round(spent * 1000 / requests, 3),
         "client_cpu_ms_per_request": round(client * 1000 / requests, 3),
     }
+    if model_pids:
+        point["model_cpu_ms_per_request"] = round(model * 1000 / requests, 3)
+        point["model_busy"] = round(model / wall / len(model_pids), 3)
+    return point
 
 
 def engines_section(
@@ -157,7 +195,8 @@ def engines_section(
 ) -> list[dict]:
     """Every (model, concurrency, engine) point, rounds with the engine order rotated; the
     median of each measure over the rounds. ``engines[name]`` holds ``url``, ``pid``, ``token``
-    and ``names`` (the served name of each model key: ``floor_of(model)`` for the floors).
+    and ``names`` (the served name of each model key: ``floor_of(model)`` for the floors), and
+    optionally ``model_pids`` (each model key's own processes).
     First ``warm_up_s`` of unrecorded load per engine and model, at the highest concurrency:
     TorchServe's frontend runs on the JVM, whose first seconds are spent compiling."""
     raw: dict[tuple, list[dict]] = {}
@@ -174,7 +213,7 @@ def engines_section(
                     e = engines[engine]
                     point = measure_point(
                         e["url"], e["names"][model], bodies, concurrency, seconds, e["pid"],
-                        e.get("token"),
+                        e.get("token"), e.get("model_pids", {}).get(model, ()),
                     )  # fmt: skip
                     raw.setdefault((model, concurrency, engine), []).append(point)
                     log(f"engines: round {r + 1} {engine} {model} c{concurrency}: {point}")
@@ -182,7 +221,8 @@ def engines_section(
     rows = []
     for (model, concurrency, engine), points in raw.items():
         row = {"model": model, "concurrency": concurrency, "engine": engine, "rounds": points}
-        for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "client_cpu_ms_per_request"):
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "client_cpu_ms_per_request",
+                    "model_cpu_ms_per_request", "model_busy"):  # fmt: skip
             if all(key in p for p in points):
                 row[key] = round(statistics.median(p[key] for p in points), 3)
         row["errors"] = sum(p["errors"] for p in points)

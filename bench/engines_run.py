@@ -21,13 +21,14 @@ from distillserve.bench.engines import (
     engines_section,
     floor_of,
     is_floor,
+    model_stubs,
     process_memory,
     write_triton_floor,
 )
 from distillserve.bench.models import handler_ceiling, photo_jpegs, vision_artifact
 from distillserve.bench.report_util import cpu_name
 from distillserve.bench.served import floor_archive, register_timed
-from distillserve.serving.load import v2_image_bodies
+from distillserve.serving.load import v2_image_bodies, worker_pids
 from distillserve.serving.server import TorchServe
 from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
 from distillserve.students.data import encode_png, load_splits
@@ -157,6 +158,14 @@ def run_engines_bench(
                 for name, engine in (("triton", triton), (WITH_TORCH, with_torch))
             },
         }
+        headers = torchserve.headers("management")
+        for name, engine in engines.items():
+            engine["model_pids"] = {
+                key: worker_pids(torchserve.management_url, served, headers)
+                if name == "torchserve"
+                else model_stubs(engine["pid"], served)
+                for key, served in engine["names"].items()
+            }
         rows = engines_section(engines, bodies, concurrencies, seconds, rounds, log)
         memory = {name: process_memory(e["pid"]) for name, e in engines.items()}
     return {
@@ -258,6 +267,7 @@ def engines_summary(results: dict) -> str:
         per_point = results["targets"].get(key)
         if per_point:
             lines.append(f"{title}: " + ", ".join(f"{k} {v:.2f}" for k, v in per_point.items()))
+    lines += _model_process_lines(results)
     for key, who in (("triton_cpu_over_torchserve_digits", "Triton's"),
                      ("with_torch_cpu_over_torchserve_digits", f"{WITH_TORCH}'s")):  # fmt: skip
         cpu = results["targets"].get(key)
@@ -267,3 +277,25 @@ def engines_summary(results: dict) -> str:
                 + ", ".join(f"c{c} {v:.2f}" for c, v in cpu.items())
             )
     return "\n".join(lines) + "\n"
+
+
+def _model_process_lines(results: dict) -> list[str]:
+    """Each point's model process (TorchServe's worker, Triton's stub): its CPU-ms per
+    request beside the handler's in process, and its CPU seconds per second."""
+    rows = [r for r in results["rows"] if "model_busy" in r and not is_floor(r["model"])]
+    if not rows:
+        return []
+    in_process = ", ".join(
+        f"{model} {1000 / rps:.3f}" for model, rps in results["handler_ceiling_rps"].items() if rps
+    )
+    points = ", ".join(
+        f"{r['engine']} {r['model']} c{r['concurrency']} {r['model_cpu_ms_per_request']:.3f} ms "
+        f"busy {r['model_busy']:.2f}"
+        for r in sorted(rows, key=lambda r: (r["model"], r["concurrency"], r["engine"]))
+    )
+    return [
+        "Model process at each point (TorchServe's worker, Triton's Python-backend stub: one "
+        "per archive): its CPU-ms per request, and its CPU seconds per second (1.0: it never "
+        f"waited; above 1: threads; the handler in process at its ceiling, ms per request: "
+        f"{in_process}): " + points
+    ]

@@ -41,6 +41,7 @@ __all__ = [
     "percentile",
     "run_load",
     "v2_image_bodies",
+    "worker_pids",
 ]
 
 MAX_REQUESTS = 1_000_000
@@ -119,7 +120,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[index]
 
 
-def _worker_pids(management_url: str, model: str, headers: dict) -> list[int]:
+def worker_pids(management_url: str, model: str, headers: dict) -> list[int]:
+    """The pids of ``model``'s ready TorchServe workers, from the management API."""
     described = requests.get(f"{management_url}/models/{model}", headers=headers, timeout=10)
     if described.status_code != 200:
         raise ServerError(f"cannot describe {model}: HTTP {described.status_code}")
@@ -238,7 +240,7 @@ def _kill_one_worker(
     """Kill one READY worker of ``model`` after ``after_s``; then wait for a READY one again."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     time.sleep(after_s)
-    pids = _worker_pids(management_url, model, headers)
+    pids = worker_pids(management_url, model, headers)
     if not pids:
         return
     state["pid"] = pids[0]
@@ -247,7 +249,7 @@ def _kill_one_worker(
     limit = time.monotonic() + 120
     while time.monotonic() < limit:
         try:
-            fresh = [p for p in _worker_pids(management_url, model, headers) if p != pids[0]]
+            fresh = [p for p in worker_pids(management_url, model, headers) if p != pids[0]]
         except (requests.RequestException, ServerError):
             fresh = []
         if fresh:

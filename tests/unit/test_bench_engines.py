@@ -29,17 +29,22 @@ def test_rounds_are_rotated_and_reduced_to_medians(monkeypatch):
     calls = []
     values = iter([100, 300, 200, 150, 250, 50])  # in call order
 
-    def fake(url, model, bodies, concurrency, seconds, pid, token=None):
+    def fake(url, model, bodies, concurrency, seconds, pid, token=None, model_pids=()):
         calls.append(url)
+        pids.append(list(model_pids))
         return _point(next(values), 1.0)
+
+    pids = []
 
     monkeypatch.setattr(engines, "measure_point", fake)
     monkeypatch.setattr(engines.time, "sleep", lambda s: None)
     setup = _two_engines()
+    setup["torchserve"]["model_pids"] = {"digits": [7]}  # its worker's pid
     rows = engines.engines_section(
         setup, {"digits": [b"x"]}, [16], 1.0, 3, lambda _: None, warm_up_s=0
     )
     assert calls == ["ts", "tr", "tr", "ts", "ts", "tr"]  # the first engine changes each round
+    assert pids == [[7], [], [], [7], [7], []]
     by_engine = {r["engine"]: r for r in rows}
     assert by_engine["torchserve"]["rps"] == 150  # median of 100, 150, 250
     assert by_engine["triton"]["rps"] == 200  # median of 300, 200, 50
@@ -49,7 +54,7 @@ def test_rounds_are_rotated_and_reduced_to_medians(monkeypatch):
 def test_every_engine_warms_up_unrecorded_at_the_highest_concurrency(monkeypatch):
     calls = []
 
-    def fake(url, model, bodies, concurrency, seconds, pid, token=None):
+    def fake(url, model, bodies, concurrency, seconds, pid, token=None, model_pids=()):
         calls.append((url, concurrency, seconds))
         return _point(100 if seconds == 1.0 else 1, 1.0)
 
@@ -154,3 +159,61 @@ def test_cpu_and_memory_of_a_process_tree_are_counted():
     assert engines.cpu_seconds(os.getpid()) > 0
     memory = engines.process_memory(os.getpid())
     assert memory["rss_mib"] >= memory["uss_mib"] > 0
+
+
+def test_the_model_process_line_sets_each_worker_beside_the_handler_in_process():
+    rows = [
+        {"model": model, "concurrency": 16, "engine": engine, "rps": 4000, "p50_ms": 1,
+         "p99_ms": 2, "errors": 0, "cpu_ms_per_request": 0.3, "model_cpu_ms_per_request": cpu,
+         "model_busy": busy}
+        for engine, cpu, busy in (("torchserve", 0.25, 0.98), ("triton", 0.16, 0.74))
+        for model in ("digits", "floor-digits")
+    ]  # fmt: skip
+    summary = engines_summary(
+        {"cpu": "c", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 1,
+         "seconds_per_point": 5, "rows": rows, "memory": {},
+         "handler_ceiling_rps": {"digits": 8000.0}, "targets": _targets(rows, {"digits": 8000.0})}
+    )  # fmt: skip
+    line = next(x for x in summary.splitlines() if x.startswith("Model process"))
+    assert "ms per request: digits 0.125)" in line
+    assert "torchserve digits c16 0.250 ms busy 0.98, triton digits c16 0.160 ms busy 0.74" in line
+    assert "floor" not in line.split("):")[1]  # the floors' processes are not the model's
+
+
+class _Process:
+    def __init__(self, pid: int, name: str, cmdline: list[str]) -> None:
+        self.pid, self._name, self._cmdline = pid, name, cmdline
+
+    def name(self) -> str:
+        return self._name
+
+    def cmdline(self) -> list[str]:
+        return self._cmdline
+
+
+def test_a_models_stubs_are_found_by_their_directory(monkeypatch):
+    tree = [
+        _Process(1, "tritonserver", ["tritonserver", "--model-repository=/r"]),
+        _Process(2, "triton_python_backend_stub", ["stub", "/r/digits/1/triton_model.py"]),
+        _Process(3, "triton_python_backend_stub", ["stub", "/r/digits/2/triton_model.py"]),
+        _Process(4, "triton_python_backend_stub", ["stub", "/r/digits-int8/1/model.py"]),
+        _Process(5, "python", ["python", "/r/digits/1/x.py"]),
+    ]
+    monkeypatch.setattr(engines, "_tree", lambda pid: tree)
+    assert engines.model_stubs(1, "digits") == [2, 3]
+    assert engines.model_stubs(1, "floor") == []
+
+
+def test_a_points_model_process_cpu_and_busy_share(monkeypatch):
+    """The model's own processes are measured apart from the server's tree: CPU per request
+    and CPU seconds per wall second per process."""
+    monkeypatch.setattr(engines, "closed_loop", lambda *a, **k: (
+        sum(i * i for i in range(300_000)),  # this process works while the load runs
+        {"rps": 10.0, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "answered": 10},
+    )[1])  # fmt: skip
+    point = engines.measure_point("http://127.0.0.1:1", "m", [b"x"], 1, 0.1, os.getpid(),
+                                  model_pids=[os.getpid()])  # fmt: skip
+    assert point["model_cpu_ms_per_request"] > 0
+    assert 0 < point["model_busy"] <= 1.5
+    assert "model_busy" not in engines.measure_point("http://127.0.0.1:1", "m", [b"x"], 1, 0.1,
+                                                     os.getpid())  # fmt: skip
