@@ -29,6 +29,7 @@ __all__ = [
     "HandlerSettings",
     "check_torch_version",
     "checked_labels",
+    "labelled",
     "ranked",
     "sha256_file",
     "sha256_stream",
@@ -117,7 +118,12 @@ def _threads(value) -> int | str:
 
 def topk_answers(logits, mapping: dict[str, str], k: int) -> list[dict[str, float]]:
     """One ``{label: probability}`` dict per row, the ``k`` most probable labels first."""
-    values, indices = ranked(logits, k)
+    return labelled(*ranked(logits, k), mapping)
+
+
+def labelled(values, indices, mapping: dict[str, str]) -> list[dict[str, float]]:
+    """Ranked rows (``ranked``'s probabilities and class indices) as one ``{label:
+    probability}`` dict per row, in rank order."""
     return [
         {mapping.get(str(i), str(i)): round(v, 6) for v, i in zip(row_v, row_i)}
         for row_v, row_i in zip(values.tolist(), indices.tolist())

@@ -7,15 +7,17 @@ Lifecycle of one batch (``HandlerCore``), whatever the task:
            ``InputError`` for that request alone (anything unforeseen becomes its 400; an
            explanation request gets its 501: explanations are not implemented); the adapter
            collates every item of the batch into one model input;
-  forward  one forward pass;
+  forward  one forward pass; the adapter prepares what the answers are read from, once for
+           the batch (a classifier's top-k of every row);
   encode   the outputs are split back per request in order; the adapter answers each (plain
            JSON, or v2 outputs the core encodes as JSON or binary); a refused request gets its
            JSON error with its status. Exactly one answer per request, checked.
 
 A task adapter (``TaskAdapter``) knows only its task: decode a request's payload into items,
-collate items into a batch, answer one request's rows of the output. The core owns request
-parsing, per-request errors, batching, v2, metrics and the answer count. It imports nothing
-from TorchServe, so any server (TorchServe's ``BaseHandler``, Triton) can drive it.
+collate items into a batch, prepare the batch's outputs, answer one request's rows of them.
+The core owns request parsing, per-request errors, batching, v2, metrics and the answer count.
+It imports nothing from TorchServe, so any server (TorchServe's ``BaseHandler``, Triton) can
+drive it.
 
 Ships inside every .mar; imports flat there.
 """
@@ -116,7 +118,7 @@ class Batch:
     request_ids: dict[int, str] = field(default_factory=dict)
     inputs: Any = None  # every item collated into one model input, in order
     count: int = 0  # how many items (rows) that is
-    outputs: Any = None  # the model's outputs for every item, in order
+    outputs: Any = None  # the model's outputs for every item, in order (``prepare_outputs``)
 
 
 class ForwardError(RuntimeError):
@@ -139,6 +141,10 @@ class TaskAdapter(Protocol):
 
     def empty(self) -> Any:
         """The model input of a batch with no usable item."""
+
+    def prepare_outputs(self, outputs: Any) -> Any:
+        """What the answers are read from, made once for the whole batch's outputs (rows still
+        follow items): a classifier ranks every row in one call instead of one per request."""
 
     def answer(self, rows: Any) -> Any:
         """A plain request's answer from its rows of the model's output."""
@@ -216,11 +222,13 @@ class HandlerCore:
             started = time.perf_counter()
             try:
                 with arrays.inference():
-                    batch.outputs = _to_cpu(self.model(batch.inputs))
+                    outputs = _to_cpu(self.model(batch.inputs))
+                forward_ms = (time.perf_counter() - started) * 1000
+                batch.outputs = self.adapter.prepare_outputs(outputs)
             except Exception as err:
                 logger.exception("forward pass failed on a batch of %d", batch.count)
                 raise ForwardError(f"model forward pass failed: {err}") from err
-            self.metric("ForwardTime", (time.perf_counter() - started) * 1000, "ms")
+            self.metric("ForwardTime", forward_ms, "ms")
         self.metric("BatchSize", batch.size, "count")
         return batch
 

@@ -5,6 +5,7 @@ decode     a plain request's image (raw bytes, multipart, base64 JSON) -> one ``
            ``[N, C, H, W]`` (already normalised) -> N ``Normalised`` rows
 collate    every image preprocessed at once (the build's own ``imageprep.preprocess``), rows in
            request order, one batch tensor
+prepare    every row of the batch ranked at once (top-k probabilities and class indices)
 answer     top-k ``{label: probability}``; over v2 ``probabilities`` (FP32) and ``labels``
            (BYTES), both ``[N, k]``
 
@@ -18,14 +19,14 @@ from dataclasses import dataclass
 
 try:  # inside this repository
     from . import arrays, imageprep, kserve_v2, payloads
-    from .classification import HandlerSettings, ranked, topk_answers
+    from .classification import HandlerSettings, labelled, ranked
     from .core import Request, V2Output
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     import arrays
     import imageprep
     import kserve_v2
     import payloads
-    from classification import HandlerSettings, ranked, topk_answers
+    from classification import HandlerSettings, labelled, ranked
     from core import Request, V2Output
 
 __all__ = ["ImageClassification", "Normalised", "Pixels"]
@@ -103,12 +104,16 @@ class ImageClassification:
         """Model input of ``batch_size`` zeros, for warming the model up."""
         return arrays.to_device(arrays.zeros((batch_size, *self.input_shape)), self.device)
 
-    def answer(self, rows) -> dict[str, float]:
-        return topk_answers(rows, self.mapping, self.settings.topk)[0]
+    def prepare_outputs(self, logits) -> tuple:
+        """Every row's top-k probabilities and class indices, ranked in one call."""
+        return ranked(logits, self.settings.topk)
 
-    def v2_outputs(self, rows) -> list[V2Output]:
-        values, indices = ranked(rows, self.settings.topk)
-        shape = [int(rows.shape[0]), int(indices.shape[1])]
+    def answer(self, rows: tuple) -> dict[str, float]:
+        return labelled(*rows, self.mapping)[0]
+
+    def v2_outputs(self, rows: tuple) -> list[V2Output]:
+        values, indices = rows
+        shape = [int(indices.shape[0]), int(indices.shape[1])]
         labels = [self.mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
         return [
             V2Output(

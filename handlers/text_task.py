@@ -6,6 +6,7 @@ decode     a plain request's text (raw UTF-8 body, JSON ``{"text"}``/``{"data"}`
            ``too_long: refuse`` over ``max_length`` tokens)
 collate    the whole batch tokenized in one call of the fast tokenizer, padded to its longest
            text (``textprep.encode_batch``)
+prepare    every row ranked at once (top-k probabilities and class indices), with its flag
 answer     ``{"label", "probabilities" (top-k), "truncated"}``; over v2 ``probabilities`` (FP32)
            and ``labels`` (BYTES), both ``[N, k]``, and ``truncated`` (BOOL, ``[N]``)
 
@@ -118,9 +119,14 @@ class TextClassification:
 
         return run
 
+    def prepare_outputs(self, outputs: tuple) -> tuple:
+        """Every row's top-k probabilities and class indices, ranked in one call, with its
+        truncation flag."""
+        logits, truncated = outputs
+        return (*ranked(logits, self.settings.topk), truncated)
+
     def answer(self, rows: tuple) -> dict:
-        logits, truncated = rows
-        values, indices = ranked(logits, self.settings.topk)
+        values, indices, truncated = rows
         labels = [self.mapping.get(str(i), str(i)) for i in indices[0].tolist()]
         return {
             "label": labels[0],
@@ -129,9 +135,8 @@ class TextClassification:
         }
 
     def v2_outputs(self, rows: tuple) -> list[V2Output]:
-        logits, truncated = rows
-        values, indices = ranked(logits, self.settings.topk)
-        shape = [int(logits.shape[0]), int(indices.shape[1])]
+        values, indices, truncated = rows
+        shape = [int(indices.shape[0]), int(indices.shape[1])]
         labels = [self.mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
         return [
             V2Output(

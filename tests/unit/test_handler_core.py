@@ -42,6 +42,9 @@ class VectorClassifier:  # the whole second task: decode, collate, answer
     def empty(self) -> torch.Tensor:
         return torch.empty((0, self.size))
 
+    def prepare_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs
+
     def answer(self, rows: torch.Tensor) -> dict:
         return {"class": int(rows.argmax(1)[0])}
 
