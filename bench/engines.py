@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import psutil
@@ -91,28 +91,32 @@ def _tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of ``pid`` and every process under it."""
+def _cpu(processes: Iterable[psutil.Process]) -> float:
+    """User and system CPU seconds of these processes (one gone meanwhile counts nothing)."""
     total = 0.0
-    for process in _tree(pid):
+    for process in processes:
         try:
             times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _own_cpu_seconds(pids: Sequence[int]) -> float:
-    """User and system CPU seconds of exactly these processes (not their children)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
         except psutil.Error:
             continue
         total += times.user + times.system
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` and every process under it."""
+    return _cpu(_tree(pid))
+
+
+def _own_cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU seconds of exactly these processes (not their children)."""
+    processes = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.Error:  # gone already: counts nothing
+            continue
+    return _cpu(processes)
 
 
 def model_stubs(triton_pid: int, model: str) -> list[int]:
