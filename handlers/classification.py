@@ -13,12 +13,14 @@ from typing import BinaryIO
 
 try:  # inside this repository
     from .arrays import ranked
+    from .core import V2Output
     from .imageprep import ImageLimits, PreprocessSpec
     from .serving_policy import AUTO
     from .textprep import TASK as TEXT_TASK
     from .textprep import TextSpec
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     from arrays import ranked
+    from core import V2Output
     from imageprep import ImageLimits, PreprocessSpec
     from serving_policy import AUTO
     from textprep import TASK as TEXT_TASK
@@ -31,6 +33,7 @@ __all__ = [
     "checked_labels",
     "labelled",
     "ranked",
+    "ranked_v2_outputs",
     "sha256_file",
     "sha256_stream",
     "topk_answers",
@@ -127,6 +130,17 @@ def labelled(values, indices, mapping: dict[str, str]) -> list[dict[str, float]]
     return [
         {mapping.get(str(i), str(i)): round(v, 6) for v, i in zip(row_v, row_i)}
         for row_v, row_i in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def ranked_v2_outputs(values, indices, mapping: dict[str, str]) -> list[V2Output]:
+    """Ranked rows as v2 outputs: ``probabilities`` (FP32) and ``labels`` (BYTES), ``[N, k]``."""
+    shape = [int(indices.shape[0]), int(indices.shape[1])]
+    labels = [mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
+    probabilities = [round(v, 6) for v in values.flatten().tolist()]
+    return [
+        V2Output("probabilities", "FP32", shape, probabilities),
+        V2Output("labels", "BYTES", shape, labels),
     ]
 
 

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 try:  # inside this repository
     from . import arrays, imageprep, kserve_v2, payloads
-    from .classification import HandlerSettings, labelled, ranked
+    from .classification import HandlerSettings, labelled, ranked, ranked_v2_outputs
     from .core import Request, V2Output
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     import arrays
     import imageprep
     import kserve_v2
     import payloads
-    from classification import HandlerSettings, labelled, ranked
+    from classification import HandlerSettings, labelled, ranked, ranked_v2_outputs
     from core import Request, V2Output
 
 __all__ = ["ImageClassification", "Normalised", "Pixels"]
@@ -112,15 +112,7 @@ class ImageClassification:
         return labelled(*rows, self.mapping)[0]
 
     def v2_outputs(self, rows: tuple) -> list[V2Output]:
-        values, indices = rows
-        shape = [int(indices.shape[0]), int(indices.shape[1])]
-        labels = [self.mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
-        return [
-            V2Output(
-                "probabilities", "FP32", shape, [round(v, 6) for v in values.flatten().tolist()]
-            ),
-            V2Output("labels", "BYTES", shape, labels),
-        ]
+        return ranked_v2_outputs(*rows, self.mapping)
 
     def describe(self) -> dict:
         """The model's v2 inputs and outputs, with the normalisation an FP32 input must have."""

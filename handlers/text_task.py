@@ -22,14 +22,14 @@ from pathlib import Path
 
 try:  # inside this repository
     from . import arrays, kserve_v2, textprep
-    from .classification import HandlerSettings, ranked
+    from .classification import HandlerSettings, ranked, ranked_v2_outputs
     from .core import Request, V2Output
     from .imageprep import InputError
 except ImportError:  # inside a .mar, where the helpers sit flat at the archive root
     import arrays
     import kserve_v2
     import textprep
-    from classification import HandlerSettings, ranked
+    from classification import HandlerSettings, ranked, ranked_v2_outputs
     from core import Request, V2Output
     from imageprep import InputError
 
@@ -136,14 +136,10 @@ class TextClassification:
 
     def v2_outputs(self, rows: tuple) -> list[V2Output]:
         values, indices, truncated = rows
-        shape = [int(indices.shape[0]), int(indices.shape[1])]
-        labels = [self.mapping.get(str(i), str(i)) for i in indices.flatten().tolist()]
+        flags = [bool(t) for t in truncated.tolist()]
         return [
-            V2Output(
-                "probabilities", "FP32", shape, [round(v, 6) for v in values.flatten().tolist()]
-            ),
-            V2Output("labels", "BYTES", shape, labels),
-            V2Output("truncated", "BOOL", [shape[0]], [bool(t) for t in truncated.tolist()]),
+            *ranked_v2_outputs(values, indices, self.mapping),
+            V2Output("truncated", "BOOL", [len(flags)], flags),
         ]
 
     def describe(self) -> dict:
