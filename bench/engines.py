@@ -200,21 +200,25 @@ def engines_section(
     """Every (model, concurrency, engine) point, rounds with the engine order rotated; the
     median of each measure over the rounds. ``engines[name]`` holds ``url``, ``pid``, ``token``
     and ``names`` (the served name of each model key: ``floor_of(model)`` for the floors), and
-    optionally ``model_pids`` (each model key's own processes).
+    optionally ``model_pids`` (each model key's own processes); an engine measures only the
+    model keys its ``names`` holds (a variant of an engine may leave the floors out).
     First ``warm_up_s`` of unrecorded load per engine and model, at the highest concurrency:
     TorchServe's frontend runs on the JVM, whose first seconds are spent compiling."""
     raw: dict[tuple, list[dict]] = {}
     order = list(engines)
     for engine, e in engines.items() if warm_up_s > 0 else ():
         for model, bodies in models.items():
-            measure_point(e["url"], e["names"][model], bodies, max(concurrencies), warm_up_s,
-                          e["pid"], e.get("token"))  # fmt: skip
+            if model in e["names"]:
+                measure_point(e["url"], e["names"][model], bodies, max(concurrencies), warm_up_s,
+                              e["pid"], e.get("token"))  # fmt: skip
         log(f"engines: {engine} warmed up")
     for r in range(rounds):
         for model, bodies in models.items():
             for concurrency in concurrencies:
                 for engine in order[r % len(order) :] + order[: r % len(order)]:
                     e = engines[engine]
+                    if model not in e["names"]:
+                        continue
                     point = measure_point(
                         e["url"], e["names"][model], bodies, concurrency, seconds, e["pid"],
                         e.get("token"), e.get("model_pids", {}).get(model, ()),
@@ -230,5 +234,8 @@ def engines_section(
             if all(key in p for p in points):
                 row[key] = round(statistics.median(p[key] for p in points), 3)
         row["errors"] = sum(p["errors"] for p in points)
+        pids = engines[engine].get("model_pids", {}).get(model)
+        if pids:
+            row["model_processes"] = len(pids)
         rows.append(row)
     return rows

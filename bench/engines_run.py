@@ -1,7 +1,9 @@
 """``distillserve bench --engines``: build what the engines section serves, start the engines on
 it (TorchServe; Triton as ``serve --engine triton`` runs these ONNX students, its model
 processes where torch cannot be imported; and Triton ``--with-torch``), measure
-(``bench.engines``) and summarise against the targets."""
+(``bench.engines``) and summarise against the targets. Beside each archive as it is (its
+``auto`` workers: one per core), TorchServe and Triton serve it with one model process too
+(``-1w``), measured in the same rounds: what the serving policy's worker rule rests on."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import yaml
 from distillserve.archiver import build_archive
 from distillserve.archiver.properties import ServerConfig
 from distillserve.archiver.signing import Trust, ensure_keys
-from distillserve.archiver.triton import export_triton
+from distillserve.archiver.triton import export_triton, model_config
 from distillserve.bench.engines import (
     TRITON_FLOOR,
     engines_section,
@@ -27,7 +29,7 @@ from distillserve.bench.engines import (
 )
 from distillserve.bench.models import handler_ceiling, photo_jpegs, vision_artifact
 from distillserve.bench.report_util import cpu_name
-from distillserve.bench.served import floor_archive, register_timed
+from distillserve.bench.served import floor_archive, register_timed, unregister
 from distillserve.serving.load import v2_image_bodies, worker_pids
 from distillserve.serving.server import TorchServe
 from distillserve.serving.triton_engine import TritonAddresses, TritonEngine
@@ -40,6 +42,7 @@ from distillserve.students.zoo import build_model
 __all__ = ["engines_summary", "run_engines_bench"]
 
 MOBILENET = "mobilenetv3-int8"
+ONE_WORKER = "-1w"  # the suffix of an engine (and a TorchServe model name) with one model process
 
 
 def _digits_onnx(
@@ -123,16 +126,22 @@ def run_engines_bench(
     # the same repository with torch importable (serve --engine triton --with-torch)
     with_torch = TritonEngine(repository, work / "triton-torch-run", TritonAddresses.free(),
                               trust, without_torch=False)  # fmt: skip
+    one_each = _one_instance_repository([digits, mobilenet], work / "triton-1w", trust)
+    triton_one = TritonEngine(one_each, work / "triton-1w-run", TritonAddresses.free(), trust)
     bodies = {"digits": v2_image_bodies(pngs), "mobilenet": v2_image_bodies(jpegs)}
     # each engine's no-op floor on each model's own requests (the frontend's cost grows with
     # the body: a 224x224 JPEG is about 20 kB of base64, a digit 0.4 kB)
     bodies |= {floor_of(model): bodies[model] for model in list(bodies)}
-    with torchserve, triton, with_torch:
+    with torchserve, triton, with_torch, triton_one:
         torchserve.start(models=[])
         for archive, payloads in archives.values():
             s = _settings(archive)
-            register_timed(torchserve, archive, archive.stem, payloads[0],
-                           int(s["batchSize"]), int(s["maxBatchDelay"]))  # fmt: skip
+            for name in (archive.stem, archive.stem + ONE_WORKER):
+                register_timed(torchserve, archive, name, payloads[0],
+                               int(s["batchSize"]), int(s["maxBatchDelay"]))  # fmt: skip
+            torchserve.management_client().scale(
+                archive.stem + ONE_WORKER, min_worker=1, max_worker=1
+            )
         register_timed(torchserve, floor_archive(store), "floor", pngs[0], batch, delay)
         engines = {
             "torchserve": {
@@ -158,16 +167,29 @@ def run_engines_bench(
                 for name, engine in (("triton", triton), (WITH_TORCH, with_torch))
             },
         }
+        models = {"digits": digits.stem, "mobilenet": mobilenet.stem}
+        engines["torchserve" + ONE_WORKER] = {
+            **engines["torchserve"],
+            "names": {key: name + ONE_WORKER for key, name in models.items()},
+        }
+        engines["triton" + ONE_WORKER] = {
+            "url": triton_one.addresses.http_url, "pid": triton_one.pid(), "names": models,
+        }  # fmt: skip
         headers = torchserve.headers("management")
         for name, engine in engines.items():
             engine["model_pids"] = {
                 key: worker_pids(torchserve.management_url, served, headers)
-                if name == "torchserve"
+                if name.startswith("torchserve")
                 else model_stubs(engine["pid"], served)
                 for key, served in engine["names"].items()
             }
         rows = engines_section(engines, bodies, concurrencies, seconds, rounds, log)
-        memory = {name: process_memory(e["pid"]) for name, e in engines.items()}
+        for name in engines["torchserve" + ONE_WORKER]["names"].values():
+            unregister(torchserve, name)  # TorchServe's memory with the archives as they are
+        memory = {
+            name: process_memory(e["pid"]) for name, e in engines.items()
+            if name != "torchserve" + ONE_WORKER
+        }  # fmt: skip
     return {
         "cpu": cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
@@ -186,6 +208,13 @@ def run_engines_bench(
 WITH_TORCH = "triton-with-torch"
 
 
+def _one_instance_repository(archives: list[Path], out: Path, trust: Trust) -> Path:
+    """A Triton repository of ``archives`` with one model instance (process) each."""
+    for model in export_triton(archives, out, trust, force=True):
+        (model.path / "config.pbtxt").write_text(model_config(model.path / "1", model.name, 1))
+    return out
+
+
 def _targets(rows: list[dict], ceilings: dict[str, float], cores: int = 0) -> dict:
     """Per point: served ÷ min(the engine's floor, the handler ceiling), the issue's limit, and
     served ÷ the shared-cores limit 1 / (1/floor + 1/ceiling), what the two allow when the
@@ -195,9 +224,15 @@ def _targets(rows: list[dict], ceilings: dict[str, float], cores: int = 0) -> di
     the cores were at each point: served × (server + load-generator CPU per request) ÷ cores
     (near 1: the machine had nothing left)."""
     by = {(r["model"], r["concurrency"], r["engine"]): r for r in rows}
-    limit, shared = {}, {}
+    limit, shared, workers = {}, {}, {}
     for (model, concurrency, engine), row in by.items():
         if is_floor(model):
+            continue
+        if engine.endswith(ONE_WORKER):  # a variant: against the engine with the archive's own
+            base = by.get((model, concurrency, engine.removesuffix(ONE_WORKER)))
+            if base and row["rps"]:
+                name = f"{engine.removesuffix(ONE_WORKER)} {model} c{concurrency}"
+                workers[name] = round(base["rps"] / row["rps"], 3)
             continue
         floor = by[(floor_of(model), concurrency, engine)]["rps"]
         ceiling = ceilings[model]
@@ -219,6 +254,8 @@ def _targets(rows: list[dict], ceilings: dict[str, float], cores: int = 0) -> di
         "served_over_shared_limit": shared,
         "triton_cpu_over_torchserve_digits": cpu_ratio("triton"),
     }
+    if workers:
+        targets["archive_workers_over_one"] = workers
     busy = {
         f"{engine} {model} c{concurrency}": round(
             row["rps"] * (row["cpu_ms_per_request"] + row["client_cpu_ms_per_request"])
@@ -242,12 +279,14 @@ def engines_summary(results: dict) -> str:
         "triton: as `serve --engine triton` runs these ONNX students (its model processes "
         f"without torch); {WITH_TORCH}: `--with-torch`.",
         "",
-        "| engine | model | clients | req/s | p50 / p99 ms | CPU-ms per request | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| engine | model | model processes | clients | req/s | p50 / p99 ms | CPU-ms per request "
+        "| errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in sorted(results["rows"], key=lambda r: (r["model"], r["concurrency"], r["engine"])):
         lines.append(
-            f"| {r['engine']} | {r['model']} | {r['concurrency']} | {r['rps']:,.0f} | "
+            f"| {r['engine']} | {r['model']} | {r.get('model_processes', '')} | "
+            f"{r['concurrency']} | {r['rps']:,.0f} | "
             f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} | {r['cpu_ms_per_request']:.2f} | "
             f"{r['errors']} |"
         )
@@ -261,6 +300,8 @@ def engines_summary(results: dict) -> str:
         ("served_over_limit", "Served / min(floor, ceiling), target >= 0.9"),
         ("served_over_shared_limit", "Served / the shared-cores limit 1 / (1/floor + 1/ceiling) "
          "(on the same cores a request needs the engine's work and the handler's)"),
+        ("archive_workers_over_one", "The archive's workers (auto: one per core) against one "
+         "model process (-1w), req/s ratio in the same rounds"),
         ("cores_busy", "Cores busy at each point, served x (server + load-generator CPU-ms per "
          "request) / cores (near 1: the machine had nothing left to give)"),
     ):  # fmt: skip

@@ -8,19 +8,21 @@ applies at start on the inference host; ``build_threads`` the count the build me
 at. Ships inside every .mar (the handler needs ``serve_threads``); imports nothing of
 distillserve.
 
-The rule (``choose``), from what ``make bench`` measured on TorchServe 0.12 (README, Performance):
+The rule (``choose``), from what ``make bench`` measured on TorchServe 0.12 and Triton (README,
+Performance and Engines):
 
-- **workers**: one when a worker at one thread needs less than ``SERVER_MS_PER_REQUEST`` per
-  image: TorchServe's own cost per request (frontend, batching, the worker's Python protocol) is
-  about that, so one worker keeps up with what the server hands it, and a second one only adds
-  batches and contention. Otherwise one worker per core: decoding runs under each worker's GIL,
-  so only more workers decode in parallel (MobileNetV3 and ResNet-18 int8 at 224x224 served
-  1.3-1.5x more at concurrency 32 with two one-thread workers than one two-thread worker).
-- **threads**: one for a model cheaper than the server (its intra-op threads only wait at
-  barriers while the frontend holds the other cores: the digits student served 1.85x more at one
-  thread than at two, though two run its batch 1.5x faster in isolation) and when the workers
-  take every core; otherwise cores ÷ workers when that many threads make one batch's forward
-  pass at least ``MIN_THREAD_SPEEDUP`` faster than one thread.
+- **workers**: one per core, whatever the model costs. Every request's decoding, forward pass
+  and answer run in a worker's own Python process, under its GIL, and the engine hands that
+  process its next batch only after the last one's answers are out: one process is the bound
+  even for a model as cheap as the digits student. On 2 cores two one-thread workers served
+  1.2-1.8x the requests of one, on TorchServe and on Triton, for the digits and the BERT-Small
+  int8 students, and 1.9-2.0x for MobileNetV3 int8, at the same CPU per request
+  (docs/bench/2026-12-04-workers.md; ``make bench``'s engines section measures it again).
+- **threads**: one when the workers take every core. For given workers with cores to spare:
+  one for a model cheaper than ``CHEAP_MS_PER_INPUT`` per input (its intra-op threads only wait
+  at barriers: the digits student served 1.85x more at one thread than at two, though two run
+  its batch 1.5x faster in isolation); otherwise cores ÷ workers when that many threads make one
+  batch's forward pass at least ``MIN_THREAD_SPEEDUP`` faster than one thread.
 
 The worker count is the build host's cores: an inference host with more cores wants more
 workers (``PUT /models/{name}?min_worker=N``, or a number in the recipe). The choice, the
@@ -35,9 +37,9 @@ from typing import ClassVar
 
 __all__ = [
     "AUTO",
+    "CHEAP_MS_PER_INPUT",
     "MAX_BATCH_SIZE",
     "MIN_THREAD_SPEEDUP",
-    "SERVER_MS_PER_REQUEST",
     "ArchiveConfig",
     "Measured",
     "PolicyError",
@@ -51,7 +53,8 @@ __all__ = [
 ]
 
 AUTO = "auto"  # workers or threads chosen from the model's measured cost when archived
-SERVER_MS_PER_REQUEST = 1.0  # TorchServe's own CPU time per request, about (bench: no-op floor)
+# below this cost per input at one thread, a model's intra-op threads only wait at barriers
+CHEAP_MS_PER_INPUT = 1.0
 MIN_THREAD_SPEEDUP = 1.5  # what more intra-op threads must gain on one batch to be used
 # The largest batch an archive may ask TorchServe for: far past where batching stops paying on
 # CPU (bench: 8-32), and a worker warms up at its batch size (100,000 cost one ONNX worker 400 MB).
@@ -186,31 +189,32 @@ class ServingChoice:
 def choose(min_workers: Count, max_workers: Count, threads: Count, measured: Measured):
     """Resolve every ``AUTO`` of the three settings from ``measured`` (the module docstring)."""
     reasons = []
-    per_image = measured.ms_per_image_1_thread
-    cheap = per_image < SERVER_MS_PER_REQUEST
-    cost = (
-        f"one input costs {per_image:.2f} ms at one thread, "
-        f"{'below' if cheap else 'above'} TorchServe's ~{SERVER_MS_PER_REQUEST:g} ms per request"
-    )
     if min_workers == AUTO:
-        low = high = 1 if cheap else measured.cores
-        reasons.append(f"{high} worker{'s' if high > 1 else ''} ({cost})")
+        low = high = measured.cores
+        reasons.append(
+            f"{high} worker{'s' if high > 1 else ''}, one per core (each decodes and runs its "
+            "batches in its own process)"
+        )
     else:
         low, high = int(min_workers), int(max_workers)
     if threads == AUTO:
-        count, because = _auto_threads(measured, high, cheap)
+        count, because = _auto_threads(measured, high)
         reasons.append(f"{count} thread{'s' if count > 1 else ''} per worker ({because})")
     else:
         count = int(threads)
     return ServingChoice(low, high, count, "; ".join(reasons), asdict(measured))
 
 
-def _auto_threads(measured: Measured, workers: int, cheap: bool) -> tuple[int, str]:
+def _auto_threads(measured: Measured, workers: int) -> tuple[int, str]:
     share = max(1, measured.cores // workers)
-    if cheap:
-        return 1, "cheaper than the server: more threads only contend with it"
     if share == 1:
-        return 1, f"no core left over with {workers} workers"
+        return 1, f"no core left over with {workers} worker{'s' if workers > 1 else ''}"
+    per_input = measured.ms_per_image_1_thread
+    if per_input < CHEAP_MS_PER_INPUT:
+        return 1, (
+            f"one input costs {per_input:.2f} ms at one thread, under {CHEAP_MS_PER_INPUT:g} ms: "
+            "more threads only wait at barriers"
+        )
     pays = measured.thread_speedup >= MIN_THREAD_SPEEDUP
     speedup = (
         f"{measured.cores} threads run a batch of {measured.batch_size} "

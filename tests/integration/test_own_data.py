@@ -8,6 +8,7 @@ where it would have replaced the digits student."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,13 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
         assert "serving shapes-student-onnx.mar, shapes-student-pt2.mar, shapes-student.mar" in (
             started.stdout
         )
+        # the recipe's auto workers: one per core of this (the build) host, each serving
+        described = _cli("describe", "shapes-student-onnx", *server)
+        assert described.returncode == 0, described.stderr
+        (model,) = json.loads(described.stdout)
+        cores = len(os.sched_getaffinity(0))
+        assert model["minWorkers"] == model["maxWorkers"] == cores
+        assert [w["status"] for w in model["workers"]] == ["READY"] * cores
         image = next((own["root"] / "data" / "test" / "ring").glob("*.png"))
         for model in ("shapes-student", "shapes-student-pt2", "shapes-student-onnx"):
             for route in ([], ["--grpc"]):

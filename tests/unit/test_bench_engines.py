@@ -10,7 +10,7 @@ import os
 import pytest
 
 from distillserve.bench import engines
-from distillserve.bench.engines_run import WITH_TORCH, _targets, engines_summary
+from distillserve.bench.engines_run import ONE_WORKER, WITH_TORCH, _targets, engines_summary
 from distillserve.serving.load import v2_image_bodies
 
 
@@ -49,6 +49,31 @@ def test_rounds_are_rotated_and_reduced_to_medians(monkeypatch):
     assert by_engine["torchserve"]["rps"] == 150  # median of 100, 150, 250
     assert by_engine["triton"]["rps"] == 200  # median of 300, 200, 50
     assert len(by_engine["triton"]["rounds"]) == 3
+    assert by_engine["torchserve"]["model_processes"] == 1  # its model_pids counted
+    assert "model_processes" not in by_engine["triton"]
+
+
+def test_an_engine_measures_only_the_models_it_names(monkeypatch):
+    calls = []
+
+    def fake(url, model, bodies, concurrency, seconds, pid, token=None, model_pids=()):
+        calls.append((url, model))
+        return _point(100, 1.0)
+
+    monkeypatch.setattr(engines, "measure_point", fake)
+    monkeypatch.setattr(engines.time, "sleep", lambda s: None)
+    setup = _two_engines()
+    setup["torchserve"]["names"]["floor-digits"] = "floor"  # the variant ("tr") has no floor
+    rows = engines.engines_section(
+        setup, {"digits": [b"x"], "floor-digits": [b"y"]}, [16], 1.0, 1, lambda _: None,
+        warm_up_s=1.0,
+    )  # fmt: skip
+    assert calls.count(("tr", "d")) == 2 and ("tr", "floor") not in calls  # warm-up + 1 round
+    assert {(r["engine"], r["model"]) for r in rows} == {
+        ("torchserve", "digits"),
+        ("torchserve", "floor-digits"),
+        ("triton", "digits"),
+    }
 
 
 def test_every_engine_warms_up_unrecorded_at_the_highest_concurrency(monkeypatch):
@@ -68,6 +93,18 @@ def test_every_engine_warms_up_unrecorded_at_the_highest_concurrency(monkeypatch
     assert len(calls) == 2 + 4 and all(r["rps"] == 100 for r in rows)  # none of them recorded
 
 
+def _summary(rows: list[dict], targets: dict, ceilings: dict, memory: dict) -> str:
+    """``engines_summary`` of ``rows`` (given a p50, p99 and no errors) on a 2-core test CPU."""
+    return engines_summary(
+        {
+            "cpu": "test CPU", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 3,
+            "seconds_per_point": 5, "rows": [{**r, "p50_ms": 1, "p99_ms": 2, "errors": 0}
+                                              for r in rows],
+            "memory": memory, "handler_ceiling_rps": ceilings, "targets": targets,
+        }
+    )  # fmt: skip
+
+
 def test_targets_divide_by_the_lower_limit_and_compare_cpu():
     rows = []
     for engine, served, floor, cpu in (("torchserve", 800, 1000, 2.0), ("triton", 900, 2000, 1.2)):
@@ -84,20 +121,42 @@ def test_targets_divide_by_the_lower_limit_and_compare_cpu():
     assert shared["torchserve digits c16"] == pytest.approx(800 / (1 / (1 / 1000 + 1 / 950)), 1e-3)
     assert shared["triton digits c16"] == pytest.approx(900 / (1 / (1 / 2000 + 1 / 950)), 1e-3)
     assert targets["triton_cpu_over_torchserve_digits"] == {16: 0.6}
-    summary = engines_summary(
+    summary = _summary(
+        rows,
+        targets,
+        {"digits": 950.0},
         {
-            "cpu": "test CPU", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 3,
-            "seconds_per_point": 5, "rows": [{**r, "p50_ms": 1, "p99_ms": 2, "errors": 0}
-                                              for r in rows],
-            "memory": {"torchserve": {"rss_mib": 500, "uss_mib": 400},
-                       "triton": {"rss_mib": 250, "uss_mib": 180}},
-            "handler_ceiling_rps": {"digits": 950.0},
-            "targets": targets,
-        }
-    )  # fmt: skip
-    assert "| triton | digits | 16 | 900 | 1.0 / 2.0 | 1.20 | 0 |" in summary
+            "torchserve": {"rss_mib": 500, "uss_mib": 400},
+            "triton": {"rss_mib": 250, "uss_mib": 180},
+        },
+    )
+    assert "| triton | digits |  | 16 | 900 | 1.0 / 2.0 | 1.20 | 0 |" in summary
     assert "triton digits c16 0.95" in summary and "c16 0.60" in summary
     assert "1 / (1/floor + 1/ceiling)" in summary and "torchserve digits c16 1.64" in summary
+
+
+def test_one_model_process_variants_are_compared_with_their_engine_not_judged_by_a_limit():
+    """``-1w`` engines serve each archive with one model process and no floor of their own:
+    each is reported as the engine's req/s over its own, and never looked up for a floor."""
+    rows = [
+        {"model": "digits", "concurrency": 16, "engine": "torchserve", "rps": 3000,
+         "cpu_ms_per_request": 0.5, "model_processes": 2},
+        {"model": "floor-digits", "concurrency": 16, "engine": "torchserve", "rps": 4000,
+         "cpu_ms_per_request": 0.2},
+        {"model": "digits", "concurrency": 16, "engine": "torchserve" + ONE_WORKER, "rps": 2000,
+         "cpu_ms_per_request": 0.5, "model_processes": 1},
+        {"model": "digits", "concurrency": 16, "engine": "triton" + ONE_WORKER, "rps": 1000,
+         "cpu_ms_per_request": 0.3, "model_processes": 1},
+    ]  # fmt: skip
+    targets = _targets(rows, {"digits": 1500.0})
+    assert targets["archive_workers_over_one"] == {"torchserve digits c16": 1.5}  # no triton row
+    assert set(targets["served_over_limit"]) == {"torchserve digits c16"}
+    summary = _summary(
+        rows, targets, {"digits": 1500.0}, {"torchserve": {"rss_mib": 500, "uss_mib": 400}}
+    )
+    assert f"| torchserve{ONE_WORKER} | digits | 1 | 16 | 2,000 |" in summary
+    assert "| torchserve | digits | 2 | 16 | 3,000 |" in summary
+    assert "in the same rounds: torchserve digits c16 1.50" in summary
 
 
 def test_cores_busy_counts_the_server_and_the_load_generator():
@@ -114,16 +173,9 @@ def test_cores_busy_counts_the_server_and_the_load_generator():
     served_over_limit = targets["served_over_limit"]["torchserve mobilenet c16"]
     assert served_over_limit == pytest.approx(300 / 380, 1e-3)
     assert "cores_busy" not in _targets(rows, {"mobilenet": 380.0})  # cores unknown: none
-    summary = engines_summary(
-        {
-            "cpu": "test CPU", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 3,
-            "seconds_per_point": 5, "rows": [{**r, "p50_ms": 1, "p99_ms": 2, "errors": 0}
-                                              for r in rows],
-            "memory": {"torchserve": {"rss_mib": 500, "uss_mib": 400}},
-            "handler_ceiling_rps": {"mobilenet": 380.0},
-            "targets": targets,
-        }
-    )  # fmt: skip
+    summary = _summary(
+        rows, targets, {"mobilenet": 380.0}, {"torchserve": {"rss_mib": 500, "uss_mib": 400}}
+    )
     assert "nothing left to give): torchserve mobilenet c16 0.97" in summary
 
 

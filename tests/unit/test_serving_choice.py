@@ -7,8 +7,8 @@ import pytest
 from distillserve.errors import RecipeError
 from distillserve.handlers.serving_policy import (
     AUTO,
+    CHEAP_MS_PER_INPUT,
     MIN_THREAD_SPEEDUP,
-    SERVER_MS_PER_REQUEST,
     Measured,
     build_threads,
     serve_threads,
@@ -27,20 +27,29 @@ def measured(forward_ms: float, speedup: float, decode_ms: float = 0.1, cores: i
     return Measured(cores, 8, forward_ms, forward_ms / speedup, decode_ms)
 
 
-def test_a_model_cheaper_than_the_server_gets_one_worker_and_one_thread():
-    # 0.1 ms forward per batch of 8 + 0.1 ms decode: far below TorchServe's own cost per request
-    cost = measured(forward_ms=0.8, speedup=3.0)
-    assert cost.ms_per_image_1_thread < SERVER_MS_PER_REQUEST
-    choice = choose(ArchiveConfig.parse(ALL_AUTO), cost)
-    assert (choice.min_workers, choice.max_workers, choice.threads) == (1, 1, 1)
-    assert "1 worker (" in choice.why and "contend" in choice.why
-    assert choice.measured["forward_ms_1_thread"] == 0.8
-
-
-def test_a_model_dearer_than_the_server_gets_one_one_thread_worker_per_core():
-    choice = choose(ArchiveConfig.parse(ALL_AUTO), measured(forward_ms=40.0, speedup=3.5))
+@pytest.mark.parametrize("forward_ms", [0.8, 40.0])
+def test_auto_gives_every_model_one_one_thread_worker_per_core(forward_ms):
+    # 0.8 ms per batch of 8 + 0.1 ms decode is as cheap as the digits student; 40 ms is not:
+    # either way one process per core serves more than one process with the cores as threads
+    choice = choose(ArchiveConfig.parse(ALL_AUTO), measured(forward_ms=forward_ms, speedup=3.5))
     assert (choice.min_workers, choice.max_workers, choice.threads) == (4, 4, 1)
-    assert "4 workers" in choice.why and "no core left over" in choice.why
+    assert "4 workers, one per core" in choice.why and "no core left over" in choice.why
+    assert choice.measured["forward_ms_1_thread"] == forward_ms
+
+
+def test_one_core_gets_one_worker():
+    choice = choose(ArchiveConfig.parse(ALL_AUTO), measured(forward_ms=40.0, speedup=1.0, cores=1))
+    assert (choice.min_workers, choice.max_workers, choice.threads) == (1, 1, 1)
+    assert choice.why.startswith("1 worker, one per core")
+
+
+def test_given_workers_of_a_cheap_model_keep_one_thread():
+    cost = measured(forward_ms=0.8, speedup=3.0)
+    assert cost.ms_per_image_1_thread < CHEAP_MS_PER_INPUT
+    config = ArchiveConfig.parse({"min_workers": 1, "max_workers": 1, "threads": AUTO})
+    choice = choose(config, cost)
+    assert (choice.min_workers, choice.max_workers, choice.threads) == (1, 1, 1)
+    assert "0.20 ms at one thread" in choice.why and "barriers" in choice.why
 
 
 @pytest.mark.parametrize(
