@@ -44,7 +44,7 @@ test-fast: $(STAMP)
 
 # Full benchmark (about 25 min on 2 cores): docs/bench/<date>.json, plots, README section; then
 # the text section (about 27 min; 40 the first time, when it trains its BERT-Small teacher):
-# docs/bench/<date>-text.json and .md; then the engines section (about 9 min):
+# docs/bench/<date>-text.json and .md; then the engines section (about 14 min):
 # docs/bench/<date>-engines.json and .md.
 bench: $(STAMP)
 	$(BIN)/distillserve bench --readme README.md

@@ -104,7 +104,7 @@ def run_engines_bench(
     mobilenet = _mobilenet_onnx(work, store, log)
     jpegs = photo_jpegs(16, (224, 224))
     archives = {"digits": (digits, pngs), "mobilenet": (mobilenet, jpegs)}
-    ceilings = {}
+    ceilings, ceiling_workers = {}, {}
     for key, (archive, payloads) in archives.items():
         batch = int(_settings(archive).get("batchSize", 1))
         # on the engines' own requests: v2 JSON in, v2 JSON out, as the handler serves them
@@ -112,6 +112,7 @@ def run_engines_bench(
             archive, v2_image_bodies(payloads), [batch], work / f"ceiling-{key}"
         )
         ceilings[key] = measured[str(batch)]["images_per_s"]
+        ceiling_workers[key] = measured[str(batch)]["workers"]  # the ceiling counts each
     digits_settings = _settings(digits)
     batch, delay = int(digits_settings["batchSize"]), int(digits_settings["maxBatchDelay"])
 
@@ -198,6 +199,7 @@ def run_engines_bench(
         "batch_size": batch,
         "max_batch_delay_ms": delay,
         "handler_ceiling_rps": ceilings,
+        "handler_ceiling_workers": ceiling_workers,
         "rows": rows,
         "memory": memory,
         "targets": _targets(rows, ceilings, len(os.sched_getaffinity(0))),
@@ -295,7 +297,8 @@ def engines_summary(results: dict) -> str:
     for engine, memory in results["memory"].items():
         lines.append(f"| {engine} | {memory['rss_mib']:,.0f} | {memory['uss_mib']:,.0f} |")
     ceilings = ", ".join(f"{k} {v:,.0f}" for k, v in results["handler_ceiling_rps"].items())
-    lines += ["", f"Handler ceiling in process (req/s at the archive's batch): {ceilings}."]
+    lines += ["", f"Handler ceiling in process (req/s at the archive's batch, one worker's rate "
+              f"times the archive's workers): {ceilings}."]  # fmt: skip
     for key, title in (
         ("served_over_limit", "Served / min(floor, ceiling), target >= 0.9"),
         ("served_over_shared_limit", "Served / the shared-cores limit 1 / (1/floor + 1/ceiling) "
@@ -321,13 +324,16 @@ def engines_summary(results: dict) -> str:
 
 
 def _model_process_lines(results: dict) -> list[str]:
-    """Each point's model process (TorchServe's worker, Triton's stub): its CPU-ms per
-    request beside the handler's in process, and its CPU seconds per second."""
+    """Each point's model processes (TorchServe's workers, Triton's stubs): their CPU-ms per
+    request beside one in-process handler's, and each one's CPU seconds per second."""
     rows = [r for r in results["rows"] if "model_busy" in r and not is_floor(r["model"])]
     if not rows:
         return []
+    workers = results.get("handler_ceiling_workers", {})
     in_process = ", ".join(
-        f"{model} {1000 / rps:.3f}" for model, rps in results["handler_ceiling_rps"].items() if rps
+        f"{model} {1000 * workers.get(model, 1) / rps:.3f}"
+        for model, rps in results["handler_ceiling_rps"].items()
+        if rps
     )
     points = ", ".join(
         f"{r['engine']} {r['model']} c{r['concurrency']} {r['model_cpu_ms_per_request']:.3f} ms "
@@ -335,8 +341,8 @@ def _model_process_lines(results: dict) -> list[str]:
         for r in sorted(rows, key=lambda r: (r["model"], r["concurrency"], r["engine"]))
     )
     return [
-        "Model process at each point (TorchServe's worker, Triton's Python-backend stub: one "
-        "per archive): its CPU-ms per request, and its CPU seconds per second (1.0: it never "
-        f"waited; above 1: threads; the handler in process at its ceiling, ms per request: "
-        f"{in_process}): " + points
+        "Model processes at each point (TorchServe's workers, Triton's Python-backend stubs; "
+        "how many: the table): their CPU-ms per request together, and each one's CPU seconds "
+        "per second (1.0: it never waited; above 1: threads; the handler in process at its "
+        f"ceiling, one worker's ms per request: {in_process}): " + points
     ]

@@ -224,9 +224,11 @@ def test_the_model_process_line_sets_each_worker_beside_the_handler_in_process()
     summary = engines_summary(
         {"cpu": "c", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 1,
          "seconds_per_point": 5, "rows": rows, "memory": {},
-         "handler_ceiling_rps": {"digits": 8000.0}, "targets": _targets(rows, {"digits": 8000.0})}
+         "handler_ceiling_rps": {"digits": 16000.0}, "handler_ceiling_workers": {"digits": 2},
+         "targets": _targets(rows, {"digits": 16000.0})}
     )  # fmt: skip
-    line = next(x for x in summary.splitlines() if x.startswith("Model process"))
+    # two workers at 16,000 req/s together: one worker's 0.125 ms per request
+    line = next(x for x in summary.splitlines() if x.startswith("Model processes"))
     assert "ms per request: digits 0.125)" in line
     assert "torchserve digits c16 0.250 ms busy 0.98, triton digits c16 0.160 ms busy 0.74" in line
     assert "floor" not in line.split("):")[1]  # the floors' processes are not the model's
