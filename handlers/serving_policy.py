@@ -2,11 +2,11 @@
 
 The recipe's ``archive`` section is this module's ``ArchiveConfig``: its ``min_workers``,
 ``max_workers`` and ``threads`` are numbers or ``AUTO`` (this module's sentinel, the only one).
-``check`` validates them; ``choose`` resolves ``AUTO`` from the model's cost, measured when
-the archive is built (``archiver.serving_measure``); ``serve_threads`` is the rule a worker
-applies at start on the inference host; ``build_threads`` the count the build measures latency
-at. Ships inside every .mar (the handler needs ``serve_threads``); imports nothing of
-distillserve.
+``check`` validates them; ``choose`` resolves ``AUTO`` from the build host's cores and the
+model's cost, measured when the archive is built (``archiver.serving_measure``);
+``serve_threads`` is the rule a worker applies at start on the inference host;
+``build_threads`` the count the build measures latency at. Ships inside every .mar (the
+handler needs ``serve_threads``); imports nothing of distillserve.
 
 The rule (``choose``), from what ``make bench`` measured on TorchServe 0.12 and Triton (README,
 Performance and Engines):
@@ -52,7 +52,7 @@ __all__ = [
     "serve_threads",
 ]
 
-AUTO = "auto"  # workers or threads chosen from the model's measured cost when archived
+AUTO = "auto"  # workers (one per core) or threads (by the model's cost) chosen when archived
 # below this cost per input at one thread, a model's intra-op threads only wait at barriers
 CHEAP_MS_PER_INPUT = 1.0
 MIN_THREAD_SPEEDUP = 1.5  # what more intra-op threads must gain on one batch to be used
@@ -102,7 +102,7 @@ class ArchiveConfig:
 
     @property
     def is_auto(self) -> bool:
-        """Whether the archive step chooses workers or threads from the model's measured cost."""
+        """Whether the archive step chooses workers or threads (``choose``)."""
         return is_auto(self.min_workers, self.max_workers, self.threads)
 
 
@@ -132,7 +132,7 @@ def check_batch_size(batch_size: int, key: str = "batch_size") -> None:
 
 
 def is_auto(min_workers: Count, max_workers: Count, threads: Count) -> bool:
-    """Whether the archive step chooses workers or threads from the model's measured cost."""
+    """Whether the archive step chooses workers or threads (``choose``)."""
     return AUTO in (min_workers, max_workers, threads)
 
 
