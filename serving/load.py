@@ -82,7 +82,7 @@ class FaultReport:
     failed_requests: int
     failed_by_status: dict[str, int]
     recovery_s: float | None  # kill -> the model's first successful answer after it
-    worker_ready_s: float | None  # kill -> the management API shows a READY worker again
+    worker_ready_s: float | None  # kill -> the management API shows its replacement READY
     latency_before_ms: dict[str, float] = field(default_factory=dict)  # answered before the kill
     latency_affected_ms: dict[str, float] = field(default_factory=dict)  # in flight kill..ready
 
@@ -237,7 +237,9 @@ def _kill_one_worker(
     start: float,
     state: dict,
 ) -> None:
-    """Kill one READY worker of ``model`` after ``after_s``; then wait for a READY one again."""
+    """Kill one READY worker of ``model`` after ``after_s``; then wait for its replacement: a
+    READY worker that was not there before the kill (with two or more workers the others stay
+    READY throughout, and are no sign of recovery)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     time.sleep(after_s)
     pids = worker_pids(management_url, model, headers)
@@ -249,7 +251,7 @@ def _kill_one_worker(
     limit = time.monotonic() + 120
     while time.monotonic() < limit:
         try:
-            fresh = [p for p in worker_pids(management_url, model, headers) if p != pids[0]]
+            fresh = [p for p in worker_pids(management_url, model, headers) if p not in pids]
         except (requests.RequestException, ServerError):
             fresh = []
         if fresh:
