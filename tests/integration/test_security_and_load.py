@@ -167,6 +167,43 @@ def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_
     assert ping.json()["status"] == "Healthy"
 
 
+def test_with_two_workers_the_other_answers_while_the_killed_one_is_replaced(
+    loaded_server, digits_splits
+):
+    """What ``auto`` gives on two cores or more: the fault check waits for the killed worker's
+    replacement, not for the survivor (READY throughout), which answers meanwhile."""
+    from distillserve.serving.load import worker_pids
+    from distillserve.students.data import encode_png
+
+    ts = loaded_server
+    ts.management_client().scale("fault-student", min_worker=2, max_worker=2)
+    before = worker_pids(ts.management_url, "fault-student", ts.headers("management"))
+    assert len(before) == 2
+    payloads = [encode_png(digits_splits.test[i][0]) for i in range(50)]
+    report = run_load(
+        ts.inference_url,
+        "fault-student",
+        payloads,
+        total=1500,
+        concurrency=8,
+        token=ts.keys()["inference"],
+        time_limit_s=120,
+        kill_worker_after_s=0.5,
+        management_url=ts.management_url,
+        management_token=ts.keys()["management"],
+    )
+    fault = report.fault
+    assert fault is not None and fault.killed_pid in before
+    assert fault.failed_requests == report.errors == 0 and report.completed == 1500
+    # the survivor answered before a new worker could start (a fresh worker imports torch and
+    # loads the model: seconds), and the report's ready time is the replacement's
+    assert fault.recovery_s is not None and fault.worker_ready_s is not None
+    assert fault.recovery_s < fault.worker_ready_s
+    after = worker_pids(ts.management_url, "fault-student", ts.headers("management"))
+    assert fault.killed_pid not in after and set(before) - {fault.killed_pid} <= set(after)
+    assert set(after) - set(before), after  # the replacement is READY
+
+
 def test_load_refuses_non_loopback_targets():
     from distillserve.errors import ServerError
 
