@@ -144,31 +144,23 @@ def run_engines_bench(
                 archive.stem + ONE_WORKER, min_worker=1, max_worker=1
             )
         register_timed(torchserve, floor_archive(store), "floor", pngs[0], batch, delay)
+        models = {key: archive.stem for key, (archive, _) in archives.items()}
         engines = {
             "torchserve": {
                 "url": torchserve.inference_url,
                 "pid": torchserve.pid(),
                 "token": torchserve.keys().get("inference"),
-                "names": {
-                    "digits": digits.stem,
-                    "mobilenet": mobilenet.stem,
-                    **dict.fromkeys(map(floor_of, archives), "floor"),
-                },
+                "names": {**models, **dict.fromkeys(map(floor_of, archives), "floor")},
             },
             **{
                 name: {
                     "url": engine.addresses.http_url,
                     "pid": engine.pid(),
-                    "names": {
-                        "digits": digits.stem,
-                        "mobilenet": mobilenet.stem,
-                        **dict.fromkeys(map(floor_of, archives), TRITON_FLOOR),
-                    },
+                    "names": {**models, **dict.fromkeys(map(floor_of, archives), TRITON_FLOOR)},
                 }
                 for name, engine in (("triton", triton), (WITH_TORCH, with_torch))
             },
         }
-        models = {"digits": digits.stem, "mobilenet": mobilenet.stem}
         engines["torchserve" + ONE_WORKER] = {
             **engines["torchserve"],
             "names": {key: name + ONE_WORKER for key, name in models.items()},
@@ -222,9 +214,10 @@ def _targets(rows: list[dict], ceilings: dict[str, float], cores: int = 0) -> di
     served ÷ the shared-cores limit 1 / (1/floor + 1/ceiling), what the two allow when the
     engine's work and the handler's come out of the same cores one after the other (each
     limit is measured with the cores to itself; here a request needs both). Then Triton's
-    CPU-ms per request over TorchServe's for the digits student, and (with ``cores``) how busy
-    the cores were at each point: served × (server + load-generator CPU per request) ÷ cores
-    (near 1: the machine had nothing left)."""
+    CPU-ms per request over TorchServe's for the digits student, each engine's req/s with the
+    archive's workers over its ``ONE_WORKER`` variant's (which has no limit of its own), and
+    (with ``cores``) how busy the cores were at each point: served × (server + load-generator
+    CPU per request) ÷ cores (near 1: the machine had nothing left)."""
     by = {(r["model"], r["concurrency"], r["engine"]): r for r in rows}
     limit, shared, workers = {}, {}, {}
     for (model, concurrency, engine), row in by.items():
