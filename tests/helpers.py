@@ -19,6 +19,7 @@ __all__ = [
     "handler_context",
     "load_handler",
     "model_log_line",
+    "refused_at_load",
     "register",
     "resign",
     "run_cli",
@@ -103,6 +104,26 @@ def model_log_line(ts, *needles: str, timeout: float = 30.0) -> str:
         if time.monotonic() > deadline:
             raise AssertionError(f"no line with {needles} in model_log.log: {log[-2000:]}")
         time.sleep(0.2)
+
+
+def refused_at_load(ts, archive: str, model_name: str, *needles: str) -> tuple[str, str]:
+    """Register ``archive`` straight through the management API and expect the worker to refuse
+    it at load (HTTP >= 500) every time; return the name it was last registered under and the
+    worker's ``model_log.log`` line holding every one of ``needles``. The worker logs why, but
+    TorchServe 0.12 stops copying a worker's output once its load has failed ("Stopped
+    Scanner") and can drop that last line (seen once in a fresh clone's run), so it is
+    registered up to three times, under ``model_name``, ``model_name-2``, ``model_name-3``,
+    until one refusal's line is there."""
+    for attempt in range(1, 4):
+        name = model_name if attempt == 1 else f"{model_name}-{attempt}"
+        response = register(ts, archive, model_name=name)
+        assert response.status_code >= 500, response.text
+        try:  # the worker's lines carry its model: "W-9015-NAME_1.0-stdout MODEL_LOG - ..."
+            return name, model_log_line(ts, f"-{name}_", *needles, timeout=10.0)
+        except AssertionError:
+            if attempt == 3:
+                raise
+    raise AssertionError("unreachable")
 
 
 def register(ts, url: str, **params):
