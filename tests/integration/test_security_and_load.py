@@ -131,12 +131,12 @@ def test_load_command_reports_zero_errors(loaded_server):
     assert report["latency_ms"]["p90"] <= report["latency_ms"]["p99"]
 
 
-def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_splits):
+def _load_killing_a_worker(ts, digits_splits):
+    """1,500 requests to fault-student at concurrency 8, one of its workers killed after 0.5 s."""
     from distillserve.students.data import encode_png
 
-    ts = loaded_server
     payloads = [encode_png(digits_splits.test[i][0]) for i in range(50)]
-    report = run_load(
+    return run_load(
         ts.inference_url,
         "fault-student",
         payloads,
@@ -148,6 +148,11 @@ def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_
         management_url=ts.management_url,
         management_token=ts.keys()["management"],
     )
+
+
+def test_fault_check_kills_a_worker_and_measures_recovery(loaded_server, digits_splits):
+    ts = loaded_server
+    report = _load_killing_a_worker(ts, digits_splits)
     fault = report.fault
     assert fault is not None and fault.killed_pid > 0
     assert not psutil.pid_exists(fault.killed_pid) or psutil.Process(fault.killed_pid).status() == (
@@ -173,25 +178,12 @@ def test_with_two_workers_the_other_answers_while_the_killed_one_is_replaced(
     """What ``auto`` gives on two cores or more: the fault check waits for the killed worker's
     replacement, not for the survivor (READY throughout), which answers meanwhile."""
     from distillserve.serving.load import worker_pids
-    from distillserve.students.data import encode_png
 
     ts = loaded_server
     ts.management_client().scale("fault-student", min_worker=2, max_worker=2)
     before = worker_pids(ts.management_url, "fault-student", ts.headers("management"))
     assert len(before) == 2
-    payloads = [encode_png(digits_splits.test[i][0]) for i in range(50)]
-    report = run_load(
-        ts.inference_url,
-        "fault-student",
-        payloads,
-        total=1500,
-        concurrency=8,
-        token=ts.keys()["inference"],
-        time_limit_s=120,
-        kill_worker_after_s=0.5,
-        management_url=ts.management_url,
-        management_token=ts.keys()["management"],
-    )
+    report = _load_killing_a_worker(ts, digits_splits)
     fault = report.fault
     assert fault is not None and fault.killed_pid in before
     assert fault.failed_requests == report.errors == 0 and report.completed == 1500
