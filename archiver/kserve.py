@@ -34,6 +34,7 @@ from distillserve.archiver.kserve_common import (
     INFERENCE_PORT,
     METRICS_PORT,
     MOUNT,
+    POD_CORES,
     PUBLIC_KEY_FILE,
     TORCHSERVE,
     container_env,
@@ -49,7 +50,7 @@ from distillserve.archiver.properties import ServerConfig
 from distillserve.archiver.signing import Trust
 from distillserve.errors import ArchiveError
 
-__all__ = ["export_kserve"]
+__all__ = ["export_kserve", "oversubscribed"]
 
 
 def _model_config(mar: Path) -> dict:
@@ -58,6 +59,25 @@ def _model_config(mar: Path) -> dict:
             return yaml.safe_load(archive.read("model-config.yaml")) or {}
         except KeyError:
             return {}
+
+
+def oversubscribed(mars: list[Path], cores: int = POD_CORES) -> list[str]:
+    """A line for each archive whose workers x threads exceed the pods' ``cores``: TorchServe
+    runs the count in its signed model-config.yaml whatever the pod's limit (on Triton,
+    ``export-triton --deploy`` counts the pods' cores itself)."""
+    lines = []
+    for mar in mars:
+        config = _model_config(mar)
+        workers = int(config.get("maxWorkers") or config.get("minWorkers") or 1)
+        threads = int((config.get("handler") or {}).get("threads") or 1)
+        if workers * threads > cores:
+            lines.append(
+                f"{mar.name} runs {workers} workers x {threads} thread(s) (its model-config.yaml; "
+                f"'auto' counts the build host's cores) and the pods are limited to {cores} CPUs: "
+                f"they will contend; rebuild it with archive.min_workers/max_workers at most "
+                f"{max(1, cores // threads)}, or on a host of {cores} cores"
+            )
+    return lines
 
 
 def _snapshot(mars: list[Path], trust: Trust) -> dict:

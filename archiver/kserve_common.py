@@ -10,6 +10,7 @@ __all__ = [
     "INFERENCE_PORT",
     "METRICS_PORT",
     "MOUNT",
+    "POD_CORES",
     "PUBLIC_KEY_FILE",
     "RESOURCES",
     "TORCHSERVE",
@@ -35,6 +36,9 @@ TORCHSERVE_ARGS = [
     f"--ts-config={MOUNT}/config/config.properties",
 ]
 RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+# the cores a pod may keep busy: a Triton repository for the pods runs one model instance per
+# core for archives whose workers are 'auto' (export-triton --deploy)
+POD_CORES = int(RESOURCES["limits"]["cpu"])
 # The archives' signing public key, beside config.properties in the layout; the handler reads
 # its location from the container's environment.
 PUBLIC_KEY_FILE = "archive-signing.pub.pem"

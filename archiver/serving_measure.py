@@ -10,7 +10,6 @@ and preprocessing; a text's checks and tokenizing), in the fresh Python process 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from distillserve.errors import ArchiveError
 from distillserve.handlers import imageprep
 from distillserve.handlers.classification import HandlerSettings
 from distillserve.handlers.runtimes import load_runtime
-from distillserve.handlers.serving_policy import Measured, ServingChoice, choose
+from distillserve.handlers.serving_policy import Measured, ServingChoice, choose, usable_cores
 from distillserve.students.measure import latency_ms, threads
 from distillserve.students.recipe_sections import ArchiveConfig
 
@@ -40,7 +39,7 @@ def resolve(config: ArchiveConfig, measured: Measured | None) -> ServingChoice |
 def measure_here(model_path: Path, handler: HandlerSettings, batch_size: int) -> Measured:
     """One batch's forward pass at one thread and at every core, and one input's decoding,
     timed in this process (``model_probe``'s fresh one)."""
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()  # a build container's CPU limit counts
     if handler.quantized:
         torch.backends.quantized.engine = handler.engine
     if handler.is_text:

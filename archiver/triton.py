@@ -11,7 +11,10 @@ added to the signed files and the handler verifies them again when Triton loads 
   max_batch_size, dynamic_batching   the archive's ``batchSize`` and ``maxBatchDelay``
                                      (preferred size: the batch size);
   instance_group                     ``maxWorkers`` CPU instances (each its own process, with
-                                     the archive's threads);
+                                     the archive's threads); for workers the build chose
+                                     ``auto`` (one per core), one per core of the host that
+                                     serves: this host's usable cores, or ``cores`` (a pod's
+                                     CPU limit for ``export-triton --deploy``);
   version_policy                     all: every version of the folder is served, an
                                      unversioned request by the highest (the newest);
   input / output                     the task adapter's v2 tensors (``describe``): ``images``
@@ -26,6 +29,7 @@ is not there to split decoding from the model, so one Python-backend model serve
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -35,12 +39,15 @@ import yaml
 
 from distillserve.archiver.mar import ArchiveError, inspect_archive
 from distillserve.archiver.signing import Trust
+from distillserve.handlers.serving_policy import usable_cores
 
 __all__ = [
     "TRITON_ENTRY",
     "VERSIONS_FILE",
     "TritonModel",
     "export_triton",
+    "instance_count",
+    "instances_served",
     "model_config",
     "model_formats",
     "needs_torch",
@@ -65,10 +72,12 @@ class TritonModel:
 
 
 def export_triton(
-    archives: list[Path], out: Path, trust: Trust, *, force: bool = False
+    archives: list[Path], out: Path, trust: Trust, *, force: bool = False, cores: int | None = None
 ) -> list[TritonModel]:
     """Write a Triton model repository for ``archives`` under ``out``; every archive is
-    verified first and nothing is written unless all of them pass (``ArchiveError``)."""
+    verified first and nothing is written unless all of them pass (``ArchiveError``).
+    ``cores``: the serving host's, for archives whose workers are one per core (default: this
+    host's usable cores)."""
     infos = [(Path(a), inspect_archive(a, trust)) for a in archives]
     names = [info["model_name"] for _, info in infos]
     if len(set(names)) != len(names):
@@ -81,7 +90,8 @@ def export_triton(
         if folder.exists():
             shutil.rmtree(folder)
         version_dir = unpack_version(archive, folder, 1)
-        (folder / "config.pbtxt").write_text(model_config(version_dir, info["model_name"]))
+        config = model_config(version_dir, info["model_name"], cores=cores)
+        (folder / "config.pbtxt").write_text(config)
         write_versions(folder, {1: info["version"]})
         models.append(TritonModel(info["model_name"], info["version"], folder))
     return models
@@ -133,16 +143,19 @@ def write_versions(folder: Path, versions: dict[int, str]) -> None:
     (folder / VERSIONS_FILE).write_text(json.dumps(dict(sorted(versions.items())), indent=2))
 
 
-def model_config(version_dir: Path, name: str, instances: int | None = None) -> str:
+def model_config(
+    version_dir: Path, name: str, instances: int | None = None, cores: int | None = None
+) -> str:
     """``config.pbtxt`` of model ``name`` from the archive unpacked in ``version_dir`` (its
-    batch settings and signature); ``instances`` overrides the archive's worker count."""
+    batch settings and signature); ``instances`` overrides the archive's worker count, which
+    for workers chosen one per core is ``cores`` (default: this host's usable cores)."""
     settings = yaml.safe_load((version_dir / "model-config.yaml").read_text()) or {}
     manifest = json.loads((version_dir / "MAR-INF" / "MANIFEST.json").read_text())
     signature = _signature(version_dir, settings, manifest)
     batch = int(settings.get("batchSize", 1))
     delay_us = int(float(settings.get("maxBatchDelay", 0)) * 1000)
     if instances is None:
-        instances = int(settings.get("maxWorkers") or settings.get("minWorkers") or 1)
+        instances = instance_count(version_dir, settings, cores)
     optional = len(signature["inputs"]) > 1  # a request sends one of the model's inputs
     inputs = [_tensor(t, optional=optional) for t in signature["inputs"]]
     # outputs of any length per row: top-k is at most the number of labels
@@ -164,6 +177,31 @@ def model_config(version_dir: Path, name: str, instances: int | None = None) -> 
             "",
         ]
     )
+
+
+def instance_count(version_dir: Path, settings: dict, cores: int | None = None) -> int:
+    """Model instances for the archive in ``version_dir``: one per core (``cores``, else this
+    host's usable cores) when its build chose workers that way (build-info's ``serving``
+    ``per_core``), otherwise its model-config's worker count."""
+    try:
+        serving = json.loads((version_dir / "build-info.json").read_text()).get("serving") or {}
+    except (OSError, ValueError):
+        serving = {}
+    if serving.get("per_core"):
+        return max(1, cores or usable_cores())
+    return int(settings.get("maxWorkers") or settings.get("minWorkers") or 1)
+
+
+def instances_served(folder: Path) -> tuple[int, bool]:
+    """``(instance count, whether it is one per core)`` of the model in ``folder``, as its
+    ``config.pbtxt`` and newest version's build-info say."""
+    found = re.search(r"count:\s*(\d+)", (folder / "config.pbtxt").read_text())
+    newest = max(read_versions(folder), default=1)
+    try:
+        info = json.loads((folder / str(newest) / "build-info.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    return (int(found.group(1)) if found else 1), bool((info.get("serving") or {}).get("per_core"))
 
 
 def _signature(version_dir: Path, settings: dict, manifest: dict) -> dict:

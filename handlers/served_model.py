@@ -152,6 +152,15 @@ def load(
     classification.verify_checksum(model_dir, serialized)
     model_format = runtimes.format_of(serialized)
     threads = serving_policy.serve_threads(settings.threads, workers)
+    cores = serving_policy.usable_cores()
+    if workers * threads > cores:
+        logger.warning(
+            "the model is configured for %d workers x %d thread(s) and this host has %d usable "
+            "cores: they contend; run at most %d workers (TorchServe: PUT "
+            "/models/{name}?min_worker=N&max_worker=N; Triton: distillserve scale; or the "
+            "recipe's archive.min_workers/max_workers)",
+            workers, threads, cores, max(1, cores // threads),
+        )  # fmt: skip
     device = _torch_settings(model_dir, settings, model_format, threads, gpu_id)
     model = runtimes.load_runtime(model_dir / serialized, device, threads)
     labels = json.loads((model_dir / "index_to_name.json").read_text())

@@ -24,8 +24,11 @@ Performance and Engines):
   its batch 1.5x faster in isolation); otherwise cores ÷ workers when that many threads make one
   batch's forward pass at least ``MIN_THREAD_SPEEDUP`` faster than one thread.
 
-The worker count is the build host's cores: an inference host with more cores wants more
-workers (``PUT /models/{name}?min_worker=N``, or a number in the recipe). The choice, the
+Cores are ``usable_cores``: those a process may run on, capped by its container's CPU limit.
+TorchServe takes the worker count written into model-config.yaml, the build host's: an
+inference host with other cores wants another count (``PUT /models/{name}?min_worker=N``, or
+a number in the recipe). Triton counts the serving host's cores for workers chosen one per
+core (``ServingChoice.per_core``; ``archiver.triton.instance_count``). The choice, the
 measurements and the sentence saying why go into ``build-info.json`` (``serving``).
 """
 
@@ -50,6 +53,7 @@ __all__ = [
     "choose",
     "is_auto",
     "serve_threads",
+    "usable_cores",
 ]
 
 AUTO = "auto"  # workers (one per core) or threads (by the model's cost) chosen when archived
@@ -147,8 +151,34 @@ def serve_threads(configured: Count, workers: int, cores: int | None = None) -> 
     (at least 1) for 0 (and for an ``AUTO`` that was never resolved)."""
     if isinstance(configured, int) and configured > 0:
         return configured
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or usable_cores()
     return max(1, cores // max(1, workers))
+
+
+# a container's CPU limit: cgroup v2's "quota period" (or "max"), else v1's quota (-1: none)
+_CGROUP_V2_LIMIT = "/sys/fs/cgroup/cpu.max"
+_CGROUP_V1_LIMIT = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def usable_cores(v2: str = _CGROUP_V2_LIMIT, v1: tuple[str, str] = _CGROUP_V1_LIMIT) -> int:
+    """The cores this process may keep busy: those it may run on, capped by its container's
+    CPU limit (a Kubernetes ``limits.cpu`` of 2 on a 64-core node is 2, rounded up)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = _read(v2).split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = _read(v1[0]), _read(v1[1])
+        except OSError:
+            return cores
+    if not quota.isdigit() or not period.isdigit() or int(quota) == 0:
+        return cores  # "max" (v2) or -1 (v1): no limit
+    return max(1, min(cores, -(-int(quota) // max(1, int(period)))))
+
+
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read().strip()
 
 
 @dataclass(frozen=True)
@@ -180,6 +210,9 @@ class ServingChoice:
     threads: int
     why: str
     measured: dict = field(default_factory=dict)
+    # workers were AUTO: one per core of the host that serves the model, where it can say so
+    # (the Triton engine and its repositories; TorchServe takes model-config.yaml's count)
+    per_core: bool = False
 
     def record(self) -> dict:
         """What ``build-info.json`` keeps under ``serving``."""
@@ -202,7 +235,8 @@ def choose(min_workers: Count, max_workers: Count, threads: Count, measured: Mea
         reasons.append(f"{count} thread{'s' if count > 1 else ''} per worker ({because})")
     else:
         count = int(threads)
-    return ServingChoice(low, high, count, "; ".join(reasons), asdict(measured))
+    per_core = min_workers == AUTO
+    return ServingChoice(low, high, count, "; ".join(reasons), asdict(measured), per_core)
 
 
 def _auto_threads(measured: Measured, workers: int) -> tuple[int, str]:

@@ -131,7 +131,7 @@ def _archive(args: argparse.Namespace) -> int:
 
 def _export_kserve(args: argparse.Namespace) -> int:
     from distillserve.archiver.image import runtime_versions
-    from distillserve.archiver.kserve import export_kserve
+    from distillserve.archiver.kserve import export_kserve, oversubscribed
 
     mars = [Path(m) for m in args.mars]
     out = export_kserve(
@@ -147,6 +147,8 @@ def _export_kserve(args: argparse.Namespace) -> int:
         print(path)
     pins = ", ".join(f"{n}=={v}" for n, v in runtime_versions(mars).items())
     print(f"wrote {len(files)} files to {out}; the image installs {pins}; see {out / 'README.md'}")
+    for line in oversubscribed(mars):
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

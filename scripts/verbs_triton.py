@@ -39,13 +39,20 @@ def _archives(items: list[str]) -> list[Path]:
 
 
 def _export_triton(args: argparse.Namespace) -> int:
-    from distillserve.archiver.triton import export_triton
+    from distillserve.archiver.kserve_common import POD_CORES
+    from distillserve.archiver.triton import export_triton, instances_served
 
     out = Path(args.out)
     archives, trust = _archives(args.mars), trust_of(args)
-    models = export_triton(archives, out, trust, force=args.force)
+    if args.cores is not None and args.cores < 1:
+        raise DistillServeError(f"--cores must be >= 1, not {args.cores}")
+    cores = args.cores or (POD_CORES if args.deploy else None)
+    models = export_triton(archives, out, trust, force=args.force, cores=cores)
     for model in models:
-        print(f"{model.path} ({model.name} {model.archive_version})")
+        count, per_core = instances_served(model.path)
+        why = ", one per core of the serving host" if per_core else ""
+        plural = "s" if count != 1 else ""
+        print(f"{model.path} ({model.name} {model.archive_version}, {count} instance{plural}{why})")
     print(
         f"wrote a Triton model repository of {len(models)} models to {out}; serve it with: "
         f"distillserve serve start --engine triton --repository {out}"
@@ -288,6 +295,13 @@ def add_verbs(verbs) -> None:
         "manifests for the repository into DIR",
     )
     add_deployment_options(p, "distillserve-triton:2.51-torchVERSION", "the repository")
+    p.add_argument(
+        "--cores",
+        type=int,
+        help="cores of the host that will serve the repository: one model instance each for "
+        "archives whose workers are 'auto' (default: with --deploy the pods' CPU limit, "
+        "otherwise this host's usable cores)",
+    )
     p.add_argument(
         "--config",
         default="config.properties",

@@ -8,7 +8,6 @@ where it would have replaced the digits student."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distillserve.archiver.kserve_common import POD_CORES
 from distillserve.archiver.mar import sha256_file
+from distillserve.handlers.serving_policy import usable_cores
 from tests.helpers import ROOT, CliResult, run_cli, shipped_profile
 
 pytestmark = pytest.mark.slow
@@ -105,7 +106,7 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
         described = _cli("describe", "shapes-student-onnx", *server)
         assert described.returncode == 0, described.stderr
         (model,) = json.loads(described.stdout)
-        cores = len(os.sched_getaffinity(0))
+        cores = usable_cores()
         assert model["minWorkers"] == model["maxWorkers"] == cores
         assert [w["status"] for w in model["workers"]] == ["READY"] * cores
         image = next((own["root"] / "data" / "test" / "ring").glob("*.png"))
@@ -127,6 +128,19 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
     finally:
         _cli("serve", "stop", "--run-dir", run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+    # A Triton repository takes auto workers as one instance per core of the host that serves
+    # it: this one, the one --cores names, or the pods' CPU limit for --deploy.
+    onnx = str(mine / "shapes-student-onnx.mar")
+    deploy = ["--deploy", str(tmp_path / "deploy")]
+    for idx, (extra, count) in enumerate((([], cores), (["--cores", "5"], 5), (deploy, POD_CORES))):
+        repo = tmp_path / f"triton-{idx}"
+        written = _cli("export-triton", onnx, "--out", str(repo), *extra)
+        assert written.returncode == 0, written.stderr
+        plural = "s" if count != 1 else ""
+        assert f"{count} instance{plural}, one per core of the serving host" in written.stdout
+        config = (repo / "shapes-student-onnx" / "config.pbtxt").read_text()
+        assert f"count: {count} " in config
 
     # The data-loss case: the user's model archived under the digits student's name and version
     store = tmp_path / "store"

@@ -323,6 +323,8 @@ def test_export_triton_deploy_writes_valid_manifests_whose_command_serves(
                       "--name", "digits", "--image", image)  # fmt: skip
     assert written.returncode == 0, written.stderr[-2000:]
     assert f"Kubernetes / KServe manifests to {deploy}" in written.stdout
+    # the CI archive's workers were given (1), not auto: the pods' CPU limit does not change them
+    assert "(digits-student-onnx 1.0, 1 instance)" in written.stdout
     key = repo / "archive-signing.pub.pem"
     assert key.read_bytes() == Trust.resolve().public_key.read_bytes()
     for manifest in ("kubernetes.yaml", "storage.yaml"):

@@ -228,3 +228,21 @@ def test_register_refuses_a_batch_size_above_the_maximum(model_store):
 
     with pytest.raises(ServerError, match="--batch-size 1000: is above the maximum of 256"):
         register_archive(None, model_store, model_store / "digits-student.mar", batch_size=1000)
+
+
+@pytest.mark.parametrize(
+    ("workers", "threads", "warned"), [(2, 1, False), (1, 2, False), (8, 1, True), (2, 2, True)]
+)
+def test_export_kserve_warns_of_workers_the_pods_cannot_run(tmp_path, workers, threads, warned):
+    from distillserve.archiver.kserve import oversubscribed
+
+    mar = tmp_path / "m.mar"
+    config = {"minWorkers": workers, "maxWorkers": workers, "handler": {"threads": threads}}
+    with zipfile.ZipFile(mar, "w") as archive:
+        archive.writestr("model-config.yaml", yaml.safe_dump(config))
+    lines = oversubscribed([mar], cores=2)
+    assert bool(lines) == warned
+    if warned:
+        (line,) = lines
+        assert f"m.mar runs {workers} workers x {threads} thread(s)" in line
+        assert f"at most {2 // threads}" in line and "limited to 2 CPUs" in line

@@ -172,3 +172,23 @@ def test_warm_up_never_runs_past_the_largest_batch(extracted_student, monkeypatc
     monkeypatch.setattr(handler, "_warm_up", lambda size: seen.append(size) or original(size))
     handler.initialize(handler_context(extracted_student, batch_size=100_000))
     assert seen == [MAX_BATCH_SIZE]
+
+
+def test_a_worker_says_when_its_configured_workers_exceed_the_hosts_cores(
+    extracted_student, caplog
+):
+    from distillserve.handlers.serving_policy import usable_cores
+
+    cores = usable_cores()
+    for workers, warned in ((cores, False), (cores + 1, True)):
+        ctx = handler_context(extracted_student)
+        ctx.model_yaml_config = {**ctx.model_yaml_config, "minWorkers": 1, "maxWorkers": workers}
+        ctx.model_yaml_config["handler"] = {**ctx.model_yaml_config["handler"], "threads": 1}
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            DistillClassifierHandler().initialize(ctx)
+        said = [r.getMessage() for r in caplog.records if "usable cores" in r.getMessage()]
+        assert bool(said) == warned
+        if warned:
+            assert f"{workers} workers x 1 thread(s) and this host has {cores} usable" in said[0]
+            assert f"run at most {cores} workers" in said[0]

@@ -12,6 +12,7 @@ from distillserve.handlers.serving_policy import (
     Measured,
     build_threads,
     serve_threads,
+    usable_cores,
 )
 from distillserve.handlers.serving_policy import choose as choose_counts
 from distillserve.students.recipe_sections import ArchiveConfig
@@ -35,6 +36,7 @@ def test_auto_gives_every_model_one_one_thread_worker_per_core(forward_ms):
     assert (choice.min_workers, choice.max_workers, choice.threads) == (4, 4, 1)
     assert "4 workers, one per core" in choice.why and "no core left over" in choice.why
     assert choice.measured["forward_ms_1_thread"] == forward_ms
+    assert choice.per_core and choice.record()["per_core"]  # a serving host may count its own
 
 
 def test_one_core_gets_one_worker():
@@ -50,6 +52,7 @@ def test_given_workers_of_a_cheap_model_keep_one_thread():
     choice = choose(config, cost)
     assert (choice.min_workers, choice.max_workers, choice.threads) == (1, 1, 1)
     assert "0.20 ms at one thread" in choice.why and "barriers" in choice.why
+    assert not choice.per_core  # given workers stay the count everywhere
 
 
 @pytest.mark.parametrize(
@@ -95,3 +98,30 @@ def test_the_build_measures_at_a_stated_count_and_a_worker_applies_the_serve_rul
     assert serve_threads(3, workers=2, cores=8) == 3
     assert serve_threads(0, workers=2, cores=8) == 4  # cores / workers on the inference host
     assert serve_threads(AUTO, workers=16, cores=8) == 1
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "limit"),
+    [
+        ("100000 100000", None, 1),  # a pod's limits.cpu: 1
+        ("50000 100000", None, 1),  # half a core still runs one worker
+        ("max 100000", None, None),  # no limit: the cores it may run on
+        (None, ("100000", "100000"), 1),  # cgroup v1
+        (None, ("-1", "100000"), None),
+        (None, None, None),  # no cgroup files at all
+        ("garbage", ("x", "y"), None),
+    ],
+)
+def test_usable_cores_honour_a_containers_cpu_limit(tmp_path, v2, v1, limit):
+    import os
+
+    def written(name: str, text: str | None) -> str:
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text + "\n")
+        return str(path)
+
+    paths_v1 = (written("quota", v1 and v1[0]), written("period", v1 and v1[1]))
+    cores = usable_cores(written("cpu.max", v2), paths_v1)
+    assert cores == (limit or len(os.sched_getaffinity(0)))
+    assert serve_threads(0, workers=1, cores=None) == usable_cores()

@@ -7,8 +7,16 @@ import json
 
 import pytest
 
-from distillserve.archiver.triton import model_formats, needs_torch, read_versions, write_versions
+from distillserve.archiver.triton import (
+    instance_count,
+    instances_served,
+    model_formats,
+    needs_torch,
+    read_versions,
+    write_versions,
+)
 from distillserve.errors import ServerError
+from distillserve.handlers.serving_policy import usable_cores
 from distillserve.serving import triton_versions
 from distillserve.serving.triton_versions import _signature
 
@@ -82,3 +90,32 @@ def test_an_engine_without_torch_refuses_a_torch_archive_in_one_line(tmp_path, m
     with pytest.raises(ServerError, match=refused):
         triton_versions.register(Engine(), tmp_path / "m.mar", trust=None)
     assert not (tmp_path / "m").exists()  # nothing written to the repository
+
+
+@pytest.mark.parametrize(
+    ("serving", "cores", "expected"),
+    [
+        ({"per_core": True}, 2, 2),  # auto on a 16-core build host, served in a 2-CPU pod
+        ({"per_core": True}, None, "host"),  # served here: this host's usable cores
+        ({"per_core": False}, 2, 16),  # given workers stay what was given
+        (None, 2, 16),  # an archive built before per_core was recorded: its count
+    ],
+)
+def test_auto_workers_become_one_instance_per_core_of_the_serving_host(
+    tmp_path, serving, cores, expected
+):
+    info = {"model_name": "m"} | ({"serving": serving} if serving else {})
+    (tmp_path / "build-info.json").write_text(json.dumps(info))
+    settings = {"minWorkers": 16, "maxWorkers": 16}  # what the build host's count wrote
+    count = instance_count(tmp_path, settings, cores)
+    assert count == (usable_cores() if expected == "host" else expected)
+
+
+def test_instances_served_reads_the_count_and_whether_it_is_per_core(tmp_path):
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "build-info.json").write_text(json.dumps({"serving": {"per_core": True}}))
+    write_versions(tmp_path, {2: "1.0"})
+    (tmp_path / "config.pbtxt").write_text(CONFIG.replace("count: 1", "count: 4"))
+    assert instances_served(tmp_path) == (4, True)
+    (tmp_path / "2" / "build-info.json").write_text("{}")
+    assert instances_served(tmp_path) == (4, False)
