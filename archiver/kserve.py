@@ -63,19 +63,19 @@ def _model_config(mar: Path) -> dict:
 
 def oversubscribed(mars: list[Path], cores: int = POD_CORES) -> list[str]:
     """A line for each archive whose workers x threads exceed the pods' ``cores``: TorchServe
-    runs the count in its signed model-config.yaml whatever the pod's limit (on Triton,
-    ``export-triton --deploy`` counts the pods' cores itself)."""
+    runs the count in its signed model-config.yaml whatever the pod's limit (an archive of
+    'auto' workers names none and runs one per core of the pod)."""
     lines = []
     for mar in mars:
         config = _model_config(mar)
-        workers = int(config.get("maxWorkers") or config.get("minWorkers") or 1)
+        workers = int(config.get("maxWorkers") or config.get("minWorkers") or cores)
         threads = int((config.get("handler") or {}).get("threads") or 1)
         if workers * threads > cores:
             lines.append(
-                f"{mar.name} runs {workers} workers x {threads} thread(s) (its model-config.yaml; "
-                f"'auto' counts the build host's cores) and the pods are limited to {cores} CPUs: "
-                f"they will contend; rebuild it with archive.min_workers/max_workers at most "
-                f"{max(1, cores // threads)}, or on a host of {cores} cores"
+                f"{mar.name} runs {workers} workers x {threads} thread(s) (its model-config.yaml) "
+                f"and the pods are limited to {cores} CPUs: they will contend; rebuild it with "
+                f"archive.min_workers/max_workers at most {max(1, cores // threads)}, or 'auto' "
+                "(one per core of the host that serves)"
             )
     return lines
 
@@ -91,8 +91,9 @@ def _snapshot(mars: list[Path], trust: Trust) -> dict:
         versions[info["version"]] = {
             "defaultVersion": not versions,
             "marName": mar.name,
-            "minWorkers": config.get("minWorkers", 1),
-            "maxWorkers": config.get("maxWorkers", 1),
+            # no count in model-config.yaml ('auto': one per core): the pod's cores
+            "minWorkers": config.get("minWorkers", POD_CORES),
+            "maxWorkers": config.get("maxWorkers", POD_CORES),
             "batchSize": config.get("batchSize", 1),
             "maxBatchDelay": config.get("maxBatchDelay", 100),
             "responseTimeout": config.get("responseTimeout", 120),

@@ -232,13 +232,18 @@ def _describe(
     choice: ServingChoice | None,
 ) -> tuple[dict, dict]:
     """``model-config.yaml`` (batching, workers, the handler's settings; ``auto`` resolved by
-    ``choice``, from the model measured) and ``build-info.json`` of the archive."""
+    ``choice``, from the model measured) and ``build-info.json`` of the archive. Workers chosen
+    one per core are left out of model-config.yaml: the serving host counts its own cores
+    (TorchServe's ``default_workers_per_model``, which ``serve start`` sets to them)."""
     handler_settings = dict(artifact.handler_dict)
     if choice is not None:
         handler_settings["threads"] = choice.threads
-    model_config = {
+    workers = {
         "minWorkers": choice.min_workers if choice else config.min_workers,
         "maxWorkers": choice.max_workers if choice else config.max_workers,
+    }
+    model_config = {
+        **({} if choice is not None and choice.per_core else workers),
         "batchSize": config.batch_size,
         "maxBatchDelay": config.max_batch_delay,
         "responseTimeout": config.response_timeout,

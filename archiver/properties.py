@@ -68,11 +68,12 @@ _COMMENTS = {
         "Requests larger than this are refused by the frontend (413). The handler refuses images\n"
         "over 8 MiB or 25 megapixels itself; 12 MiB admits an 8 MiB image sent as base64 JSON."
     ),
-    "default_workers_per_model": (
-        "Workers and metrics. One worker per model; run two or more (archive.min_workers in the\n"
-        "recipe, or `distillserve scale`) when a model must keep answering while a crashed\n"
-        "worker restarts (about 4-5 s), or when a small model is bound by per-request Python\n"
-        "work, not its kernels. Batch size and delay come from each archive's model-config.yaml."
+    "model_metrics_auto_detect": (
+        "Workers: each archive's model-config.yaml names its workers, batch size and delay; an\n"
+        "archive whose workers are 'auto' (one per core) leaves the count to the server:\n"
+        "`distillserve serve start` sets default_workers_per_model to this host's usable cores\n"
+        "(TorchServe alone starts one per CPU at start-up, and none for a registration that\n"
+        "names no initial_workers). Metrics: the handler's own metrics are recorded."
     ),
     "metrics_config": "Declares the handler's metrics; relative paths are relative to this file.",
     "distillserve_public_key": (
@@ -154,6 +155,9 @@ class ServerConfig:
     metrics_config: str | None = None
     public_key: str | None = None  # distillserve_public_key: archives must be signed by it
     load_models: tuple[str, ...] | str = ()  # archive files, or "all"
+    # workers of an archive whose model-config.yaml names none ('auto': one per core); None
+    # leaves it to whoever starts the server (``serve start``: the host's usable cores)
+    default_workers: int | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -190,10 +194,11 @@ class ServerConfig:
                 "allowed_urls": LOCAL_STORE_ONLY,
                 "install_py_dep_per_model": "false",
                 "max_request_size": str(MAX_REQUEST_SIZE),
-                "default_workers_per_model": "1",
                 "model_metrics_auto_detect": "true",
             }
         )
+        if self.default_workers is not None:
+            props["default_workers_per_model"] = str(self.default_workers)
         if self.metrics_mode != "log":
             props["metrics_mode"] = self.metrics_mode
         if self.metrics_config:

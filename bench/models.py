@@ -26,13 +26,13 @@ import torch
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from distillserve.bench.served import archive_serving
+from distillserve.bench.served import archive_serving, archive_workers
 from distillserve.handlers.classification import HandlerSettings
 from distillserve.handlers.core import HandlerCore, Request
 from distillserve.handlers.imageprep import PreprocessSpec
 from distillserve.handlers.runtimes import load_runtime
 from distillserve.handlers.served_model import make_adapter, task_of
-from distillserve.handlers.serving_policy import AUTO, serve_threads
+from distillserve.handlers.serving_policy import AUTO, serve_threads, usable_cores
 from distillserve.students.artifact import write_artifact
 from distillserve.students.export import export_torchscript
 from distillserve.students.measure import threads
@@ -209,7 +209,7 @@ def handler_ceiling(
     unpacked = workdir / "unpacked"
     config = yaml.safe_load((unpacked / "model-config.yaml").read_text())
     settings = HandlerSettings.from_dict(config["handler"])
-    workers_configured = int(config.get("maxWorkers") or config.get("minWorkers") or 1)
+    workers_configured = archive_workers(archive)  # 'auto': one per core here
     threads = serve_threads(settings.threads, workers_configured)
     manifest = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())
     serialized = manifest["model"]
@@ -221,9 +221,7 @@ def handler_ceiling(
         model = load_runtime(unpacked / serialized["serializedFile"], threads=threads)
         adapter = make_adapter(task_of(manifest), settings, mapping, unpacked, None)
         core = HandlerCore(adapter, adapter.bind(model) if hasattr(adapter, "bind") else model)
-        workers = max(
-            1, min(int(config.get("minWorkers") or 1), len(os.sched_getaffinity(0)) // threads)
-        )
+        workers = max(1, min(workers_configured, usable_cores() // threads))
         count = max(1, min(32, len(payloads) // batch))
         batches = [
             [Request({"body": payloads[(k * batch + i) % len(payloads)]}) for i in range(batch)]

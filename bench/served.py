@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import statistics
@@ -28,6 +29,7 @@ import yaml
 from distillserve.archiver.mar import archiver_tempdir
 from distillserve.bench.loadgen import closed_loop
 from distillserve.errors import ServerError
+from distillserve.handlers.serving_policy import usable_cores
 from distillserve.serving.management import ManagementClient
 from distillserve.serving.rest import InferenceClient
 from distillserve.serving.server import TorchServe
@@ -136,10 +138,12 @@ def register_timed(
     payload: bytes,
     batch_size: int,
     max_batch_delay: int,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> float:
     """Register ``archive`` as ``name`` and return seconds until its first answer. ``workers``
-    applies to an archive without a model-config.yaml (its minWorkers wins otherwise)."""
+    applies to an archive whose model-config.yaml names none (its minWorkers wins otherwise);
+    by default what the archive runs (``archive_workers``)."""
+    workers = archive_workers(archive) if workers is None else workers
     started = time.perf_counter()
     _management(ts).register(
         str(archive),
@@ -177,21 +181,25 @@ def worker_peak_rss_mb(ts: TorchServe, name: str) -> float:
 
 
 def archive_workers(archive: Path) -> int:
-    """The worker count an archive's ``model-config.yaml`` asks for (1 without one)."""
+    """The workers an archive runs: its ``model-config.yaml``'s count, one per usable core of
+    this host for 'auto' workers (which name none), else 1."""
     return archive_serving(archive)["workers"]
 
 
 def archive_serving(archive: Path) -> dict[str, int]:
-    """``{"workers", "threads"}`` from an archive's ``model-config.yaml`` (threads 0: cores ÷
-    workers on the host)."""
+    """``{"workers", "threads"}`` of an archive (``archive_workers``; threads from its
+    ``model-config.yaml``, 0: cores ÷ workers on the host)."""
     with zipfile.ZipFile(archive) as mar:
         names = mar.namelist()
         config = (
             yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in names else {}
         )
+        info = json.loads(mar.read("build-info.json")) if "build-info.json" in names else {}
     config = config or {}
     threads = (config.get("handler") or {}).get("threads", 0)
-    return {"workers": int(config.get("minWorkers") or 1), "threads": int(threads)}
+    per_core = bool((info.get("serving") or {}).get("per_core"))
+    workers = config.get("minWorkers") or (usable_cores() if per_core else 1)
+    return {"workers": int(workers), "threads": int(threads)}
 
 
 def builtin_archive(model_pt: Path, index_to_name: Path, name: str, store: Path) -> Path:

@@ -52,7 +52,12 @@ class CoreHandler(BaseHandler):
             yaml_config,
             self.manifest,
             task=self.task,
-            workers=int(yaml_config.get("maxWorkers") or yaml_config.get("minWorkers") or 1),
+            # none in model-config.yaml ('auto'): the server runs one per core of this host
+            workers=int(
+                yaml_config.get("maxWorkers")
+                or yaml_config.get("minWorkers")
+                or serving_policy.usable_cores()
+            ),
             gpu_id=properties.get("gpu_id"),
             model_name=getattr(context, "model_name", None) or "",
             metrics=self._add_metric,

@@ -25,11 +25,12 @@ Performance and Engines):
   batch's forward pass at least ``MIN_THREAD_SPEEDUP`` faster than one thread.
 
 Cores are ``usable_cores``: those a process may run on, capped by its container's CPU limit.
-TorchServe takes the worker count written into model-config.yaml, the build host's: an
-inference host with other cores wants another count (``PUT /models/{name}?min_worker=N``, or
-a number in the recipe). Triton counts the serving host's cores for workers chosen one per
-core (``ServingChoice.per_core``; ``archiver.triton.instance_count``). The choice, the
-measurements and the sentence saying why go into ``build-info.json`` (``serving``).
+Workers chosen one per core (``ServingChoice.per_core``) are counted on the host that serves:
+the archive's model-config.yaml names none, so TorchServe starts ``default_workers_per_model``
+(``serve start`` sets it to the host's usable cores; ``export-kserve`` writes the pods' cores)
+and Triton one instance per core (``archiver.triton.instance_count``). Numbers in the recipe
+are written into model-config.yaml and win. The choice, the measurements and the sentence
+saying why go into ``build-info.json`` (``serving``).
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ class ServingChoice:
     threads: int
     why: str
     measured: dict = field(default_factory=dict)
-    # workers were AUTO: one per core of the host that serves the model, where it can say so
-    # (the Triton engine and its repositories; TorchServe takes model-config.yaml's count)
+    # workers were AUTO: one per core of the host that serves the model (model-config.yaml
+    # names no count; min/max_workers are the build host's, for the record)
     per_core: bool = False
 
     def record(self) -> dict:
@@ -226,7 +227,7 @@ def choose(min_workers: Count, max_workers: Count, threads: Count, measured: Mea
         low = high = measured.cores
         reasons.append(
             f"{high} worker{'s' if high > 1 else ''}, one per core (each decodes and runs its "
-            "batches in its own process)"
+            "batches in its own process; counted again on the host that serves)"
         )
     else:
         low, high = int(min_workers), int(max_workers)

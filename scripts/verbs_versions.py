@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from distillserve.scripts.options import (
@@ -38,6 +39,8 @@ def _register(args: argparse.Namespace) -> int:
         trust=trust_of(args),
     )
     print(f"registered {result['model_name']} {result['version']} from {result['file']}")
+    if result["workers_note"]:
+        print(f"note: {result['workers_note']}", file=sys.stderr)
     return 0
 
 
@@ -131,7 +134,12 @@ def add_verbs(verbs) -> None:
     p.add_argument("--model-name", help="register under this name (default: the archive's)")
     p.add_argument("--batch-size", type=int, help="server-side batch size")
     p.add_argument("--max-batch-delay", type=int, help="ms to wait for a batch to fill")
-    p.add_argument("--initial-workers", type=int, default=1)
+    p.add_argument(
+        "--initial-workers",
+        type=int,
+        help="workers for an archive whose model-config.yaml names none (an 'auto' one; "
+        "default: the server's default_workers_per_model, which serve start sets to its cores)",
+    )
     p.add_argument("--set-default", action="store_true", help="make it the default version")
     add_trust_options(p)
     add_server_options(p)

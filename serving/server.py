@@ -26,6 +26,7 @@ from distillserve.archiver.properties import PATH_KEYS, read_properties, write_p
 from distillserve.archiver.signing import Trust
 from distillserve.errors import ServerError
 from distillserve.handlers.integrity import ALLOW_UNSIGNED_ENV, PUBLIC_KEY_ENV
+from distillserve.handlers.serving_policy import usable_cores
 from distillserve.serving.server_logs import has_own_log_config, write_log_config
 from distillserve.serving.startup import check_ports, startup_cause
 
@@ -98,6 +99,9 @@ class TorchServe:
         if self.archives is not None:  # their own model-config.yaml sets batching and workers
             props.pop("models", None)
             props["load_models"] = ",".join(self.archives)
+        # an archive of 'auto' workers names none: one per core of this (the serving) host,
+        # at start-up and for registrations that name no initial_workers
+        props.setdefault("default_workers_per_model", str(usable_cores()))
         for key in PATH_KEYS:
             value = props.get(key)
             if value and not Path(value).is_absolute():

@@ -106,13 +106,18 @@ def register_archive(
     model_name: str | None = None,
     batch_size: int | None = None,
     max_batch_delay: int | None = None,
-    initial_workers: int = 1,
+    initial_workers: int | None = None,
     make_default: bool = False,
     trust: Trust | None = None,
 ) -> dict:
     """Verify ``mar`` (every file against its signature under ``trust``, default the keys'
     default locations; the model file against build-info.json), place it in the model store
-    (the only place the server loads from), register it, and record it in the index."""
+    (the only place the server loads from), register it, and record it in the index.
+
+    Workers: the archive's model-config.yaml wins over ``initial_workers``; an archive of
+    'auto' workers names none, and without ``initial_workers`` the server's default applies
+    (``serve start``: one per core of its host). A server with no default starts none: then
+    one is started, and ``workers_note`` says so."""
     if batch_size is not None:
         try:
             check_batch_size(batch_size, "--batch-size")
@@ -135,13 +140,28 @@ def register_archive(
         max_batch_delay=max_batch_delay,
         initial_workers=initial_workers,
     )
+    note = _at_least_one_worker(client, name, version) if initial_workers is None else ""
     registry = Registry(store)
     registry.record_archive(name, version, mar.name, info["build_info"], sha256_file(mar))
     registry.record_registered(name, version, mar.name, "register")
     if make_default:
         client.set_default(name, version)
         registry.record_default_change(name, previous, version)
-    return {"model_name": name, "version": version, "file": mar.name}
+    return {"model_name": name, "version": version, "file": mar.name, "workers_note": note}
+
+
+def _at_least_one_worker(client: ManagementClient, name: str, version: str) -> str:
+    """Start one worker for ``name`` ``version`` when the server started none (a server whose
+    config sets no ``default_workers_per_model``, given an archive that names no workers)."""
+    (described,) = client.describe(name, version)
+    if described.get("workers"):
+        return ""
+    client.scale(name, version, min_worker=1, max_worker=1)
+    return (
+        "the server started no worker (its config sets no default_workers_per_model and the "
+        "archive names none: 'auto', one per core): started 1; scale it with "
+        f"distillserve scale {name} --min N"
+    )
 
 
 def _default_or_none(client: ManagementClient, name: str) -> str | None:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,13 @@ def test_own_teacher_both_kinds_all_formats_served_with_models(own, model_store,
         assert "serving shapes-student-onnx.mar, shapes-student-pt2.mar, shapes-student.mar" in (
             started.stdout
         )
-        # the recipe's auto workers: one per core of this (the build) host, each serving
+        # the recipe's auto workers: the archive names none, and serve start gives it one per
+        # core of this (the serving) host, each serving
+        with zipfile.ZipFile(mine / "shapes-student-onnx.mar") as mar:
+            model_config = yaml.safe_load(mar.read("model-config.yaml"))
+            serving = json.loads(mar.read("build-info.json"))["serving"]
+        assert "minWorkers" not in model_config and "maxWorkers" not in model_config
+        assert serving["per_core"] and serving["min_workers"] == usable_cores()  # the build's
         described = _cli("describe", "shapes-student-onnx", *server)
         assert described.returncode == 0, described.stderr
         (model,) = json.loads(described.stdout)

@@ -246,3 +246,47 @@ def test_export_kserve_warns_of_workers_the_pods_cannot_run(tmp_path, workers, t
         (line,) = lines
         assert f"m.mar runs {workers} workers x {threads} thread(s)" in line
         assert f"at most {2 // threads}" in line and "limited to 2 CPUs" in line
+
+
+class _Management:
+    """The management calls ``register_archive`` makes, recorded; ``workers`` what the server
+    started for the registration."""
+
+    def __init__(self, workers: list) -> None:
+        self.workers, self.calls = workers, []
+
+    def default_version(self, name):
+        return None
+
+    def register(self, url, **params):
+        self.calls.append(("register", params))
+
+    def describe(self, name, version):
+        return [{"modelName": name, "modelVersion": version, "workers": self.workers}]
+
+    def scale(self, name, version, *, min_worker, max_worker):
+        self.calls.append(("scale", min_worker, max_worker))
+
+
+@pytest.mark.parametrize("started", [[], [{"id": "9000", "status": "READY"}]])
+def test_register_leaves_workers_to_the_server_and_starts_one_when_it_started_none(
+    model_store, tmp_path, started
+):
+    from distillserve.serving.versions import register_archive
+
+    client = _Management(started)
+    result = register_archive(client, tmp_path, model_store / "digits-student.mar")
+    assert client.calls[0] == (
+        "register",
+        {"model_name": "digits-student", "batch_size": None, "max_batch_delay": None,
+         "initial_workers": None},
+    )  # fmt: skip
+    if started:
+        assert len(client.calls) == 1 and result["workers_note"] == ""
+    else:
+        assert client.calls[1] == ("scale", 1, 1)
+        assert "started no worker" in result["workers_note"]
+        assert "distillserve scale digits-student --min N" in result["workers_note"]
+    given = _Management([])
+    register_archive(given, tmp_path, model_store / "digits-student.mar", initial_workers=2)
+    assert given.calls == [("register", {**client.calls[0][1], "initial_workers": 2})]

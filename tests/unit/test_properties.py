@@ -80,3 +80,21 @@ def test_free_ports_skip_taken_ones_and_fall_back_to_the_kernels_choice(monkeypa
             _listen(port).close()
     finally:
         taken.close()
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "host"), (3, "3")])
+def test_serve_start_gives_archives_of_auto_workers_one_per_core_of_its_host(
+    tmp_path, given, expected
+):
+    from distillserve.handlers.serving_policy import usable_cores
+    from distillserve.serving.server import TorchServe
+
+    config = ServerConfig(model_store=tmp_path, default_workers=given)
+    assert ("default_workers_per_model" in config.properties()) == (given is not None)
+    ts = TorchServe(config.write(tmp_path / "config.properties"), tmp_path / "run")
+    ts.run_dir.mkdir()
+    effective = read_properties(ts._effective_config())
+    # the server's default decides for archives whose model-config.yaml names no workers
+    assert effective["default_workers_per_model"] == (
+        str(usable_cores()) if expected == "host" else expected
+    )
