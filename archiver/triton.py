@@ -39,7 +39,7 @@ import yaml
 
 from distillserve.archiver.mar import ArchiveError, inspect_archive
 from distillserve.archiver.signing import Trust
-from distillserve.handlers.serving_policy import usable_cores
+from distillserve.handlers.serving_policy import workers_of
 
 __all__ = [
     "TRITON_ENTRY",
@@ -180,16 +180,13 @@ def model_config(
 
 
 def instance_count(version_dir: Path, settings: dict, cores: int | None = None) -> int:
-    """Model instances for the archive in ``version_dir``: one per core (``cores``, else this
-    host's usable cores) when its build chose workers that way (build-info's ``serving``
-    ``per_core``), otherwise its model-config's worker count."""
+    """Model instances for the archive in ``version_dir`` (``serving_policy.workers_of``: one
+    per core of ``cores``, else of this host, for workers the build chose that way)."""
     try:
-        serving = json.loads((version_dir / "build-info.json").read_text()).get("serving") or {}
+        serving = json.loads((version_dir / "build-info.json").read_text()).get("serving")
     except (OSError, ValueError):
-        serving = {}
-    if serving.get("per_core"):
-        return max(1, cores or usable_cores())
-    return int(settings.get("maxWorkers") or settings.get("minWorkers") or 1)
+        serving = None
+    return workers_of(settings, serving, cores)
 
 
 def instances_served(folder: Path) -> tuple[int, bool]:

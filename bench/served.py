@@ -29,7 +29,7 @@ import yaml
 from distillserve.archiver.mar import archiver_tempdir
 from distillserve.bench.loadgen import closed_loop
 from distillserve.errors import ServerError
-from distillserve.handlers.serving_policy import usable_cores
+from distillserve.handlers.serving_policy import workers_of
 from distillserve.serving.management import ManagementClient
 from distillserve.serving.rest import InferenceClient
 from distillserve.serving.server import TorchServe
@@ -197,9 +197,7 @@ def archive_serving(archive: Path) -> dict[str, int]:
         info = json.loads(mar.read("build-info.json")) if "build-info.json" in names else {}
     config = config or {}
     threads = (config.get("handler") or {}).get("threads", 0)
-    per_core = bool((info.get("serving") or {}).get("per_core"))
-    workers = config.get("minWorkers") or (usable_cores() if per_core else 1)
-    return {"workers": int(workers), "threads": int(threads)}
+    return {"workers": workers_of(config, info.get("serving")), "threads": int(threads)}
 
 
 def builtin_archive(model_pt: Path, index_to_name: Path, name: str, store: Path) -> Path:

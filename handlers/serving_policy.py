@@ -55,6 +55,7 @@ __all__ = [
     "is_auto",
     "serve_threads",
     "usable_cores",
+    "workers_of",
 ]
 
 AUTO = "auto"  # workers (one per core) or threads (by the model's cost) chosen when archived
@@ -175,6 +176,15 @@ def usable_cores(v2: str = _CGROUP_V2_LIMIT, v1: tuple[str, str] = _CGROUP_V1_LI
     if not quota.isdigit() or not period.isdigit() or int(quota) == 0:
         return cores  # "max" (v2) or -1 (v1): no limit
     return max(1, min(cores, -(-int(quota) // max(1, int(period)))))
+
+
+def workers_of(model_config: dict, serving: dict | None, cores: int | None = None) -> int:
+    """The workers an archive runs: for workers chosen one per core (build-info's ``serving``,
+    ``per_core``; model-config.yaml names none) the serving host's ``cores`` (default: this
+    host's usable cores), otherwise its model-config.yaml's count (1 when it names none)."""
+    if (serving or {}).get("per_core"):
+        return max(1, cores or usable_cores())
+    return int(model_config.get("maxWorkers") or model_config.get("minWorkers") or 1)
 
 
 def _read(path: str) -> str:

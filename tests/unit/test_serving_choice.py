@@ -13,6 +13,7 @@ from distillserve.handlers.serving_policy import (
     build_threads,
     serve_threads,
     usable_cores,
+    workers_of,
 )
 from distillserve.handlers.serving_policy import choose as choose_counts
 from distillserve.students.recipe_sections import ArchiveConfig
@@ -125,3 +126,11 @@ def test_usable_cores_honour_a_containers_cpu_limit(tmp_path, v2, v1, limit):
     cores = usable_cores(written("cpu.max", v2), paths_v1)
     assert cores == (limit or len(os.sched_getaffinity(0)))
     assert serve_threads(0, workers=1, cores=None) == usable_cores()
+
+
+def test_an_archive_runs_its_own_count_or_one_per_core_of_the_serving_host():
+    per_core = {"per_core": True, "min_workers": 16, "max_workers": 16}  # built on 16 cores
+    assert workers_of({}, per_core, cores=2) == 2  # served on 2: 'auto' counts them again
+    assert workers_of({}, per_core) == usable_cores()
+    assert workers_of({"minWorkers": 3, "maxWorkers": 3}, {"per_core": False}, cores=2) == 3
+    assert workers_of({}, None, cores=2) == 1  # names none and was not 'auto': one

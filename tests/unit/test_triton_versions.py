@@ -106,7 +106,7 @@ def test_auto_workers_become_one_instance_per_core_of_the_serving_host(
 ):
     info = {"model_name": "m"} | ({"serving": serving} if serving else {})
     (tmp_path / "build-info.json").write_text(json.dumps(info))
-    settings = {"minWorkers": 16, "maxWorkers": 16}  # what the build host's count wrote
+    settings = {"minWorkers": 16, "maxWorkers": 16}  # a count, as a 16-core build would write
     count = instance_count(tmp_path, settings, cores)
     assert count == (usable_cores() if expected == "host" else expected)
 
