@@ -182,23 +182,23 @@ def model_config(
 def instance_count(version_dir: Path, settings: dict, cores: int | None = None) -> int:
     """Model instances for the archive in ``version_dir`` (``serving_policy.workers_of``: one
     per core of ``cores``, else of this host, for workers the build chose that way)."""
-    try:
-        serving = json.loads((version_dir / "build-info.json").read_text()).get("serving")
-    except (OSError, ValueError):
-        serving = None
-    return workers_of(settings, serving, cores)
+    return workers_of(settings, _serving(version_dir), cores)
 
 
 def instances_served(folder: Path) -> tuple[int, bool]:
     """``(instance count, whether it is one per core)`` of the model in ``folder``, as its
     ``config.pbtxt`` and newest version's build-info say."""
     found = re.search(r"count:\s*(\d+)", (folder / "config.pbtxt").read_text())
-    newest = max(read_versions(folder), default=1)
+    per_core = bool(_serving(folder / str(max(read_versions(folder), default=1))).get("per_core"))
+    return (int(found.group(1)) if found else 1), per_core
+
+
+def _serving(version_dir: Path) -> dict:
+    """What the archive's build chose for serving (build-info's ``serving``; {} without)."""
     try:
-        info = json.loads((folder / str(newest) / "build-info.json").read_text())
+        return json.loads((version_dir / "build-info.json").read_text()).get("serving") or {}
     except (OSError, ValueError):
-        info = {}
-    return (int(found.group(1)) if found else 1), bool((info.get("serving") or {}).get("per_core"))
+        return {}
 
 
 def _signature(version_dir: Path, settings: dict, manifest: dict) -> dict:
