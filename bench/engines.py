@@ -15,8 +15,9 @@ engine's no-op floor, measured side by side in one run.
 - Limits: each engine's no-op floor (TorchServe: ``floor_handler``; Triton: a Python-backend
   model that answers without reading its input) on each model's own requests, and our
   handler's in-process ceiling on the same v2 requests at the archive's batch size times its
-  workers; the target is served ÷ min(floor, ceiling) ≥ 0.9, reported beside served ÷ the
-  shared-cores limit 1 / (1/floor + 1/ceiling) (``engines_run._targets``).
+  workers (measured at the start of every round, with every engine up: the median); the target
+  is served ÷ min(floor, ceiling) ≥ 0.9, reported beside served ÷ the shared-cores limit
+  1 / (1/floor + 1/ceiling) (``engines_run._targets``).
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def engines_section(
     rounds: int,
     log: Callable[[str], None],
     warm_up_s: float = 3.0,
+    before_round: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Every (model, concurrency, engine) point, rounds with the engine order rotated; the
     median of each measure over the rounds. ``engines[name]`` holds ``url``, ``pid``, ``token``
@@ -203,7 +205,9 @@ def engines_section(
     optionally ``model_pids`` (each model key's own processes); an engine measures only the
     model keys its ``names`` holds (a variant of an engine may leave the floors out).
     First ``warm_up_s`` of unrecorded load per engine and model, at the highest concurrency:
-    TorchServe's frontend runs on the JVM, whose first seconds are spent compiling."""
+    TorchServe's frontend runs on the JVM, whose first seconds are spent compiling. Then
+    ``before_round(r)`` at the start of each round (the bench measures its in-process limits
+    there, in the rounds' conditions)."""
     raw: dict[tuple, list[dict]] = {}
     order = list(engines)
     for engine, e in engines.items() if warm_up_s > 0 else ():
@@ -213,6 +217,8 @@ def engines_section(
                               e["pid"], e.get("token"))  # fmt: skip
         log(f"engines: {engine} warmed up")
     for r in range(rounds):
+        if before_round is not None:
+            before_round(r)
         for model, bodies in models.items():
             for concurrency in concurrencies:
                 for engine in order[r % len(order) :] + order[: r % len(order)]:

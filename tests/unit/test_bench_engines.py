@@ -93,6 +93,56 @@ def test_every_engine_warms_up_unrecorded_at_the_highest_concurrency(monkeypatch
     assert len(calls) == 2 + 4 and all(r["rps"] == 100 for r in rows)  # none of them recorded
 
 
+def test_the_limits_are_measured_at_the_start_of_every_round(monkeypatch):
+    """``before_round`` runs before each round's first point (after the unrecorded warm-up), so
+    that the bench's in-process ceiling is measured as often as, and beside, the served points."""
+    events = []
+
+    def fake(url, model, bodies, concurrency, seconds, pid, token=None, model_pids=()):
+        events.append(("warm-up" if seconds == 2.0 else "point", url))
+        return _point(100, 1.0)
+
+    monkeypatch.setattr(engines, "measure_point", fake)
+    monkeypatch.setattr(engines.time, "sleep", lambda s: None)
+    engines.engines_section(
+        _two_engines(), {"digits": [b"x"]}, [16], 1.0, 2, lambda _: None, warm_up_s=2.0,
+        before_round=lambda r: events.append(("limits", r)),
+    )  # fmt: skip
+    assert events == [
+        ("warm-up", "ts"), ("warm-up", "tr"),
+        ("limits", 0), ("point", "ts"), ("point", "tr"),
+        ("limits", 1), ("point", "tr"), ("point", "ts"),
+    ]  # fmt: skip
+
+
+def test_the_ceiling_is_the_median_of_its_rounds_and_the_summary_shows_each(monkeypatch, tmp_path):
+    from distillserve.bench import engines_run
+
+    measured = iter([17000.0, 400.0, 18000.0, 380.0, 16000.0, 390.0])  # digits, mobilenet, ...
+
+    def fake_ceiling(archive, bodies, batch_sizes, workdir):
+        return {str(batch_sizes[0]): {"images_per_s": next(measured), "workers": 2}}
+
+    monkeypatch.setattr(engines_run, "handler_ceiling", fake_ceiling)
+    monkeypatch.setattr(engines_run, "_settings", lambda archive: {"batchSize": 8})
+    monkeypatch.setattr(engines_run, "v2_image_bodies", lambda payloads: payloads)
+    logged = []
+    ceilings = engines_run._Ceilings(
+        {"digits": ("d.mar", [b"x"]), "mobilenet": ("m.mar", [b"y"])}, tmp_path, logged.append
+    )
+    for r in range(3):
+        ceilings.measure(r)
+    assert ceilings.medians() == {"digits": 17000.0, "mobilenet": 390.0}
+    assert ceilings.rounds["mobilenet"] == [400.0, 380.0, 390.0] and ceilings.workers["digits"] == 2
+    assert "round 3 mobilenet handler ceiling in process 390 req/s (2 workers)" in logged[-1]
+    summary = engines_summary(
+        {"cpu": "c", "cores": 2, "batch_size": 8, "max_batch_delay_ms": 20, "rounds": 3,
+         "seconds_per_point": 5, "rows": [], "memory": {}, "targets": {},
+         "handler_ceiling_rps": ceilings.medians(), "handler_ceiling_rounds": ceilings.rounds}
+    )  # fmt: skip
+    assert "digits 17,000 (17,000 / 18,000 / 16,000), mobilenet 390 (400 / 380 / 390)" in summary
+
+
 def _summary(rows: list[dict], targets: dict, ceilings: dict, memory: dict) -> str:
     """``engines_summary`` of ``rows`` (given a p50, p99 and no errors) on a 2-core test CPU."""
     return engines_summary(
