@@ -198,9 +198,9 @@ class _Ceilings:
     worker's rate times the archive's workers), measured on the engines' own requests (v2 JSON
     in and out, as the handler serves them) at the start of every round, with every engine up
     and idle, as the served points are. Taken once before the rounds (runs before 2026-12-05) it
-    moved by a tenth between runs (MobileNetV3: 380 and 407 req/s) while the served model
-    processes' own cost stayed within a few percent; three measurements, one per round, gave
-    415 to 419."""
+    wandered: against MobileNetV3's served model processes' CPU per request, which it bounds, it
+    was 5 % to 12 % cheaper in one run and 3 % to 7 % dearer in the next; one per round, the
+    first run gave 415 to 419 req/s, 0 % to 5 % under the served processes' cost."""
 
     def __init__(self, archives: dict[str, tuple[Path, list[bytes]]], work: Path, log) -> None:
         self.archives, self.work, self.log = archives, work, log
