@@ -202,17 +202,20 @@ class _Ceilings:
     was 5 % to 12 % cheaper in one run and 3 % to 7 % dearer in the next; one per round, the
     first run gave 415 to 419 req/s, 0 % to 5 % under the served processes' cost."""
 
-    def __init__(self, archives: dict[str, tuple[Path, list[bytes]]], work: Path, log) -> None:
+    def __init__(
+        self, archives: dict[str, tuple[Path, list[bytes]]], work: Path, log: Callable[[str], None]
+    ) -> None:
         self.archives, self.work, self.log = archives, work, log
         self.rounds: dict[str, list[float]] = {key: [] for key in archives}
         self.workers: dict[str, int] = {}
 
     def measure(self, round_index: int) -> None:
+        """Every model's ceiling once more (``engines_section``'s ``before_round``)."""
         for key, (archive, payloads) in self.archives.items():
-            batch = str(int(_settings(archive).get("batchSize", 1)))
+            batch = int(_settings(archive).get("batchSize", 1))
             measured = handler_ceiling(
-                archive, v2_image_bodies(payloads), [int(batch)], self.work / f"ceiling-{key}"
-            )[batch]
+                archive, v2_image_bodies(payloads), [batch], self.work / f"ceiling-{key}"
+            )[str(batch)]
             self.rounds[key].append(measured["images_per_s"])
             self.workers[key] = measured["workers"]  # the ceiling counts each
             self.log(
@@ -221,6 +224,7 @@ class _Ceilings:
             )
 
     def medians(self) -> dict[str, float]:
+        """Each model's ceiling: the median of its rounds' measurements."""
         return {key: round(statistics.median(v), 2) for key, v in self.rounds.items() if v}
 
 
