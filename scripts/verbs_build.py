@@ -298,7 +298,12 @@ def add_verbs(verbs) -> None:
     p = verbs.add_parser(
         "bench", help="measure models, handler and served throughput; JSON, plots, summary"
     )
-    p.add_argument("--quick", action="store_true", help="a few-minute smoke run (CI)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run, not a record: fewer and shorter points (main section about 6 min; "
+        "--engines one round, about 8 min; --text shorter points after the full build)",
+    )
     p.add_argument("--out", default="docs/bench", help="results folder (default: docs/bench)")
     p.add_argument("--recipe", default="recipes/digits.yaml", help="the digits pipeline to time")
     p.add_argument("--work", default="build/bench", help="scratch folder (default: build/bench)")
