@@ -177,6 +177,7 @@ def run_engines_bench(
             name: process_memory(e["pid"]) for name, e in engines.items()
             if name != "torchserve" + ONE_WORKER
         }  # fmt: skip
+    limits = ceilings.medians()
     return {
         "cpu": cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
@@ -184,12 +185,12 @@ def run_engines_bench(
         "rounds": rounds,
         "batch_size": batch,
         "max_batch_delay_ms": delay,
-        "handler_ceiling_rps": ceilings.medians(),
+        "handler_ceiling_rps": limits,
         "handler_ceiling_rounds": ceilings.rounds,
         "handler_ceiling_workers": ceilings.workers,
         "rows": rows,
         "memory": memory,
-        "targets": _targets(rows, ceilings.medians(), len(os.sched_getaffinity(0))),
+        "targets": _targets(rows, limits, len(os.sched_getaffinity(0))),
     }
 
 
@@ -319,13 +320,13 @@ def engines_summary(results: dict) -> str:
               "| --- | ---: | ---: |"]  # fmt: skip
     for engine, memory in results["memory"].items():
         lines.append(f"| {engine} | {memory['rss_mib']:,.0f} | {memory['uss_mib']:,.0f} |")
-    ceilings = ", ".join(f"{k} {v:,.0f}" for k, v in results["handler_ceiling_rps"].items())
-    rounds = results.get("handler_ceiling_rounds")
-    if rounds:  # measured at each round's start (runs before 2026-12-05: once, before them)
-        ceilings = ", ".join(
-            f"{k} {v:,.0f} ({' / '.join(f'{x:,.0f}' for x in rounds.get(k, []))})"
-            for k, v in results["handler_ceiling_rps"].items()
-        )
+    # measured at each round's start (runs before 2026-12-05: once, before them)
+    rounds = results.get("handler_ceiling_rounds") or {}
+    ceilings = ", ".join(
+        f"{k} {v:,.0f}"
+        + (f" ({' / '.join(f'{x:,.0f}' for x in rounds[k])})" if rounds.get(k) else "")
+        for k, v in results["handler_ceiling_rps"].items()
+    )
     lines += ["", "Handler ceiling in process (req/s at the archive's batch, one worker's rate "
               "times the archive's workers"
               + ("; the median of its measurements at each round's start, in brackets"
